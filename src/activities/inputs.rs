@@ -1,0 +1,134 @@
+//! Reading a step's rendered inputs into an activity's typed input struct.
+//!
+//! Parameters are text (`--param attempts=30`), so numeric and boolean inputs also accept
+//! their text form; durations are text like `"10s"`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde_json::Value;
+
+use crate::engine::ActivityError;
+use crate::engine::duration::parse_duration;
+
+/// Deserializes inputs, turning serde's complaint into an operator-facing error.
+pub fn parse<T: DeserializeOwned>(activity: &str, inputs: Value) -> Result<T, ActivityError> {
+    serde_json::from_value(inputs).map_err(|e| ActivityError::bad_input(activity, e))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Number(u64),
+    Text(String),
+    Bool(bool),
+}
+
+/// A non-negative integer given as a number or as text.
+pub fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Lenient::deserialize(d)? {
+        Lenient::Number(n) => Ok(n),
+        Lenient::Text(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| de::Error::custom(format!("\"{t}\" is not a whole number"))),
+        Lenient::Bool(b) => Err(de::Error::custom(format!("{b} is not a whole number"))),
+    }
+}
+
+/// An optional non-negative integer given as a number or as text.
+pub fn lenient_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    lenient_u64(d).map(Some)
+}
+
+/// A boolean given as `true`/`false` or as text.
+pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Lenient::deserialize(d)? {
+        Lenient::Bool(b) => Ok(b),
+        Lenient::Text(t) => match t.trim() {
+            "true" | "yes" | "1" => Ok(true),
+            "false" | "no" | "0" => Ok(false),
+            other => Err(de::Error::custom(format!(
+                "\"{other}\" is not true or false"
+            ))),
+        },
+        Lenient::Number(n) => Err(de::Error::custom(format!("{n} is not true or false"))),
+    }
+}
+
+/// A duration given as text such as `"10s"`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(de::Error::custom)
+}
+
+/// A map of strings whose values may also be numbers or booleans (environment variables).
+pub fn string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(de::Error::custom(format!(
+                "\"{k}\" must be a string, number or boolean"
+            ))),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Deserialize, Debug)]
+    struct Sample {
+        #[serde(deserialize_with = "lenient_u64")]
+        attempts: u64,
+        #[serde(deserialize_with = "lenient_bool")]
+        fatal: bool,
+        #[serde(deserialize_with = "duration")]
+        interval: Duration,
+    }
+
+    #[test]
+    fn numbers_and_booleans_may_arrive_as_text() {
+        let s: Sample = parse(
+            "t",
+            json!({"attempts": "30", "fatal": "true", "interval": "10s"}),
+        )
+        .unwrap();
+        assert_eq!(s.attempts, 30);
+        assert!(s.fatal);
+        assert_eq!(s.interval, Duration::from_secs(10));
+        let s: Sample = parse(
+            "t",
+            json!({"attempts": 3, "fatal": false, "interval": "1m"}),
+        )
+        .unwrap();
+        assert_eq!(s.attempts, 3);
+    }
+
+    #[test]
+    fn bad_values_name_the_activity() {
+        let err = parse::<Sample>(
+            "t",
+            json!({"attempts": "many", "fatal": true, "interval": "1s"}),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("bad inputs for activity \"t\""),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("\"many\" is not a whole number"),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The process-group supervisor behind the `command` activity (`lazarus __supervise -- ARGV`).
+//!
+//! The runner starts this small process with a pipe as its stdin and keeps the pipe's write
+//! end. The supervisor starts the command in a new process group and watches the pipe:
+//! a `T` byte asks for a graceful stop (SIGTERM to the group); end-of-file means the runner
+//! is gone — killed with SIGKILL, crashed, or done with the attempt — and the whole group is
+//! killed at once. So a command's processes never outlive the runner, and a resumed step
+//! never races an orphan of the previous attempt. When the command exits, stragglers it
+//! left in its group are killed too: a step's processes end with the step.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+
+/// The byte that asks for a graceful stop.
+pub const STOP_BYTE: u8 = b'T';
+
+/// Exit status used when the command could not be started at all.
+pub const CANNOT_START: i32 = 127;
+
+/// Runs `argv` under supervision and returns the exit status to exit with.
+pub fn supervise(argv: &[String]) -> i32 {
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("lazarus __supervise: no command given");
+        return 2;
+    };
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("lazarus: cannot start \"{program}\": {e}");
+            return CANNOT_START;
+        }
+    };
+    let group = Pid::from_raw(child.id() as i32);
+
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut byte = [0u8; 1];
+        loop {
+            match stdin.read(&mut byte) {
+                Ok(1) if byte[0] == STOP_BYTE => {
+                    let _ = killpg(group, Signal::SIGTERM);
+                }
+                Ok(1) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    // The runner is gone: nothing of this step may outlive it.
+                    let _ = killpg(group, Signal::SIGKILL);
+                    std::process::exit(128 + Signal::SIGKILL as i32);
+                }
+            }
+        }
+    });
+
+    // Wait without reaping, so the group id cannot be reused while stragglers are killed.
+    let status = loop {
+        match waitid(Id::Pid(group), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => break status,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("lazarus __supervise: waiting for \"{program}\" failed: {e}");
+                let _ = killpg(group, Signal::SIGKILL);
+                return 1;
+            }
+        }
+    };
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = waitid(Id::Pid(group), WaitPidFlag::WEXITED);
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        _ => 1,
+    }
+}

@@ -1,0 +1,199 @@
+//! `run`, `resume` and `rollback`: the commands that set a run going and follow it.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use super::follow::follow;
+use super::serve::ensure_daemon;
+use super::status::print_report;
+use super::{Context, exit};
+use crate::activities::builtin_registry;
+use crate::engine::{RunReport, Workflow};
+use crate::owner::control::Control;
+use crate::owner::protocol::SubmitRequest;
+use crate::runbooks;
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got \"{text}\"")),
+    }
+}
+
+/// Arguments of `lazarus run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Workflow: a file, ./workflows/NAME.toml, or a built-in runbook's name.
+    pub workflow: String,
+    /// A parameter, NAME=VALUE (repeatable).
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Why this run is needed (recorded; required).
+    #[arg(long)]
+    pub reason: String,
+    /// Halt before this step (repeatable).
+    #[arg(long = "halt-before", value_name = "STEP")]
+    pub halt_before: Vec<String>,
+    /// Halt after this step (repeatable).
+    #[arg(long = "halt-after", value_name = "STEP")]
+    pub halt_after: Vec<String>,
+    /// Hand the run to a background owner and print its id alone.
+    #[arg(long)]
+    pub detach: bool,
+    /// Choose the run id (default: WORKFLOW-xxxxxx).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `lazarus resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run.
+    pub run: String,
+    /// Hand the run to a background owner and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `lazarus rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The run.
+    pub run: String,
+    /// Why it is being rolled back (recorded; required).
+    #[arg(long)]
+    pub reason: String,
+    /// Hand the rollback to a background owner and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the command wanted the run to end as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    Succeed,
+    RollBack,
+}
+
+fn exit_for(report: &RunReport, goal: Goal) -> ExitCode {
+    let code = match (report.status.as_str(), goal) {
+        ("succeeded", Goal::Succeed) | ("rolled_back", Goal::RollBack) => 0,
+        ("halted" | "waiting_approval", _) => exit::HALTED,
+        ("running" | "rolling_back", _) if !report.active => exit::INTERRUPTED,
+        _ => exit::NOT_DONE,
+    };
+    ExitCode::from(code)
+}
+
+async fn follow_and_report(
+    ctx: &Context,
+    control: &dyn Control,
+    run: &str,
+    json: bool,
+    goal: Goal,
+) -> Result<ExitCode> {
+    let report = follow(control, run, &ctx.operator, true).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(exit_for(&report, goal))
+}
+
+/// `lazarus run`.
+pub async fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
+    let located = runbooks::locate(&args.workflow)?;
+    // Check the file here, before touching the state directory.
+    let workflow = Workflow::parse(&located.source, &located.text, &builtin_registry())?;
+    let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    workflow
+        .resolve_params(&params)
+        .map_err(anyhow::Error::msg)?;
+    let request = SubmitRequest {
+        workflow_text: located.text,
+        workflow_source: located.source,
+        params,
+        reason: args.reason,
+        operator: ctx.operator.clone(),
+        halt_before: args.halt_before,
+        halt_after: args.halt_after,
+        id: args.id,
+    };
+    if args.detach {
+        let remote = ensure_daemon(ctx).await?;
+        let run = remote.submit(request).await?;
+        println!("{run}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (run, session) = ctx
+        .call(|c| {
+            let request = request.clone();
+            Box::pin(async move { c.submit(request).await })
+        })
+        .await?;
+    let code = follow_and_report(ctx, session.control(), &run, args.json, Goal::Succeed).await;
+    session.finish().await;
+    code
+}
+
+/// `lazarus resume`.
+pub async fn resume(ctx: &Context, args: ResumeArgs) -> Result<ExitCode> {
+    let by = ctx.operator.clone();
+    if args.detach {
+        let remote = ensure_daemon(ctx).await?;
+        let message = remote.resume(&args.run, &by).await?;
+        println!("{message}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let run = args.run.clone();
+    let (message, session) = ctx
+        .call(|c| {
+            let (run, by) = (run.clone(), by.clone());
+            Box::pin(async move { c.resume(&run, &by).await })
+        })
+        .await?;
+    eprintln!("{message}");
+    let code = follow_and_report(ctx, session.control(), &args.run, args.json, Goal::Succeed).await;
+    session.finish().await;
+    code
+}
+
+/// `lazarus rollback`.
+pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<ExitCode> {
+    if args.reason.trim().is_empty() {
+        bail!("a reason is required: --reason \"why this run is being rolled back\"");
+    }
+    let by = ctx.operator.clone();
+    if args.detach {
+        let remote = ensure_daemon(ctx).await?;
+        let message = remote.rollback(&args.run, &by, &args.reason).await?;
+        println!("{message}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (run, reason) = (args.run.clone(), args.reason.clone());
+    let (message, session) = ctx
+        .call(|c| {
+            let (run, by, reason) = (run.clone(), by.clone(), reason.clone());
+            Box::pin(async move { c.rollback(&run, &by, &reason).await })
+        })
+        .await
+        .with_context(|| format!("cannot roll back run {}", args.run))?;
+    eprintln!("{message}");
+    let code =
+        follow_and_report(ctx, session.control(), &args.run, args.json, Goal::RollBack).await;
+    session.finish().await;
+    code
+}

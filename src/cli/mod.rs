@@ -1,0 +1,161 @@
+//! The command line: one file per subcommand family, human output by default and `--json`
+//! for machines. This is the edge of the program, so errors are `anyhow`.
+
+mod demo;
+mod execute;
+mod follow;
+mod manage;
+mod render;
+mod serve;
+mod status;
+mod workflows;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::activities::builtin_registry;
+use crate::owner::control::{Control, ControlError};
+use crate::owner::{Session, connect_or_own};
+
+/// Lazarus: a durable runbook engine that recovers PostgreSQL from disaster.
+#[derive(Debug, Parser)]
+#[command(name = "lazarus", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory of the journal and control socket.
+    #[arg(long, global = true, env = "LAZARUS_STATE", default_value = "state")]
+    pub state: PathBuf,
+    /// Who is acting (recorded with every run and control request).
+    #[arg(long, global = true, env = "LAZARUS_OPERATOR")]
+    pub operator: Option<String>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a run of a workflow (a file, ./workflows/NAME.toml, or a built-in runbook).
+    Run(execute::RunArgs),
+    /// Continue a halted, failed or interrupted run from its journal.
+    Resume(execute::ResumeArgs),
+    /// Halt a run at the next step boundary (or at once with --now).
+    Halt(manage::HaltArgs),
+    /// Approve the step a run waits at.
+    Approve(manage::ApproveArgs),
+    /// Undo a run: compensations of its completed steps, newest first.
+    Rollback(execute::RollbackArgs),
+    /// Stop a run for good, without compensation.
+    Cancel(manage::CancelArgs),
+    /// Show a run's report (the latest run by default).
+    Status(status::StatusArgs),
+    /// List runs.
+    Runs(status::RunsArgs),
+    /// List the workflows visible from here.
+    Workflows(workflows::ListArgs),
+    /// Check workflow files.
+    Validate(workflows::ValidateArgs),
+    /// List the activities steps can use, with their inputs.
+    Activities,
+    /// Own the state directory and serve control requests until stopped.
+    Serve(serve::ServeArgs),
+    /// Show a run, a kill -9 and a resume, on a throwaway state directory.
+    Demo(demo::DemoArgs),
+}
+
+/// Shared settings of one invocation.
+pub(crate) struct Context {
+    pub state: PathBuf,
+    pub operator: String,
+}
+
+impl Context {
+    fn new(cli: &Cli) -> Self {
+        let operator = cli
+            .operator
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .filter(|o| !o.trim().is_empty())
+            .unwrap_or_else(|| format!("uid-{}", nix::unistd::getuid()));
+        Self {
+            state: cli.state.clone(),
+            operator,
+        }
+    }
+
+    /// Reaches the owner of the state directory, or becomes it.
+    pub async fn session(&self) -> Result<Session> {
+        Ok(connect_or_own(&self.state, builtin_registry()).await?)
+    }
+
+    /// Runs one control operation, reconnecting if the owner it reached was going away.
+    pub async fn call<T>(
+        &self,
+        mut op: impl for<'a> FnMut(
+            &'a dyn Control,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ControlError>> + Send + 'a>,
+        >,
+    ) -> Result<(T, Session)> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let session = self.session().await?;
+            let result = op(session.control()).await;
+            match result {
+                Err(ControlError::Retry) if tries < 50 => {
+                    session.finish().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    session.finish().await;
+                    return Err(e.into());
+                }
+                Ok(value) => return Ok((value, session)),
+            }
+        }
+    }
+}
+
+/// Exit statuses beyond 0 (success) and 1 (error).
+pub mod exit {
+    /// The run halted or waits for approval.
+    pub const HALTED: u8 = 3;
+    /// The run failed, was cancelled, or was rolled back (when that was not the goal).
+    pub const NOT_DONE: u8 = 4;
+    /// Nobody drives the run any more (its owner went away).
+    pub const INTERRUPTED: u8 = 5;
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = Context::new(&cli);
+    match cli.command {
+        Command::Run(args) => execute::run(&ctx, args).await,
+        Command::Resume(args) => execute::resume(&ctx, args).await,
+        Command::Rollback(args) => execute::rollback(&ctx, args).await,
+        Command::Halt(args) => manage::halt(&ctx, args).await,
+        Command::Approve(args) => manage::approve(&ctx, args).await,
+        Command::Cancel(args) => manage::cancel(&ctx, args).await,
+        Command::Status(args) => status::status(&ctx, args).await,
+        Command::Runs(args) => status::runs(&ctx, args).await,
+        Command::Workflows(args) => workflows::list(args),
+        Command::Validate(args) => workflows::validate(args),
+        Command::Activities => workflows::activities(),
+        Command::Serve(args) => serve::serve(&ctx, args).await,
+        Command::Demo(args) => demo::demo(&ctx, args).await,
+    }
+}

@@ -1,0 +1,114 @@
+//! `serve`: a standing owner of the state directory; and the background owner that
+//! `--detach` starts.
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Context;
+use crate::owner::control::RemoteControl;
+use crate::owner::{Session, find_owner};
+
+/// Arguments of `lazarus serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Exit once no run has been executing for a few seconds (used by --detach).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+/// How long an idle background owner lingers.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// `lazarus serve`.
+pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
+    let session = ctx.session().await?;
+    let owned = match &session {
+        Session::Owned(owned) => owned,
+        Session::Remote(remote) => bail!(
+            "process {} already owns {}; it serves the control socket",
+            remote.owner_pid(),
+            ctx.state.display()
+        ),
+    };
+    let engine = std::sync::Arc::clone(owned.engine());
+    tracing::info!(pid = std::process::id(), state = %ctx.state.display(), "serving");
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut idle_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if !engine.active_runs().is_empty() {
+                    idle_since = Instant::now();
+                } else if args.exit_when_idle && idle_since.elapsed() >= IDLE_EXIT {
+                    break;
+                }
+            }
+        }
+    }
+    engine.interrupt_all(&format!(
+        "lazarus serve (pid {}) stopping",
+        std::process::id()
+    ));
+    session.finish().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The background owner to hand a run to: the current owner, or a new
+/// `lazarus serve --exit-when-idle` started for the purpose.
+pub async fn ensure_daemon(ctx: &Context) -> Result<RemoteControl> {
+    let session = ctx.session().await?;
+    match session {
+        Session::Remote(remote) => return Ok(remote),
+        owned @ Session::Owned(_) => owned.finish().await,
+    }
+    let log_path = ctx.state.join("owner.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the lazarus executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--state")
+        .arg(&ctx.state)
+        .arg("--operator")
+        .arg(&ctx.operator)
+        .args(["-v", "serve", "--exit-when-idle"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // A session of its own: the background owner survives the terminal that started it.
+    unsafe_setsid(&mut cmd);
+    cmd.spawn()
+        .context("cannot start a background lazarus owner")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(remote) = find_owner(&ctx.state).await {
+            return Ok(remote);
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the background owner did not start; see {}",
+                log_path.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unsafe_setsid(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}

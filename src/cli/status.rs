@@ -1,0 +1,175 @@
+//! `status` and `runs`: where runs stand, for people and for machines.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::Context;
+use super::follow::follow;
+use crate::engine::RunReport;
+use crate::engine::duration::format_duration;
+
+/// Arguments of `lazarus status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run (default: the latest).
+    pub run: Option<String>,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching until nobody drives the run.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Arguments of `lazarus runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn seconds(s: f64) -> String {
+    format_duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
+fn mark(status: &str) -> &'static str {
+    match status {
+        "completed" => "✓",
+        "running" | "compensating" => "▸",
+        "failed" | "compensation_failed" => "✗",
+        "waiting_approval" => "⏸",
+        "compensated" => "↺",
+        _ => "·",
+    }
+}
+
+/// Prints a report for people.
+pub fn print_report(r: &RunReport) {
+    let state = if r.active || r.is_finished() {
+        r.status.clone()
+    } else if matches!(r.status.as_str(), "running" | "rolling_back") {
+        format!("{} (interrupted: no process is executing it)", r.status)
+    } else {
+        r.status.clone()
+    };
+    println!(
+        "run {} — {} after {}",
+        r.id,
+        state,
+        seconds(r.duration_seconds)
+    );
+    println!(
+        "  workflow  {} (sha256 {}…) from {}",
+        r.workflow,
+        r.workflow_hash.get(..12).unwrap_or(&r.workflow_hash),
+        r.workflow_source
+    );
+    println!("  operator  {} — reason: {}", r.operator, r.reason);
+    if let Some(target) = &r.target {
+        println!("  target    {target}");
+    }
+    println!(
+        "  started   {}{}",
+        r.started_at,
+        r.ended_at
+            .as_ref()
+            .map(|e| format!("   ended {e}"))
+            .unwrap_or_default()
+    );
+    let width = r.steps.iter().map(|s| s.id.len()).max().unwrap_or(4);
+    for s in &r.steps {
+        let mut detail = match (&s.status[..], s.duration_seconds) {
+            ("completed" | "compensated", Some(d)) => seconds(d),
+            _ => s.status.replace('_', " "),
+        };
+        if s.attempts > 1 {
+            detail.push_str(&format!(" ({} attempts)", s.attempts));
+        }
+        if let Some(a) = &s.approval {
+            detail.push_str(&format!(" — approved by {}", a.by));
+        }
+        if let Some(e) = &s.error {
+            detail.push_str(&format!(" — {e}"));
+        }
+        if let Some(c) = &s.compensation {
+            if c.completed {
+                detail.push_str(" — undone");
+            } else if let Some(e) = &c.error {
+                detail.push_str(&format!(" — undo failed: {e}"));
+            }
+        }
+        println!(
+            "  {} {:width$}  {:<10} {detail}",
+            mark(&s.status),
+            s.id,
+            s.activity
+        );
+    }
+    if let Some(error) = &r.error {
+        println!("  error     {error}");
+    }
+    if let Some(next) = &r.next_action {
+        println!("  next      {next}");
+    }
+}
+
+/// `lazarus status`.
+pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
+    let run = args.run.clone();
+    let (report, session) = ctx
+        .call(|c| {
+            let run = run.clone();
+            Box::pin(async move { c.report(run.as_deref()).await })
+        })
+        .await?;
+    let report = if args.follow && report.active {
+        follow(session.control(), &report.id, &ctx.operator, false).await?
+    } else {
+        report
+    };
+    session.finish().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lazarus runs`.
+pub async fn runs(ctx: &Context, args: RunsArgs) -> Result<ExitCode> {
+    let (runs, session) = ctx
+        .call(|c| Box::pin(async move { c.runs().await }))
+        .await?;
+    session.finish().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("no runs yet in {}", ctx.state.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = runs.iter().map(|r| r.id.len()).max().unwrap_or(2);
+    println!(
+        "{:width$}  {:<18} {:<24} {:<20} REASON",
+        "RUN", "STATUS", "STARTED", "OPERATOR"
+    );
+    for r in runs {
+        let status = if r.active {
+            format!("{}*", r.status)
+        } else {
+            r.status.clone()
+        };
+        println!(
+            "{:width$}  {:<18} {:<24} {:<20} {}",
+            r.id, status, r.started_at, r.operator, r.reason
+        );
+    }
+    println!("(* = being executed now)");
+    Ok(ExitCode::SUCCESS)
+}

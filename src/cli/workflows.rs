@@ -1,0 +1,145 @@
+//! `workflows`, `validate` and `activities`: what can be run, and whether a file is right.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::activities::builtin_registry;
+use crate::engine::Workflow;
+use crate::runbooks;
+
+/// Arguments of `lazarus workflows`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `lazarus validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Workflow files to check.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// `lazarus workflows`.
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    let registry = builtin_registry();
+    let mut rows = Vec::new();
+    for entry in runbooks::all() {
+        match entry {
+            Ok(located) => match Workflow::parse(&located.source, &located.text, &registry) {
+                Ok(wf) => rows.push(json!({
+                    "name": wf.name,
+                    "source": located.source,
+                    "description": wf.description,
+                    "params": wf.params.iter().map(|p| json!({
+                        "name": p.name, "required": p.required, "default": p.default, "help": p.help,
+                    })).collect::<Vec<_>>(),
+                    "steps": wf.steps.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+                    "valid": true,
+                })),
+                Err(e) => rows.push(json!({
+                    "name": located.source, "source": located.source, "valid": false, "error": e.to_string(),
+                })),
+            },
+            Err(e) => rows.push(json!({ "name": "?", "valid": false, "error": e.to_string() })),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for row in &rows {
+        if row["valid"] == true {
+            let params: Vec<String> = row["params"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    if p["required"] == true {
+                        format!("{name}=…")
+                    } else {
+                        format!("[{name}]")
+                    }
+                })
+                .collect();
+            println!(
+                "{:<22} {}\n{:<22} from {} · params: {}",
+                row["name"].as_str().unwrap_or_default(),
+                row["description"].as_str().unwrap_or_default(),
+                "",
+                row["source"].as_str().unwrap_or_default(),
+                if params.is_empty() {
+                    "none".to_string()
+                } else {
+                    params.join(" ")
+                },
+            );
+        } else {
+            println!("INVALID {}", row["error"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lazarus validate`.
+pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
+    let registry = builtin_registry();
+    let mut bad = false;
+    for file in &args.files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                bad = true;
+                continue;
+            }
+        };
+        match Workflow::parse(&file.display().to_string(), &text, &registry) {
+            Ok(wf) => println!(
+                "{}: ok — workflow \"{}\", {} steps, sha256 {}",
+                file.display(),
+                wf.name,
+                wf.steps.len(),
+                &wf.hash[..12]
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `lazarus activities`.
+pub fn activities() -> Result<ExitCode> {
+    let registry = builtin_registry();
+    for activity in registry.all() {
+        let spec = activity.spec();
+        println!("{:<12} {}", spec.name, spec.summary);
+        for input in spec.inputs {
+            println!(
+                "    {:<18} {}{}",
+                input.name,
+                input.help,
+                if input.required { " (required)" } else { "" }
+            );
+        }
+        if !spec.outputs.is_empty() {
+            println!("    outputs: {}", spec.outputs.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,573 @@
+//! Drives one run: skip what the journal says is done, run the rest with retry, backoff and
+//! timeout, halt where asked, and roll back through compensations newest first.
+//!
+//! The driver re-folds the journal at every decision point; everything it decides is
+//! journaled before it acts on it, so a kill at any instant resumes correctly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::activity::{ActivityContext, ActivityError, FailureKind};
+use super::duration::format_duration;
+use super::host::AttemptHost;
+use super::records::{Event, HaltReason};
+use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
+use super::state::{RunState, RunStatus};
+use super::template::Scope;
+use super::workflow::{OnFailure, RetryPolicy, Workflow};
+
+/// How long a cancelled attempt gets to clean up before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// How one step (all its attempts) ended.
+enum StepOutcome {
+    Completed,
+    /// Interrupted by halt --now, cancel, rollback or shutdown.
+    Interrupted,
+    /// Halted while waiting to retry.
+    HaltedInBackoff,
+    /// Failed for good, with the message for the operator.
+    Failed(String),
+}
+
+/// How one attempt ended.
+enum AttemptOutcome {
+    Done(Value),
+    Interrupted,
+    Failed(ActivityError),
+}
+
+/// What to run for an attempt: a step's activity, or its compensation.
+#[derive(Clone, Copy)]
+enum Work {
+    Step,
+    Compensation,
+}
+
+impl Engine {
+    /// Drives a run until it finishes, halts, or is cancelled.
+    pub(crate) async fn drive(
+        self: &Arc<Self>,
+        run_id: &str,
+        handle: &Arc<RunHandle>,
+    ) -> Result<(), EngineError> {
+        loop {
+            let (record, workflow, state) = self.load(run_id)?;
+            match state.status {
+                RunStatus::Succeeded | RunStatus::RolledBack | RunStatus::Cancelled => {
+                    if let Some(target) = &record.target {
+                        self.journal.release_lock(target, run_id)?;
+                    }
+                    return Ok(());
+                }
+                RunStatus::Halted | RunStatus::Failed => return Ok(()),
+                RunStatus::RollingBack => return self.roll_back(run_id, handle).await,
+                RunStatus::Running | RunStatus::WaitingApproval => {}
+            }
+            if let Some(request) = handle.take_request() {
+                self.take(run_id, request).await?;
+                continue;
+            }
+            if state.pending_halt.is_some() {
+                let step = state.next_step().map(|s| s.id.clone()).unwrap_or_default();
+                self.halt_at(run_id, step, HaltReason::Requested).await?;
+                return Ok(());
+            }
+            let Some(next) = state.next_step() else {
+                self.append_durable(run_id, Event::Succeeded).await?;
+                tracing::info!(run = %run_id, "run succeeded");
+                continue;
+            };
+            let step_id = next.id.clone();
+            if record.halt_before.contains(&step_id) && !state.honoured(&step_id, false) {
+                self.halt_at(run_id, step_id, HaltReason::HaltBefore)
+                    .await?;
+                return Ok(());
+            }
+            match self
+                .run_step(run_id, &workflow, &state, &step_id, handle)
+                .await?
+            {
+                StepOutcome::Completed => {
+                    if record.halt_after.contains(&step_id) && !state.honoured(&step_id, true) {
+                        self.halt_at(run_id, step_id, HaltReason::HaltAfter).await?;
+                        return Ok(());
+                    }
+                }
+                StepOutcome::Interrupted => {
+                    if let Some(request) = handle.take_request() {
+                        self.take(run_id, request).await?;
+                        continue;
+                    }
+                    self.halt_at(run_id, step_id, HaltReason::Interrupted)
+                        .await?;
+                    return Ok(());
+                }
+                StepOutcome::HaltedInBackoff => {
+                    self.halt_at(run_id, step_id, HaltReason::Requested).await?;
+                    return Ok(());
+                }
+                StepOutcome::Failed(error) => match workflow.on_failure {
+                    OnFailure::Halt => {
+                        tracing::warn!(run = %run_id, step = %step_id, %error, "step failed; halting");
+                        self.halt_at(run_id, step_id, HaltReason::StepFailed(error))
+                            .await?;
+                        return Ok(());
+                    }
+                    OnFailure::Rollback => {
+                        tracing::warn!(run = %run_id, step = %step_id, %error, "step failed; rolling back");
+                        self.append_durable(
+                            run_id,
+                            Event::RollbackStarted {
+                                by: "lazarus".to_string(),
+                                reason: format!("step \"{step_id}\" failed: {error}"),
+                            },
+                        )
+                        .await?;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn halt_at(
+        self: &Arc<Self>,
+        run_id: &str,
+        step: String,
+        reason: HaltReason,
+    ) -> Result<(), EngineError> {
+        tracing::info!(run = %run_id, step = %step, ?reason, "run halted");
+        self.append_durable(run_id, Event::Halted { step, reason })
+            .await?;
+        Ok(())
+    }
+
+    /// Carries out a cancel or rollback request taken from the run's handle.
+    async fn take(self: &Arc<Self>, run_id: &str, request: Request) -> Result<(), EngineError> {
+        match request {
+            Request::Cancel { by } => {
+                tracing::info!(run = %run_id, by = %by, "cancelled");
+                self.append_durable(run_id, Event::Cancelled { by }).await?;
+            }
+            Request::Rollback { by, reason } => {
+                tracing::info!(run = %run_id, by = %by, reason = %reason, "rollback started");
+                self.append_durable(run_id, Event::RollbackStarted { by, reason })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a step's attempts under its retry policy.
+    async fn run_step(
+        self: &Arc<Self>,
+        run_id: &str,
+        workflow: &Workflow,
+        state: &RunState,
+        step_id: &str,
+        handle: &Arc<RunHandle>,
+    ) -> Result<StepOutcome, EngineError> {
+        let Some(step) = workflow.step(step_id) else {
+            return Ok(StepOutcome::Failed(format!("unknown step {step_id}")));
+        };
+        let Some(step_state) = state.step(step_id) else {
+            return Ok(StepOutcome::Failed(format!("unknown step {step_id}")));
+        };
+        let mut failures = step_state.failures_since_resume;
+        let mut attempt = u32::try_from(step_state.attempts.len()).unwrap_or(u32::MAX);
+        let mut checkpoint = step_state.checkpoint.clone();
+        let (record, _, _) = self.load(run_id)?;
+        let outputs = state.outputs();
+        let scope = Scope {
+            params: &record.params,
+            outputs: &outputs,
+            run_id,
+        };
+        loop {
+            attempt += 1;
+            let inputs = match scope.render(&step.with) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    return Ok(StepOutcome::Failed(format!(
+                        "cannot render inputs of step \"{step_id}\": {e}"
+                    )));
+                }
+            };
+            let outcome = self
+                .attempt(
+                    run_id,
+                    step_id,
+                    &step.activity,
+                    Work::Step,
+                    inputs,
+                    Value::Null,
+                    attempt,
+                    step.timeout,
+                    checkpoint.clone(),
+                    handle,
+                )
+                .await?;
+            match outcome {
+                AttemptOutcome::Done(output) => {
+                    let bytes = serde_json::to_vec(&output).unwrap_or_else(|_| b"null".to_vec());
+                    self.append_durable(
+                        run_id,
+                        Event::StepCompleted {
+                            step: step_id.to_string(),
+                            attempt,
+                            output: bytes,
+                        },
+                    )
+                    .await?;
+                    tracing::info!(run = %run_id, step = %step_id, attempt, "step completed");
+                    return Ok(StepOutcome::Completed);
+                }
+                AttemptOutcome::Interrupted => {
+                    self.append_durable(
+                        run_id,
+                        Event::StepFailed {
+                            step: step_id.to_string(),
+                            attempt,
+                            kind: FailureKind::Cancelled,
+                            error: "interrupted".to_string(),
+                        },
+                    )
+                    .await?;
+                    return Ok(StepOutcome::Interrupted);
+                }
+                AttemptOutcome::Failed(error) => {
+                    failures += 1;
+                    self.append_durable(
+                        run_id,
+                        Event::StepFailed {
+                            step: step_id.to_string(),
+                            attempt,
+                            kind: error.kind,
+                            error: error.message.clone(),
+                        },
+                    )
+                    .await?;
+                    tracing::warn!(run = %run_id, step = %step_id, attempt, error = %error.message, "attempt failed");
+                    if let Some(outcome) = self
+                        .after_failure(run_id, &step.retry, failures, &error, handle)
+                        .await?
+                    {
+                        return Ok(outcome);
+                    }
+                    // A retry may continue from what the failed attempt checkpointed.
+                    let (_, _, fresh) = self.load(run_id)?;
+                    checkpoint = fresh.step(step_id).and_then(|s| s.checkpoint.clone());
+                }
+            }
+        }
+    }
+
+    /// Decides what follows a failed attempt: `None` to retry (after the backoff), or the
+    /// step's outcome.
+    async fn after_failure(
+        self: &Arc<Self>,
+        run_id: &str,
+        policy: &RetryPolicy,
+        failures: u32,
+        error: &ActivityError,
+        handle: &Arc<RunHandle>,
+    ) -> Result<Option<StepOutcome>, EngineError> {
+        let retryable = error.kind == FailureKind::Retryable;
+        if !retryable || failures >= policy.attempts {
+            let why = if retryable {
+                format!(
+                    "{} (after {failures} attempt{})",
+                    error.message,
+                    if failures == 1 { "" } else { "s" }
+                )
+            } else {
+                error.message.clone()
+            };
+            return Ok(Some(StepOutcome::Failed(why)));
+        }
+        let delay = policy.delay_after(failures);
+        tracing::info!(run = %run_id, delay = %format_duration(delay), "retrying after backoff");
+        let token = lock(&handle.interrupt).clone();
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            let notified = handle.wake.notified();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = token.cancelled() => return Ok(Some(StepOutcome::Interrupted)),
+                _ = notified => {
+                    let (_, _, state) = self.load(run_id)?;
+                    if state.pending_halt.is_some() {
+                        return Ok(Some(StepOutcome::HaltedInBackoff));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one attempt of a step or compensation, with its timeout and cancellation.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        self: &Arc<Self>,
+        run_id: &str,
+        step_id: &str,
+        activity_name: &str,
+        work: Work,
+        inputs: Value,
+        output: Value,
+        attempt: u32,
+        timeout: Option<Duration>,
+        checkpoint: Option<Vec<u8>>,
+        handle: &Arc<RunHandle>,
+    ) -> Result<AttemptOutcome, EngineError> {
+        let interrupt = lock(&handle.interrupt).clone();
+        if interrupt.is_cancelled() {
+            return Ok(AttemptOutcome::Interrupted);
+        }
+        let Some(activity) = self.registry.get(activity_name).cloned() else {
+            return Ok(AttemptOutcome::Failed(ActivityError::permanent(format!(
+                "activity \"{activity_name}\" is not known to this lazarus build"
+            ))));
+        };
+        let started = match work {
+            Work::Step => Event::StepStarted {
+                step: step_id.to_string(),
+                attempt,
+            },
+            Work::Compensation => Event::CompensationStarted {
+                step: step_id.to_string(),
+                attempt,
+            },
+        };
+        // Not flushed on its own: the outcome's flush covers it, and re-running an attempt
+        // whose start was lost in a crash is what resume does anyway.
+        self.append(run_id, started)?;
+        tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
+
+        let token: CancellationToken = interrupt.child_token();
+        let host = Arc::new(AttemptHost::new(
+            Arc::clone(self),
+            run_id.to_string(),
+            step_id.to_string(),
+            attempt,
+            Arc::clone(handle),
+        ));
+        let ctx = ActivityContext::new(
+            run_id.to_string(),
+            step_id.to_string(),
+            attempt,
+            token.clone(),
+            checkpoint,
+            host,
+        );
+        let future = async {
+            match work {
+                Work::Step => activity.run(&ctx, inputs).await,
+                Work::Compensation => {
+                    if activity.compensates_itself(&inputs) {
+                        activity.compensate(&ctx, inputs, output).await
+                    } else {
+                        activity.run(&ctx, inputs).await
+                    }
+                }
+            }
+        };
+        tokio::pin!(future);
+        let mut timed_out = false;
+        let limit = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = &mut future => Some(result),
+            _ = limit => { timed_out = true; None }
+            _ = token.cancelled() => None,
+        };
+        let result = match result {
+            Some(result) => Some(result),
+            None => {
+                token.cancel();
+                tokio::time::timeout(CANCEL_GRACE, &mut future).await.ok()
+            }
+        };
+        if interrupt.is_cancelled() {
+            // Keep a result that made it in before the interruption took effect.
+            return Ok(match result {
+                Some(Ok(value)) if !timed_out => AttemptOutcome::Done(value),
+                _ => AttemptOutcome::Interrupted,
+            });
+        }
+        Ok(match (result, timed_out) {
+            (_, true) => AttemptOutcome::Failed(ActivityError::retryable(format!(
+                "timed out after {}",
+                format_duration(timeout.unwrap_or_default())
+            ))),
+            (Some(Ok(value)), false) => AttemptOutcome::Done(value),
+            (Some(Err(e)), false) => AttemptOutcome::Failed(e),
+            (None, false) => AttemptOutcome::Interrupted,
+        })
+    }
+
+    /// Runs the compensations of completed steps, newest first, each journaled; resumable.
+    async fn roll_back(
+        self: &Arc<Self>,
+        run_id: &str,
+        handle: &Arc<RunHandle>,
+    ) -> Result<(), EngineError> {
+        // A rollback request that interrupted a step has done its job.
+        *lock(&handle.interrupt) = CancellationToken::new();
+        loop {
+            let (record, workflow, state) = self.load(run_id)?;
+            if let Some(Request::Cancel { by }) = handle.take_request() {
+                self.append_durable(run_id, Event::Cancelled { by }).await?;
+                if let Some(target) = &record.target {
+                    self.journal.release_lock(target, run_id)?;
+                }
+                return Ok(());
+            }
+            if state.pending_halt.is_some() {
+                let step = state
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|s| s.output.is_some())
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                self.halt_at(run_id, step, HaltReason::Requested).await?;
+                return Ok(());
+            }
+            // Newest completed step whose compensation has not completed.
+            let next = state.steps.iter().rev().find(|s| {
+                s.output.is_some()
+                    && s.compensation
+                        .as_ref()
+                        .and_then(|c| c.completed_us)
+                        .is_none()
+                    && workflow.step(&s.id).is_some_and(|def| {
+                        def.compensate.is_some()
+                            || self
+                                .registry
+                                .get(&def.activity)
+                                .is_some_and(|a| a.compensates_itself(&def.with))
+                    })
+            });
+            let Some(next) = next else {
+                self.append_durable(run_id, Event::RolledBack).await?;
+                if let Some(target) = &record.target {
+                    self.journal.release_lock(target, run_id)?;
+                }
+                tracing::info!(run = %run_id, "run rolled back");
+                return Ok(());
+            };
+            let Some(def) = workflow.step(&next.id) else {
+                return Ok(());
+            };
+            let outputs = state.outputs();
+            let scope = Scope {
+                params: &record.params,
+                outputs: &outputs,
+                run_id,
+            };
+            let (activity, with) = match &def.compensate {
+                Some(c) => (c.activity.clone(), c.with.clone()),
+                None => (def.activity.clone(), def.with.clone()),
+            };
+            let comp = next.compensation.clone().unwrap_or_default();
+            let failures = comp.failures_since_resume;
+            let outcome = match scope.render(&with) {
+                Err(e) => AttemptOutcome::Failed(ActivityError::permanent(format!(
+                    "cannot render compensation inputs: {e}"
+                ))),
+                Ok(inputs) => {
+                    self.attempt(
+                        run_id,
+                        &next.id,
+                        &activity,
+                        Work::Compensation,
+                        inputs,
+                        next.output.clone().unwrap_or(Value::Null),
+                        comp.attempts + 1,
+                        def.timeout,
+                        None,
+                        handle,
+                    )
+                    .await?
+                }
+            };
+            match outcome {
+                AttemptOutcome::Done(output) => {
+                    self.append_durable(
+                        run_id,
+                        Event::CompensationCompleted {
+                            step: next.id.clone(),
+                            output: serde_json::to_vec(&output)
+                                .unwrap_or_else(|_| b"null".to_vec()),
+                        },
+                    )
+                    .await?;
+                    tracing::info!(run = %run_id, step = %next.id, "step compensated");
+                }
+                AttemptOutcome::Interrupted => {
+                    self.append_durable(
+                        run_id,
+                        Event::CompensationFailed {
+                            step: next.id.clone(),
+                            attempt: comp.attempts + 1,
+                            error: "interrupted".to_string(),
+                        },
+                    )
+                    .await?;
+                    // A cancel request is taken at the top of the loop; anything else
+                    // that interrupts a compensation is a halt.
+                    let cancelling = matches!(*lock(&handle.request), Some(Request::Cancel { .. }));
+                    if !cancelling {
+                        self.halt_at(run_id, next.id.clone(), HaltReason::Interrupted)
+                            .await?;
+                        return Ok(());
+                    }
+                }
+                AttemptOutcome::Failed(error) => {
+                    self.append_durable(
+                        run_id,
+                        Event::CompensationFailed {
+                            step: next.id.clone(),
+                            attempt: comp.attempts + 1,
+                            error: error.message.clone(),
+                        },
+                    )
+                    .await?;
+                    match self
+                        .after_failure(run_id, &def.retry, failures + 1, &error, handle)
+                        .await?
+                    {
+                        None => {}
+                        Some(StepOutcome::Failed(why)) => {
+                            tracing::error!(run = %run_id, step = %next.id, error = %why, "rollback failed");
+                            self.append_durable(
+                                run_id,
+                                Event::RollbackFailed {
+                                    step: next.id.clone(),
+                                    error: why,
+                                },
+                            )
+                            .await?;
+                            return Ok(());
+                        }
+                        Some(_)
+                            if !matches!(*lock(&handle.request), Some(Request::Cancel { .. })) =>
+                        {
+                            self.halt_at(run_id, next.id.clone(), HaltReason::Requested)
+                                .await?;
+                            return Ok(());
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

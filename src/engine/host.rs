@@ -1,0 +1,118 @@
+//! The engine's side of [`StepHost`]: checkpoints into the journal, progress to followers,
+//! and the durable wait for approval.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::activity::{ActivityError, Approval, Progress, StepHost};
+use super::records::Event;
+use super::runtime::{Engine, RunHandle, Update};
+
+/// Services for one attempt of one step.
+pub(crate) struct AttemptHost {
+    engine: Arc<Engine>,
+    run: String,
+    step: String,
+    attempt: u32,
+    handle: Arc<RunHandle>,
+}
+
+impl AttemptHost {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        run: String,
+        step: String,
+        attempt: u32,
+        handle: Arc<RunHandle>,
+    ) -> Self {
+        Self {
+            engine,
+            run,
+            step,
+            attempt,
+            handle,
+        }
+    }
+
+    /// The approval recorded for this step, if any.
+    fn recorded_approval(&self) -> Result<Option<Approval>, ActivityError> {
+        let (_, _, state) = self
+            .engine
+            .load(&self.run)
+            .map_err(|e| ActivityError::retryable(e.to_string()))?;
+        Ok(state.step(&self.step).and_then(|s| s.approval.clone()))
+    }
+}
+
+#[async_trait]
+impl StepHost for AttemptHost {
+    async fn checkpoint(&self, data: Vec<u8>) -> Result<(), String> {
+        self.engine
+            .append_durable(
+                &self.run,
+                Event::StepCheckpoint {
+                    step: self.step.clone(),
+                    attempt: self.attempt,
+                    data,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn progress(&self, progress: Progress) {
+        self.engine.publish(Update::Progress {
+            run: self.run.clone(),
+            step: self.step.clone(),
+            progress,
+        });
+    }
+
+    async fn await_approval(
+        &self,
+        prompt: String,
+        cancel: CancellationToken,
+    ) -> Result<Approval, ActivityError> {
+        let mut asked = false;
+        loop {
+            // Register for wake-ups before looking, so an approval in between is not missed.
+            let notified = self.handle.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(approval) = self.recorded_approval()? {
+                return Ok(approval);
+            }
+            if !asked {
+                self.engine
+                    .append_durable(
+                        &self.run,
+                        Event::ApprovalRequested {
+                            step: self.step.clone(),
+                            prompt: prompt.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| ActivityError::retryable(e.to_string()))?;
+                tracing::info!(run = %self.run, step = %self.step, "waiting for approval");
+            }
+            asked = true;
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = cancel.cancelled() => {
+                    return Err(ActivityError::cancelled("approval wait interrupted"));
+                }
+            }
+        }
+    }
+
+    fn run_summary(&self) -> Value {
+        self.engine
+            .report(&self.run)
+            .ok()
+            .and_then(|r| serde_json::to_value(r).ok())
+            .unwrap_or(Value::Null)
+    }
+}

@@ -1,0 +1,633 @@
+//! The [`Engine`]: submits runs, drives them, and applies control requests (halt, approve,
+//! rollback, cancel, resume) — durably first, then to the live run if this process drives it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::activity::{Progress, Registry};
+use super::clock::{now_us, rfc3339};
+use super::journal::{Journal, JournalError};
+use super::records::{Event, EventRecord, HaltReason, RunRecord};
+use super::report::{RunReport, RunSummary};
+use super::state::{RunState, RunStatus};
+use super::template::Scope;
+use super::workflow::{Workflow, WorkflowError};
+
+/// A control request that could not be carried out, with what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The workflow (or the run's pinned copy of it) is invalid.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    /// No run has this id.
+    #[error("no run \"{0}\"; `lazarus runs` lists the runs in this state directory")]
+    UnknownRun(String),
+    /// The request does not fit the run's state, or its inputs are wrong.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What a run submission carries.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The validated workflow; its text is pinned into the run.
+    pub workflow: Workflow,
+    /// `--param` values as given.
+    pub params: BTreeMap<String, String>,
+    /// Why this run is being started.
+    pub reason: String,
+    /// Who starts it.
+    pub operator: String,
+    /// Steps to halt before.
+    pub halt_before: Vec<String>,
+    /// Steps to halt after.
+    pub halt_after: Vec<String>,
+    /// A chosen run id; one is generated when absent.
+    pub id: Option<String>,
+}
+
+/// A change worth telling followers about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Update {
+    /// The run's journal grew; fetch a fresh report.
+    Changed { run: String },
+    /// Live progress of a running step.
+    Progress {
+        run: String,
+        step: String,
+        progress: Progress,
+    },
+    /// This process stopped driving the run (finished, halted, or could not continue).
+    Stopped { run: String, error: Option<String> },
+}
+
+/// A request for the task driving a run.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    Cancel { by: String },
+    Rollback { by: String, reason: String },
+}
+
+/// The live side of a run this process drives.
+pub(crate) struct RunHandle {
+    /// Cancelled to interrupt the running attempt (halt --now, cancel, rollback, shutdown).
+    pub(crate) interrupt: Mutex<CancellationToken>,
+    /// Cancel or rollback waiting to be taken by the driver.
+    pub(crate) request: Mutex<Option<Request>>,
+    /// Woken when the journal changed under the run (approval, halt).
+    pub(crate) wake: Notify,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RunHandle {
+    fn new() -> Self {
+        Self {
+            interrupt: Mutex::new(CancellationToken::new()),
+            request: Mutex::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn interrupt(&self) {
+        lock(&self.interrupt).cancel();
+        self.wake.notify_waiters();
+    }
+
+    pub(crate) fn take_request(&self) -> Option<Request> {
+        lock(&self.request).take()
+    }
+}
+
+/// Drives runs against a journal with a registry of activities.
+pub struct Engine {
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) registry: Arc<Registry>,
+    active: Mutex<HashMap<String, Arc<RunHandle>>>,
+    updates: broadcast::Sender<Update>,
+    idle: Notify,
+}
+
+fn generate_id(workflow: &str) -> String {
+    use rand::Rng;
+    let suffix: u32 = rand::rng().random_range(0..0x100_0000);
+    format!("{workflow}-{suffix:06x}")
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl Engine {
+    /// An engine over a journal and a registry.
+    pub fn new(journal: Arc<dyn Journal>, registry: Arc<Registry>) -> Arc<Self> {
+        let (updates, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            journal,
+            registry,
+            active: Mutex::new(HashMap::new()),
+            updates,
+            idle: Notify::new(),
+        })
+    }
+
+    /// The activity registry workflows are checked against.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Receives updates about every run.
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.updates.subscribe()
+    }
+
+    pub(crate) fn publish(&self, update: Update) {
+        let _ = self.updates.send(update);
+    }
+
+    /// Appends an event and tells followers; durable only after the next flush.
+    pub(crate) fn append(&self, run: &str, event: Event) -> Result<(), JournalError> {
+        self.journal.append(
+            run,
+            &EventRecord {
+                at_us: now_us(),
+                event,
+            },
+        )?;
+        self.publish(Update::Changed {
+            run: run.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Appends an event and waits until it is on disk.
+    pub(crate) async fn append_durable(
+        self: &Arc<Self>,
+        run: &str,
+        event: Event,
+    ) -> Result<(), JournalError> {
+        let journal = Arc::clone(&self.journal);
+        let run_id = run.to_string();
+        let record = EventRecord {
+            at_us: now_us(),
+            event,
+        };
+        tokio::task::spawn_blocking(move || {
+            journal.append(&run_id, &record)?;
+            journal.flush()
+        })
+        .await
+        .map_err(|e| JournalError::Store {
+            path: Default::default(),
+            message: format!("journal writer task failed: {e}"),
+        })??;
+        self.publish(Update::Changed {
+            run: run.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Appends and flushes from synchronous control paths.
+    fn append_sync_durable(&self, run: &str, event: Event) -> Result<(), JournalError> {
+        self.append(run, event)?;
+        self.journal.flush()
+    }
+
+    pub(crate) fn handle(&self, run: &str) -> Option<Arc<RunHandle>> {
+        lock(&self.active).get(run).cloned()
+    }
+
+    /// Ids of the runs this process is driving.
+    pub fn active_runs(&self) -> Vec<String> {
+        lock(&self.active).keys().cloned().collect()
+    }
+
+    /// Waits until this process drives no run.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if lock(&self.active).is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The run's record, its pinned workflow and its folded state.
+    pub(crate) fn load(
+        &self,
+        run_id: &str,
+    ) -> Result<(RunRecord, Workflow, RunState), EngineError> {
+        let record = self
+            .journal
+            .run(run_id)?
+            .ok_or_else(|| EngineError::UnknownRun(run_id.to_string()))?;
+        let workflow = Workflow::parse(
+            &format!("{} (pinned in run {run_id})", record.workflow_source),
+            &record.workflow_text,
+            &self.registry,
+        )?;
+        let events = self.journal.events(run_id)?;
+        let state = RunState::fold(&workflow, &events);
+        Ok((record, workflow, state))
+    }
+
+    /// The run report.
+    pub fn report(&self, run_id: &str) -> Result<RunReport, EngineError> {
+        let (record, _, state) = self.load(run_id)?;
+        Ok(RunReport::build(
+            &record,
+            &state,
+            self.handle(run_id).is_some(),
+        ))
+    }
+
+    /// The most recent run's id.
+    pub fn latest_run(&self) -> Result<Option<String>, EngineError> {
+        Ok(self.journal.runs()?.last().map(|r| r.id.clone()))
+    }
+
+    /// One summary per run, oldest first.
+    pub fn list(&self) -> Result<Vec<RunSummary>, EngineError> {
+        let mut out = Vec::new();
+        for record in self.journal.runs()? {
+            match self.report(&record.id) {
+                Ok(report) => out.push(RunSummary::from(&report)),
+                Err(e) => out.push(RunSummary {
+                    id: record.id.clone(),
+                    workflow: record.workflow_name.clone(),
+                    status: format!("unreadable: {e}"),
+                    active: false,
+                    target: record.target.clone(),
+                    started_at: rfc3339(record.created_at_us),
+                    operator: record.operator.clone(),
+                    reason: record.reason.clone(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe_holder(&self, holder: &str) -> String {
+        match self.report(holder) {
+            Ok(r) => {
+                let at = r
+                    .halted
+                    .as_ref()
+                    .map(|h| format!(" at step \"{}\"", h.step))
+                    .unwrap_or_default();
+                format!(
+                    "{} ({}{at}, started {} by {})",
+                    r.id, r.status, r.started_at, r.operator
+                )
+            }
+            Err(_) => holder.to_string(),
+        }
+    }
+
+    /// Records a new run (pinning its workflow and taking its target lock) without starting it.
+    pub fn submit(&self, sub: Submission) -> Result<String, EngineError> {
+        let reason = sub.reason.trim();
+        if reason.is_empty() {
+            return Err(EngineError::Refused(
+                "a reason is required: --reason \"why this run is needed\"".into(),
+            ));
+        }
+        for step in sub.halt_before.iter().chain(&sub.halt_after) {
+            sub.workflow
+                .check_step_id(step)
+                .map_err(EngineError::Refused)?;
+        }
+        let params = sub
+            .workflow
+            .resolve_params(&sub.params)
+            .map_err(EngineError::Refused)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let id = match &sub.id {
+                Some(id) if valid_id(id) => id.clone(),
+                Some(id) => {
+                    return Err(EngineError::Refused(format!(
+                        "run id \"{id}\" may hold only letters, digits, '-', '_' and '.', up to 64 characters"
+                    )));
+                }
+                None => generate_id(&sub.workflow.name),
+            };
+            let target = match &sub.workflow.target {
+                Some(t) => {
+                    let outputs = BTreeMap::new();
+                    let scope = Scope {
+                        params: &params,
+                        outputs: &outputs,
+                        run_id: &id,
+                    };
+                    Some(scope.render_text(t).map_err(EngineError::Refused)?)
+                }
+                None => None,
+            };
+            let record = RunRecord {
+                id: id.clone(),
+                workflow_name: sub.workflow.name.clone(),
+                workflow_source: sub.workflow.source.clone(),
+                workflow_text: sub.workflow.text.clone(),
+                workflow_hash: sub.workflow.hash.clone(),
+                params: params.clone(),
+                target,
+                reason: reason.to_string(),
+                operator: sub.operator.clone(),
+                created_at_us: now_us(),
+                halt_before: sub.halt_before.clone(),
+                halt_after: sub.halt_after.clone(),
+            };
+            match self.journal.create_run(&record) {
+                Ok(()) => {
+                    tracing::info!(run = %id, workflow = %record.workflow_name, operator = %record.operator, reason = %record.reason, "run submitted");
+                    self.publish(Update::Changed { run: id.clone() });
+                    return Ok(id);
+                }
+                Err(JournalError::RunExists(_)) if sub.id.is_none() && attempts < 5 => continue,
+                Err(JournalError::Locked { target, holder }) => {
+                    return Err(EngineError::Refused(format!(
+                        "target \"{target}\" is locked by run {}; only one run per target at a time. Resume, roll back or cancel that run first (lazarus status {holder})",
+                        self.describe_holder(&holder)
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Starts driving a run in this process. Refused if this process already drives it.
+    pub fn start(self: &Arc<Self>, run_id: &str) -> Result<(), EngineError> {
+        let handle = {
+            let mut active = lock(&self.active);
+            if active.contains_key(run_id) {
+                return Err(EngineError::Refused(format!(
+                    "run {run_id} is already being executed by this process (pid {})",
+                    std::process::id()
+                )));
+            }
+            let handle = Arc::new(RunHandle::new());
+            active.insert(run_id.to_string(), Arc::clone(&handle));
+            handle
+        };
+        let engine = Arc::clone(self);
+        let run = run_id.to_string();
+        tokio::spawn(async move {
+            let error = match engine.drive(&run, &handle).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(run = %run, error = %e, "run stopped with an error");
+                    Some(e.to_string())
+                }
+            };
+            lock(&engine.active).remove(&run);
+            engine.publish(Update::Stopped { run, error });
+            engine.idle.notify_waiters();
+        });
+        Ok(())
+    }
+
+    fn refuse_if_finished(state: &RunState, run_id: &str, action: &str) -> Result<(), EngineError> {
+        if state.status.is_terminal() {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} has already {}; there is nothing to {action}",
+                match state.status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::RolledBack => "been rolled back",
+                    _ => "been cancelled",
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Continues a halted, failed or interrupted run from its journal, with its pinned
+    /// workflow.
+    pub fn resume(self: &Arc<Self>, run_id: &str, by: &str) -> Result<String, EngineError> {
+        let (_, _, state) = self.load(run_id)?;
+        Self::refuse_if_finished(&state, run_id, "resume")?;
+        if self.handle(run_id).is_some() {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} is already being executed (by pid {}); `lazarus status {run_id} --follow` watches it",
+                std::process::id()
+            )));
+        }
+        self.append_sync_durable(run_id, Event::Resumed { by: by.to_string() })?;
+        tracing::info!(run = %run_id, by, "run resumed");
+        self.start(run_id)?;
+        Ok(format!("run {run_id} resumed by {by}"))
+    }
+
+    /// Asks a run to halt at the next step boundary, or at once (`now`: the running step is
+    /// interrupted and runs again on resume).
+    pub fn halt(&self, run_id: &str, by: &str, now: bool) -> Result<String, EngineError> {
+        let (_, _, state) = self.load(run_id)?;
+        Self::refuse_if_finished(&state, run_id, "halt")?;
+        if state.status == RunStatus::Halted {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} is already halted; `lazarus resume {run_id}` continues it"
+            )));
+        }
+        self.append_sync_durable(
+            run_id,
+            Event::HaltRequested {
+                by: by.to_string(),
+                now,
+            },
+        )?;
+        match self.handle(run_id) {
+            Some(handle) => {
+                if now {
+                    handle.interrupt();
+                } else {
+                    handle.wake.notify_waiters();
+                }
+                Ok(if now {
+                    format!(
+                        "run {run_id}: halting now (the running step is interrupted and runs again on resume)"
+                    )
+                } else {
+                    format!("run {run_id}: will halt at the next step boundary")
+                })
+            }
+            None => {
+                // Nobody drives it: record the halt itself so the status says so.
+                let step = state.next_step().map(|s| s.id.clone()).unwrap_or_default();
+                self.append_sync_durable(
+                    run_id,
+                    Event::Halted {
+                        step,
+                        reason: HaltReason::Requested,
+                    },
+                )?;
+                Ok(format!("run {run_id} halted"))
+            }
+        }
+    }
+
+    /// Approves the `approve` step a run is waiting at.
+    pub fn approve(
+        &self,
+        run_id: &str,
+        by: &str,
+        comment: Option<String>,
+    ) -> Result<String, EngineError> {
+        let (_, _, state) = self.load(run_id)?;
+        Self::refuse_if_finished(&state, run_id, "approve")?;
+        let waiting = state
+            .steps
+            .iter()
+            .find(|s| s.approval_prompt.is_some() && s.output.is_none());
+        let Some(step) = waiting else {
+            let at = state
+                .next_step()
+                .map(|s| format!(", next step \"{}\"", s.id))
+                .unwrap_or_default();
+            return Err(EngineError::Refused(format!(
+                "run {run_id} is not waiting for approval (status {}{at})",
+                state.status
+            )));
+        };
+        if by.trim().is_empty() {
+            return Err(EngineError::Refused(
+                "say who approves: --by NAME".to_string(),
+            ));
+        }
+        let step_id = step.id.clone();
+        self.append_sync_durable(
+            run_id,
+            Event::Approved {
+                step: step_id.clone(),
+                by: by.to_string(),
+                comment,
+            },
+        )?;
+        tracing::info!(run = %run_id, step = %step_id, by, "approved");
+        match self.handle(run_id) {
+            Some(handle) => {
+                handle.wake.notify_waiters();
+                Ok(format!("run {run_id}: step \"{step_id}\" approved by {by}"))
+            }
+            None => Ok(format!(
+                "run {run_id}: step \"{step_id}\" approved by {by}; no process is executing the run: `lazarus resume {run_id}` continues it"
+            )),
+        }
+    }
+
+    /// Undoes a run: interrupts it if it is running, then runs the completed steps'
+    /// compensations newest first. Returns whether this call started driving the run.
+    pub fn rollback(
+        self: &Arc<Self>,
+        run_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<String, EngineError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(EngineError::Refused(
+                "a reason is required: --reason \"why this run is being rolled back\"".into(),
+            ));
+        }
+        let (record, _, state) = self.load(run_id)?;
+        match state.status {
+            RunStatus::RolledBack | RunStatus::Cancelled => {
+                return Self::refuse_if_finished(&state, run_id, "roll back")
+                    .map(|_| String::new());
+            }
+            RunStatus::RollingBack if self.handle(run_id).is_some() => {
+                return Err(EngineError::Refused(format!(
+                    "run {run_id} is already rolling back"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(handle) = self.handle(run_id) {
+            *lock(&handle.request) = Some(Request::Rollback {
+                by: by.to_string(),
+                reason: reason.to_string(),
+            });
+            handle.interrupt();
+            return Ok(format!("run {run_id}: rolling back"));
+        }
+        if let (RunStatus::Succeeded, Some(target)) = (state.status, &record.target) {
+            // The lock was released when the run succeeded; undoing it needs it again.
+            self.journal
+                .acquire_lock(target, run_id)
+                .map_err(|e| match e {
+                    JournalError::Locked { target, holder } => EngineError::Refused(format!(
+                        "cannot roll back run {run_id}: target \"{target}\" is now locked by run {}",
+                        self.describe_holder(&holder)
+                    )),
+                    other => other.into(),
+                })?;
+        }
+        if state.rollback.is_none() {
+            self.append_sync_durable(
+                run_id,
+                Event::RollbackStarted {
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                },
+            )?;
+        } else {
+            self.append_sync_durable(run_id, Event::Resumed { by: by.to_string() })?;
+        }
+        tracing::info!(run = %run_id, by, reason, "rollback started");
+        self.start(run_id)?;
+        Ok(format!("run {run_id}: rolling back"))
+    }
+
+    /// Stops a run for good, without compensation, and releases its target.
+    pub fn cancel(&self, run_id: &str, by: &str) -> Result<String, EngineError> {
+        let (record, _, state) = self.load(run_id)?;
+        Self::refuse_if_finished(&state, run_id, "cancel")?;
+        if let Some(handle) = self.handle(run_id) {
+            *lock(&handle.request) = Some(Request::Cancel { by: by.to_string() });
+            handle.interrupt();
+            return Ok(format!("run {run_id}: cancelling"));
+        }
+        self.append_sync_durable(run_id, Event::Cancelled { by: by.to_string() })?;
+        if let Some(target) = &record.target {
+            self.journal.release_lock(target, run_id)?;
+        }
+        tracing::info!(run = %run_id, by, "cancelled");
+        Ok(format!("run {run_id} cancelled"))
+    }
+
+    /// Halts every run this process drives, at once (used on SIGINT/SIGTERM), so each can be
+    /// resumed later.
+    pub fn interrupt_all(&self, by: &str) {
+        let handles: Vec<(String, Arc<RunHandle>)> = lock(&self.active)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        for (run, handle) in handles {
+            if let Err(e) = self.append_sync_durable(
+                &run,
+                Event::HaltRequested {
+                    by: by.to_string(),
+                    now: true,
+                },
+            ) {
+                tracing::error!(run = %run, error = %e, "could not journal the halt request");
+            }
+            handle.interrupt();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Lazarus: a durable runbook engine that recovers PostgreSQL from disaster.
+//!
+//! A recovery is a run of a workflow (TOML, in `workflows/`); each step is an idempotent
+//! activity whose result is journaled, so a crashed, killed or halted recovery resumes from
+//! the last completed step.
+
+pub mod activities;
+pub mod cli;
+pub mod engine;
+pub mod owner;
+pub mod runbooks;

@@ -1,0 +1,95 @@
+//! The control protocol on `state/control.sock`: one JSON request per connection, answered
+//! by one JSON response — or, for `follow`, by a stream of JSON lines.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Progress, RunReport, RunSummary};
+
+/// A run submission as sent by a client: the workflow travels as text, so the owner runs
+/// exactly what the client read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The workflow file's text.
+    pub workflow_text: String,
+    /// Where it was read from (a path or `builtin:NAME`).
+    pub workflow_source: String,
+    /// `--param` values.
+    pub params: BTreeMap<String, String>,
+    /// `--reason`.
+    pub reason: String,
+    /// Who submits.
+    pub operator: String,
+    /// `--halt-before` steps.
+    pub halt_before: Vec<String>,
+    /// `--halt-after` steps.
+    pub halt_after: Vec<String>,
+    /// `--id`, if given.
+    pub id: Option<String>,
+}
+
+/// What a client asks of the owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is an owner here, and who?
+    Ping,
+    /// Submit and start a run.
+    Submit(SubmitRequest),
+    /// Resume a run.
+    Resume { run: String, by: String },
+    /// Halt a run.
+    Halt { run: String, by: String, now: bool },
+    /// Approve a waiting step.
+    Approve {
+        run: String,
+        by: String,
+        comment: Option<String>,
+    },
+    /// Roll a run back.
+    Rollback {
+        run: String,
+        by: String,
+        reason: String,
+    },
+    /// Cancel a run.
+    Cancel { run: String, by: String },
+    /// A run's report (the latest run when `run` is absent).
+    Report { run: Option<String> },
+    /// Every run.
+    Runs,
+    /// Stream a run's reports and progress until the owner stops driving it.
+    Follow { run: String },
+}
+
+/// The owner's answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The owner's process id.
+    Pong { pid: u32 },
+    /// A run id (submit).
+    RunId { run: String },
+    /// A sentence for the operator (control requests).
+    Done { message: String },
+    /// A run report.
+    Report { report: Box<RunReport> },
+    /// Run summaries.
+    Runs { runs: Vec<RunSummary> },
+    /// The request was refused or failed; `retry` means the owner is going away and the
+    /// client should connect again.
+    Error { message: String, retry: bool },
+}
+
+/// One line of a `follow` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "item", rename_all = "snake_case")]
+pub enum FollowItem {
+    /// The run changed: here is its report.
+    Report { report: Box<RunReport> },
+    /// Live progress of a step.
+    Progress { step: String, progress: Progress },
+    /// The owner stopped driving the run (with the error, if it could not continue).
+    End { error: Option<String> },
+}
