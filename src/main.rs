@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let default_level = match cli.verbose {
-        0 => "warn",
+        0 => "error",
         1 => "info",
         _ => "debug",
     };
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::inputs::{self, lenient_opt_u64, string_map};
+use super::inputs::{self, lenient_opt_u64, opt_string_list, opt_text, string_map};
 use super::supervise::{CANNOT_START, STOP_BYTE};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 
@@ -63,11 +63,24 @@ static SPEC: ActivitySpec = ActivitySpec {
 };
 
 /// A command: argv, or a line for `/bin/sh -c`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 enum CommandLine {
     Argv(Vec<String>),
     Shell(String),
+}
+
+impl<'de> Deserialize<'de> for CommandLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(line) => Ok(CommandLine::Shell(line)),
+            Value::Array(items) => inputs::string_list(Value::Array(items))
+                .map(CommandLine::Argv)
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "undo must be a shell line or an argv array, got {other}"
+            ))),
+        }
+    }
 }
 
 impl CommandLine {
@@ -82,7 +95,9 @@ impl CommandLine {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Inputs {
+    #[serde(default, deserialize_with = "opt_string_list")]
     argv: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_text")]
     shell: Option<String>,
     #[serde(default, deserialize_with = "string_map")]
     env: BTreeMap<String, String>,

@@ -63,19 +63,46 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&text).map_err(de::Error::custom)
 }
 
+fn scalar_text<E: de::Error>(value: Value) -> Result<String, E> {
+    match value {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(E::custom(format!(
+            "expected text, a number or a boolean, got {other}"
+        ))),
+    }
+}
+
+/// A list of strings whose items may also be numbers or booleans (an argv built from
+/// `${steps.ID.FIELD}` references keeps their JSON types).
+pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<Value>::deserialize(d)?
+        .into_iter()
+        .map(scalar_text)
+        .collect()
+}
+
+/// An optional [`string_list`].
+pub fn opt_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    string_list(d).map(Some)
+}
+
+/// An optional string that may also arrive as a number or boolean.
+pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    scalar_text(Value::deserialize(d)?).map(Some)
+}
+
 /// A map of strings whose values may also be numbers or booleans (environment variables).
 pub fn string_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
     let raw = std::collections::BTreeMap::<String, Value>::deserialize(d)?;
     raw.into_iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => Ok((k, s)),
-            Value::Number(n) => Ok((k, n.to_string())),
-            Value::Bool(b) => Ok((k, b.to_string())),
-            _ => Err(de::Error::custom(format!(
-                "\"{k}\" must be a string, number or boolean"
-            ))),
+        .map(|(k, v)| {
+            scalar_text::<D::Error>(v)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| de::Error::custom(format!("\"{k}\": {e}")))
         })
         .collect()
 }

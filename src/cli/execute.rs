@@ -166,7 +166,12 @@ pub async fn resume(ctx: &Context, args: ResumeArgs) -> Result<ExitCode> {
         })
         .await?;
     eprintln!("{message}");
-    let code = follow_and_report(ctx, session.control(), &args.run, args.json, Goal::Succeed).await;
+    // Resuming a rollback aims at rolled_back; resuming anything else aims at success.
+    let goal = match session.control().report(Some(&args.run)).await {
+        Ok(report) if report.rollback.is_some() => Goal::RollBack,
+        _ => Goal::Succeed,
+    };
+    let code = follow_and_report(ctx, session.control(), &args.run, args.json, goal).await;
     session.finish().await;
     code
 }

@@ -118,12 +118,18 @@ impl Renderer {
             if before.as_ref() == Some(&key) {
                 continue;
             }
-            if before.is_none() && matches!(step.status.as_str(), "completed" | "pending") {
-                // Already done before we started watching, or not started: say nothing yet
-                // unless it completed while we watch.
-                if step.status == "completed" && self.run_status.is_none() {
-                    self.line(&format!("  ✓ {} (done earlier)", step.id));
+            if before.is_none() && self.run_status.is_none() {
+                // The state when we started watching: summarise what is already settled.
+                match step.status.as_str() {
+                    "completed" => self.line(&format!("  ✓ {} (done earlier)", step.id)),
+                    "compensated" => self.line(&format!("  ↺ {} (undone earlier)", step.id)),
+                    "pending" | "failed" => {}
+                    _ => {}
                 }
+                if step.status != "running" && step.status != "waiting_approval" {
+                    continue;
+                }
+            } else if before.is_none() && step.status == "pending" {
                 continue;
             }
             match step.status.as_str() {

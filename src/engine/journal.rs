@@ -257,6 +257,20 @@ mod tests {
     use crate::engine::records::Event;
     use std::collections::BTreeMap;
 
+    /// sled's flusher thread lets go of the file lock a moment after the `Db` is dropped.
+    fn reopen(path: &Path) -> SledJournal {
+        for _ in 0..200 {
+            match SledJournal::open(path) {
+                Ok(j) => return j,
+                Err(JournalError::InUse(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        }
+        panic!("the store stayed locked after its only handle was dropped");
+    }
+
     fn record(id: &str, target: Option<&str>) -> RunRecord {
         RunRecord {
             id: id.into(),
@@ -301,7 +315,7 @@ mod tests {
             .unwrap();
             j.flush().unwrap();
         }
-        let j = SledJournal::open(dir.path()).unwrap();
+        let j = reopen(dir.path());
         let events = j.events("a").unwrap();
         assert_eq!(events.len(), 300, "prefix scan must not leak run \"ab\"");
         assert!(events.windows(2).all(|w| w[0].at_us < w[1].at_us));

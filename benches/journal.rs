@@ -1,0 +1,149 @@
+//! Journal overhead per step beside the floor (a 4 KiB write + fsync on the same disk), and
+//! steps per second through the whole engine with a no-op activity.
+//!
+//! Run: `cargo bench --bench journal` (numbers go to benches/RESULTS.md by hand).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lazarus::engine::records::{Event, EventRecord};
+use lazarus::engine::{
+    Activity, ActivityContext, ActivityError, ActivitySpec, Engine, Journal, Registry, SledJournal,
+    Submission, Workflow,
+};
+use serde_json::Value;
+
+const ROUNDS: usize = 300;
+
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir")
+}
+
+/// The floor: append 4 KiB to a file and fsync it, per step.
+fn write_fsync(rounds: usize) -> Duration {
+    let dir = bench_dir();
+    let mut file = std::fs::File::create(dir.path().join("floor")).expect("file");
+    let block = vec![7u8; 4096];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        file.write_all(&block).expect("write");
+        file.sync_all().expect("fsync");
+    }
+    start.elapsed() / rounds as u32
+}
+
+/// The journal's share of a step: StepStarted appended, StepCompleted appended, flushed.
+fn journal_step(rounds: usize) -> Duration {
+    let dir = bench_dir();
+    let journal = SledJournal::open(dir.path()).expect("journal");
+    let output = serde_json::to_vec(&serde_json::json!({"exit_code": 0, "stdout": "ok"})).unwrap();
+    let start = Instant::now();
+    for i in 0..rounds {
+        let step = format!("step-{i}");
+        journal
+            .append(
+                "run",
+                &EventRecord {
+                    at_us: 0,
+                    event: Event::StepStarted {
+                        step: step.clone(),
+                        attempt: 1,
+                    },
+                },
+            )
+            .expect("append");
+        journal
+            .append(
+                "run",
+                &EventRecord {
+                    at_us: 0,
+                    event: Event::StepCompleted {
+                        step,
+                        attempt: 1,
+                        output: output.clone(),
+                    },
+                },
+            )
+            .expect("append");
+        journal.flush().expect("flush");
+    }
+    start.elapsed() / rounds as u32
+}
+
+struct Noop;
+static NOOP: ActivitySpec = ActivitySpec {
+    name: "noop",
+    summary: "does nothing",
+    inputs: &[],
+    outputs: &[],
+};
+#[async_trait]
+impl Activity for Noop {
+    fn spec(&self) -> &'static ActivitySpec {
+        &NOOP
+    }
+    async fn run(&self, _: &ActivityContext, _: Value) -> Result<Value, ActivityError> {
+        Ok(Value::Null)
+    }
+}
+
+/// Steps per second through submit, the executor and the journal, no-op activity.
+fn engine_steps_per_second(steps: usize) -> f64 {
+    let dir = bench_dir();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Noop));
+    let mut text = String::from("name = \"bench\"\n");
+    for i in 0..steps {
+        text.push_str(&format!("[[steps]]\nid = \"s{i}\"\nactivity = \"noop\"\n"));
+    }
+    let workflow = Workflow::parse("bench", &text, &registry).expect("workflow");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let journal = Arc::new(SledJournal::open(dir.path()).expect("journal"));
+        let engine = Engine::new(journal, Arc::new(registry));
+        let run = engine
+            .submit(Submission {
+                workflow,
+                params: Default::default(),
+                reason: "bench".into(),
+                operator: "bench".into(),
+                halt_before: vec![],
+                halt_after: vec![],
+                id: None,
+            })
+            .expect("submit");
+        let start = Instant::now();
+        engine.start(&run).expect("start");
+        engine.wait_idle().await;
+        let took = start.elapsed();
+        assert_eq!(engine.report(&run).expect("report").status, "succeeded");
+        steps as f64 / took.as_secs_f64()
+    })
+}
+
+fn main() {
+    // Warm the disk and allocator once, then measure.
+    write_fsync(20);
+    journal_step(20);
+    let floor = write_fsync(ROUNDS);
+    let journal = journal_step(ROUNDS);
+    println!(
+        "journal per step (start + durable completion): {:>8.1} µs",
+        journal.as_secs_f64() * 1e6
+    );
+    println!(
+        "4 KiB write + fsync, same disk:                {:>8.1} µs",
+        floor.as_secs_f64() * 1e6
+    );
+    println!(
+        "ratio journal / floor:                         {:>8.2}x (goal <= 2.00x)",
+        journal.as_secs_f64() / floor.as_secs_f64()
+    );
+    let rate = engine_steps_per_second(300);
+    println!(
+        "engine, no-op activity:                        {rate:>8.0} steps/s ({:.2} ms/step)",
+        1000.0 / rate
+    );
+}

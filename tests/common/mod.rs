@@ -1,0 +1,150 @@
+//! Helpers for end-to-end tests that drive the real `lazarus` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A throwaway project directory with its own state directory.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        // Short paths: the control socket must fit in 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("lz")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// A `lazarus` command in the sandbox, with its state directory and an operator.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazarus"));
+        cmd.current_dir(self.path())
+            .env("LAZARUS_STATE", self.state())
+            .env("LAZARUS_OPERATOR", "tester")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `lazarus ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run lazarus")
+    }
+
+    /// Runs `lazarus ARGS` and insists on success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lazarus {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `lazarus ARGS` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lazarus")
+    }
+
+    /// Writes a file in the sandbox and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+
+    /// `lazarus status RUN --json`.
+    pub fn status(&self, run: &str) -> Value {
+        let out = self.ok(&["status", run, "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}\n{out}"))
+    }
+
+    /// The status of one step of a run.
+    pub fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+        report["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["id"] == id))
+            .unwrap_or_else(|| panic!("no step {id} in {report}"))
+    }
+
+    /// Polls until `check` holds, or panics after `timeout` with `what`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends SIGKILL to a child and reaps it.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether any live process has `marker` (a literal string) in its command line.
+pub fn process_with(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        panic!("/proc is needed by this test");
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit());
+        if !is_pid || entry.file_name().to_string_lossy() == std::process::id().to_string() {
+            return false;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        !zombie
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+    })
+}
+
+/// The combined output of a command, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,119 @@
+//! One owner of state/: other invocations talk to it over the control socket; `--detach`
+//! hands a run to a background owner; cancel stops a run for good.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sandbox, process_with};
+
+const WORKFLOW: &str = r#"
+name = "slow"
+target = "slow-target"
+[[steps]]
+id = "wait"
+activity = "command"
+with = { shell = ': marker-${run.id}; echo started >> log; while [ ! -f go ]; do sleep 0.05; done' }
+[[steps]]
+id = "done"
+activity = "command"
+with = { shell = 'echo done >> log' }
+"#;
+
+#[test]
+fn second_invocation_talks_to_the_owner() {
+    let sb = Sandbox::new();
+    sb.write("slow.toml", WORKFLOW);
+    let mut owner = sb.spawn(&["run", "slow.toml", "--id", "c1", "--reason", "test"]);
+    sb.wait_for("the step to start", Duration::from_secs(20), || {
+        sb.read("log").contains("started")
+    });
+    // The store is held by the owner; these go through its socket.
+    let report = sb.status("c1");
+    assert_eq!(report["status"], "running");
+    assert_eq!(report["active"], true);
+    assert_eq!(Sandbox::step(&report, "wait")["status"], "running");
+    let runs: serde_json::Value = serde_json::from_str(&sb.ok(&["runs", "--json"])).unwrap();
+    assert_eq!(runs[0]["id"], "c1");
+    assert_eq!(runs[0]["active"], true);
+    let human = sb.ok(&["status"]);
+    assert!(human.contains("run c1 — running"), "{human}");
+    sb.write("go", "");
+    assert!(owner.wait().unwrap().success());
+    assert_eq!(sb.status("c1")["status"], "succeeded");
+}
+
+#[test]
+fn detached_run_prints_its_id_and_the_background_owner_leaves_when_idle() {
+    let sb = Sandbox::new();
+    sb.write("slow.toml", WORKFLOW);
+    sb.write("go", "");
+    let out = sb.ok(&["run", "slow.toml", "--detach", "--reason", "test"]);
+    let run = out.trim().to_string();
+    assert!(
+        run.starts_with("slow-") && !run.contains(' '),
+        "only the id: {out:?}"
+    );
+    sb.wait_for(
+        "the detached run to succeed",
+        Duration::from_secs(30),
+        || sb.status(&run)["status"] == "succeeded",
+    );
+    let socket = sb.state().join("control.sock");
+    sb.wait_for(
+        "the background owner to exit",
+        Duration::from_secs(30),
+        || !socket.exists(),
+    );
+    assert_eq!(sb.read("log"), "started\ndone\n");
+}
+
+#[test]
+fn cancel_stops_a_running_run_for_good_and_frees_its_target() {
+    let sb = Sandbox::new();
+    sb.write("slow.toml", WORKFLOW);
+    let mut owner = sb.spawn(&["run", "slow.toml", "--id", "c3", "--reason", "test"]);
+    sb.wait_for("the step to start", Duration::from_secs(20), || {
+        sb.read("log").contains("started")
+    });
+    let message = sb.ok(&["cancel", "c3"]);
+    assert!(message.contains("cancelling"), "{message}");
+    let status = owner.wait().unwrap();
+    assert_eq!(status.code(), Some(4));
+    let report = sb.status("c3");
+    assert_eq!(report["status"], "cancelled");
+    assert_eq!(report["cancelled_by"], "tester");
+    assert!(
+        !process_with("marker-c3"),
+        "the cancelled command must be gone"
+    );
+    let out = sb.run(&["resume", "c3"]);
+    assert!(
+        common::text(&out).contains("already been cancelled"),
+        "{}",
+        common::text(&out)
+    );
+    sb.write("go", "");
+    sb.ok(&[
+        "run",
+        "slow.toml",
+        "--id",
+        "c4",
+        "--reason",
+        "target is free again",
+    ]);
+}
+
+#[test]
+fn unknown_run_is_a_clear_error() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["status", "nope", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::text(&out).contains("no run \"nope\"; `lazarus runs` lists the runs"),
+        "{}",
+        common::text(&out)
+    );
+    let out = sb.run(&["halt", "nope"]);
+    assert!(common::text(&out).contains("no run \"nope\""));
+}
