@@ -32,6 +32,9 @@ pub enum EngineError {
     /// The request does not fit the run's state, or its inputs are wrong.
     #[error("{0}")]
     Refused(String),
+    /// This process is letting go of the store; ask the next owner.
+    #[error("this lazarus process is shutting down")]
+    ShuttingDown,
 }
 
 /// What a run submission carries.
@@ -109,11 +112,19 @@ impl RunHandle {
     }
 }
 
+/// The runs this process drives, and whether it still takes new ones.
+#[derive(Default)]
+struct Active {
+    runs: HashMap<String, Arc<RunHandle>>,
+    closed: bool,
+}
+
 /// Drives runs against a journal with a registry of activities.
 pub struct Engine {
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) registry: Arc<Registry>,
-    active: Mutex<HashMap<String, Arc<RunHandle>>>,
+    active: Mutex<Active>,
+    workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     updates: broadcast::Sender<Update>,
     idle: Notify,
 }
@@ -139,7 +150,8 @@ impl Engine {
         Arc::new(Self {
             journal,
             registry,
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(Active::default()),
+            workflows: Mutex::new(HashMap::new()),
             updates,
             idle: Notify::new(),
         })
@@ -208,42 +220,62 @@ impl Engine {
     }
 
     pub(crate) fn handle(&self, run: &str) -> Option<Arc<RunHandle>> {
-        lock(&self.active).get(run).cloned()
+        lock(&self.active).runs.get(run).cloned()
     }
 
     /// Ids of the runs this process is driving.
     pub fn active_runs(&self) -> Vec<String> {
-        lock(&self.active).keys().cloned().collect()
+        lock(&self.active).runs.keys().cloned().collect()
     }
 
     /// Waits until this process drives no run.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if lock(&self.active).is_empty() {
+            if lock(&self.active).runs.is_empty() {
                 return;
             }
             notified.await;
         }
     }
 
+    /// Stops taking runs if none is being driven; returns whether it did. An owner calls
+    /// this before letting go of the store, so no run can start in a process about to exit.
+    pub fn close_if_idle(&self) -> bool {
+        let mut active = lock(&self.active);
+        if active.runs.is_empty() {
+            active.closed = true;
+        }
+        active.closed
+    }
+
     /// The run's record, its pinned workflow and its folded state.
     pub(crate) fn load(
         &self,
         run_id: &str,
-    ) -> Result<(RunRecord, Workflow, RunState), EngineError> {
+    ) -> Result<(RunRecord, Arc<Workflow>, RunState), EngineError> {
         let record = self
             .journal
             .run(run_id)?
             .ok_or_else(|| EngineError::UnknownRun(run_id.to_string()))?;
-        let workflow = Workflow::parse(
-            &format!("{} (pinned in run {run_id})", record.workflow_source),
-            &record.workflow_text,
-            &self.registry,
-        )?;
+        let workflow = self.pinned_workflow(&record)?;
         let events = self.journal.events(run_id)?;
         let state = RunState::fold(&workflow, &events);
         Ok((record, workflow, state))
+    }
+
+    /// The run's pinned workflow, parsed once per process (keyed by its hash).
+    fn pinned_workflow(&self, record: &RunRecord) -> Result<Arc<Workflow>, EngineError> {
+        if let Some(found) = lock(&self.workflows).get(&record.workflow_hash) {
+            return Ok(Arc::clone(found));
+        }
+        let workflow = Arc::new(Workflow::parse(
+            &format!("{} (pinned in run {})", record.workflow_source, record.id),
+            &record.workflow_text,
+            &self.registry,
+        )?);
+        lock(&self.workflows).insert(record.workflow_hash.clone(), Arc::clone(&workflow));
+        Ok(workflow)
     }
 
     /// The run report.
@@ -372,22 +404,44 @@ impl Engine {
         }
     }
 
+    /// Records a new run and starts driving it, atomically with respect to
+    /// [`Engine::close_if_idle`]: a closing process refuses before anything is journaled.
+    pub fn launch(self: &Arc<Self>, submission: Submission) -> Result<String, EngineError> {
+        let mut active = lock(&self.active);
+        if active.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        let run = self.submit(submission)?;
+        let handle = Arc::new(RunHandle::new());
+        active.runs.insert(run.clone(), Arc::clone(&handle));
+        drop(active);
+        self.spawn_driver(run.clone(), handle);
+        Ok(run)
+    }
+
     /// Starts driving a run in this process. Refused if this process already drives it.
     pub fn start(self: &Arc<Self>, run_id: &str) -> Result<(), EngineError> {
         let handle = {
             let mut active = lock(&self.active);
-            if active.contains_key(run_id) {
+            if active.closed {
+                return Err(EngineError::ShuttingDown);
+            }
+            if active.runs.contains_key(run_id) {
                 return Err(EngineError::Refused(format!(
                     "run {run_id} is already being executed by this process (pid {})",
                     std::process::id()
                 )));
             }
             let handle = Arc::new(RunHandle::new());
-            active.insert(run_id.to_string(), Arc::clone(&handle));
+            active.runs.insert(run_id.to_string(), Arc::clone(&handle));
             handle
         };
+        self.spawn_driver(run_id.to_string(), handle);
+        Ok(())
+    }
+
+    fn spawn_driver(self: &Arc<Self>, run: String, handle: Arc<RunHandle>) {
         let engine = Arc::clone(self);
-        let run = run_id.to_string();
         tokio::spawn(async move {
             let error = match engine.drive(&run, &handle).await {
                 Ok(()) => None,
@@ -396,11 +450,10 @@ impl Engine {
                     Some(e.to_string())
                 }
             };
-            lock(&engine.active).remove(&run);
+            lock(&engine.active).runs.remove(&run);
             engine.publish(Update::Stopped { run, error });
             engine.idle.notify_waiters();
         });
-        Ok(())
     }
 
     fn refuse_if_finished(state: &RunState, run_id: &str, action: &str) -> Result<(), EngineError> {
@@ -614,6 +667,7 @@ impl Engine {
     /// resumed later.
     pub fn interrupt_all(&self, by: &str) {
         let handles: Vec<(String, Arc<RunHandle>)> = lock(&self.active)
+            .runs
             .iter()
             .map(|(k, v)| (k.clone(), Arc::clone(v)))
             .collect();

@@ -28,7 +28,10 @@ pub enum ControlError {
 
 impl From<EngineError> for ControlError {
     fn from(e: EngineError) -> Self {
-        ControlError::Refused(e.to_string())
+        match e {
+            EngineError::ShuttingDown => ControlError::Retry,
+            other => ControlError::Refused(other.to_string()),
+        }
     }
 }
 
@@ -77,14 +80,14 @@ impl LocalControl {
     }
 }
 
-/// Parses a submitted workflow and records the run (without starting it).
-pub fn submit_to(engine: &Engine, request: SubmitRequest) -> Result<String, EngineError> {
+/// Parses a submitted workflow, records the run and starts driving it.
+pub fn launch(engine: &Arc<Engine>, request: SubmitRequest) -> Result<String, EngineError> {
     let workflow = Workflow::parse(
         &request.workflow_source,
         &request.workflow_text,
         engine.registry(),
     )?;
-    engine.submit(Submission {
+    engine.launch(Submission {
         workflow,
         params: request.params,
         reason: request.reason,
@@ -167,9 +170,7 @@ pub fn follow_local(
 #[async_trait]
 impl Control for LocalControl {
     async fn submit(&self, request: SubmitRequest) -> Result<String, ControlError> {
-        let run = submit_to(&self.engine, request)?;
-        self.engine.start(&run)?;
-        Ok(run)
+        Ok(launch(&self.engine, request)?)
     }
 
     async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError> {

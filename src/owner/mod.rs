@@ -99,7 +99,12 @@ impl Session {
                 if others.len() == 1 { "it" } else { "them" }
             );
         }
-        owned.engine().wait_idle().await;
+        loop {
+            owned.engine().wait_idle().await;
+            if owned.engine().close_if_idle() {
+                break;
+            }
+        }
         owned.closing.store(true, Ordering::SeqCst);
         owned.server.abort();
         let _ = std::fs::remove_file(&owned.socket);

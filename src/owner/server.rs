@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::control::{follow_local, submit_to};
+use super::control::{follow_local, launch};
 use super::protocol::{FollowItem, Request, Response};
 use crate::engine::{Engine, EngineError};
 
@@ -38,6 +38,10 @@ async fn write_line<T: serde::Serialize>(
 fn answer<T>(result: Result<T, EngineError>, ok: impl FnOnce(T) -> Response) -> Response {
     match result {
         Ok(v) => ok(v),
+        Err(EngineError::ShuttingDown) => Response::Error {
+            message: EngineError::ShuttingDown.to_string(),
+            retry: true,
+        },
         Err(e) => Response::Error {
             message: e.to_string(),
             retry: false,
@@ -85,13 +89,9 @@ async fn handle(
         Request::Ping => Response::Pong {
             pid: std::process::id(),
         },
-        Request::Submit(submission) => answer(
-            submit_to(&engine, submission).and_then(|run| {
-                engine.start(&run)?;
-                Ok(run)
-            }),
-            |run| Response::RunId { run },
-        ),
+        Request::Submit(submission) => {
+            answer(launch(&engine, submission), |run| Response::RunId { run })
+        }
         Request::Resume { run, by } => answer(engine.resume(&run, &by), |message| Response::Done {
             message,
         }),
