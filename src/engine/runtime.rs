@@ -116,7 +116,15 @@ impl RunHandle {
 #[derive(Default)]
 struct Active {
     runs: HashMap<String, Arc<RunHandle>>,
+    /// Submissions between their closed-check and their start.
+    launching: usize,
     closed: bool,
+}
+
+impl Active {
+    fn idle(&self) -> bool {
+        self.runs.is_empty() && self.launching == 0
+    }
 }
 
 /// Drives runs against a journal with a registry of activities.
@@ -232,7 +240,7 @@ impl Engine {
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if lock(&self.active).runs.is_empty() {
+            if lock(&self.active).idle() {
                 return;
             }
             notified.await;
@@ -243,7 +251,7 @@ impl Engine {
     /// this before letting go of the store, so no run can start in a process about to exit.
     pub fn close_if_idle(&self) -> bool {
         let mut active = lock(&self.active);
-        if active.runs.is_empty() {
+        if active.idle() {
             active.closed = true;
         }
         active.closed
@@ -407,11 +415,24 @@ impl Engine {
     /// Records a new run and starts driving it, atomically with respect to
     /// [`Engine::close_if_idle`]: a closing process refuses before anything is journaled.
     pub fn launch(self: &Arc<Self>, submission: Submission) -> Result<String, EngineError> {
-        let mut active = lock(&self.active);
-        if active.closed {
-            return Err(EngineError::ShuttingDown);
+        {
+            let mut active = lock(&self.active);
+            if active.closed {
+                return Err(EngineError::ShuttingDown);
+            }
+            active.launching += 1;
         }
-        let run = self.submit(submission)?;
+        let submitted = self.submit(submission);
+        let mut active = lock(&self.active);
+        active.launching -= 1;
+        let run = match submitted {
+            Ok(run) => run,
+            Err(e) => {
+                drop(active);
+                self.idle.notify_waiters();
+                return Err(e);
+            }
+        };
         let handle = Arc::new(RunHandle::new());
         active.runs.insert(run.clone(), Arc::clone(&handle));
         drop(active);

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The longest any single lazarus command may take in a test.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
 /// A throwaway project directory with its own state directory.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -41,9 +44,43 @@ impl Sandbox {
         cmd
     }
 
-    /// Runs `lazarus ARGS` to completion.
+    /// Runs `lazarus ARGS` to completion; a hang fails the test instead of stalling CI.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run lazarus")
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run lazarus");
+        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+            buf
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+            buf
+        });
+        let deadline = Instant::now() + COMMAND_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lazarus {args:?} hung for {COMMAND_LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        }
     }
 
     /// Runs `lazarus ARGS` and insists on success.
