@@ -6,6 +6,9 @@
 
 pub mod activities;
 pub mod cli;
+pub mod codec;
+pub mod crypto;
 pub mod engine;
 pub mod owner;
+pub mod parallel;
 pub mod runbooks;
