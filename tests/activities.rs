@@ -210,7 +210,11 @@ with = {{ url = "http://127.0.0.1:9/hook/other-secret", timeout = "2s" }}
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[0]["run"], "n1");
     assert_eq!(bodies[0]["message"], "recovered");
-    assert_eq!(bodies[0]["report"]["steps"][0]["status"], "completed");
+    assert_eq!(bodies[0]["steps"][0]["status"], "completed");
+    assert!(
+        bodies[0]["steps"][0].get("output").is_none(),
+        "no outputs leave home"
+    );
     let report = sb.status("n1");
     let dead = &Sandbox::step(&report, "dead")["output"];
     assert_eq!(dead["delivered"], false);
@@ -233,4 +237,57 @@ with = { url = "http://127.0.0.1:9/x", fatal = true, timeout = "2s" }
     );
     let out = sb.run(&["run", "fatal.toml", "--id", "n2", "--reason", "test"]);
     assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn a_command_with_a_lot_of_output_does_not_stall() {
+    let sb = Sandbox::new();
+    sb.write(
+        "noisy.toml",
+        r#"
+name = "noisy"
+[[steps]]
+id = "noisy"
+activity = "command"
+timeout = "60s"
+with = { shell = 'seq 1 300000; seq 1 300000 >&2' }
+"#,
+    );
+    sb.ok(&["run", "noisy.toml", "--id", "y1", "--reason", "test"]);
+    let report = sb.status("y1");
+    let out = &Sandbox::step(&report, "noisy")["output"];
+    assert!(out["stdout"].as_str().unwrap().ends_with("299999\n300000"));
+}
+
+#[test]
+fn a_daemon_holding_the_output_pipes_does_not_hang_the_step() {
+    let sb = Sandbox::new();
+    sb.write(
+        "daemon.toml",
+        r#"
+name = "daemon"
+[[steps]]
+id = "start"
+activity = "command"
+timeout = "60s"
+with = { shell = 'setsid sleep 611.5 & sleep 0.5; echo started' }
+"#,
+    );
+    let started = std::time::Instant::now();
+    sb.ok(&["run", "daemon.toml", "--id", "d1", "--reason", "test"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let report = sb.status("d1");
+    let stdout = Sandbox::step(&report, "start")["output"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(stdout.starts_with("started"), "{stdout}");
+    assert!(stdout.contains("output no longer read"), "{stdout}");
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 611.5"])
+        .status();
 }

@@ -148,3 +148,53 @@ fn halt_now_interrupts_the_running_step_which_runs_again_on_resume() {
         "a\nslow-started\nslow-started\nslow-done\nb\n"
     );
 }
+
+#[test]
+fn halt_asked_for_during_a_failing_attempt_stops_the_retries() {
+    let sb = Sandbox::new();
+    sb.write(
+        "flaky.toml",
+        r#"
+name = "flaky"
+[[steps]]
+id = "flaky"
+activity = "command"
+retry = { attempts = 5, backoff = "200ms" }
+with = { shell = 'echo try >> log; while [ ! -f go ]; do sleep 0.05; done; rm go; exit 1' }
+"#,
+    );
+    let mut runner = sb.spawn(&["run", "flaky.toml", "--id", "h5", "--reason", "test"]);
+    sb.wait_for("the first attempt", Duration::from_secs(20), || {
+        sb.read("log") == "try\n"
+    });
+    sb.ok(&["halt", "h5"]);
+    sb.write("go", "");
+    assert_eq!(runner.wait().unwrap().code(), Some(3));
+    let report = sb.status("h5");
+    assert_eq!(report["status"], "halted");
+    assert_eq!(
+        Sandbox::step(&report, "flaky")["attempts"],
+        1,
+        "no retry after the halt"
+    );
+    assert_eq!(sb.read("log"), "try\n");
+}
+
+#[test]
+fn halt_asked_for_after_the_last_step_lets_the_run_succeed() {
+    let sb = sandbox();
+    let mut runner = sb.spawn(&["run", "halts.toml", "--id", "h6", "--reason", "test"]);
+    sb.wait_for("slow step to start", Duration::from_secs(20), || {
+        sb.read("log").contains("slow-started")
+    });
+    sb.write("go", "");
+    // The halt lands somewhere between here and the end; the run never halts at "".
+    let _ = sb.run(&["halt", "h6"]);
+    let _ = runner.wait();
+    let report = sb.status("h6");
+    if report["status"] == "halted" {
+        assert_ne!(report["halted"]["step"], "", "{report}");
+        sb.ok(&["resume", "h6"]);
+    }
+    assert_eq!(sb.status("h6")["status"], "succeeded");
+}

@@ -135,6 +135,8 @@ struct Tail {
     limit: usize,
     bytes: VecDeque<u8>,
     total: u64,
+    /// Reading stopped because a process outside the step held the pipe open.
+    cut_short: bool,
 }
 
 impl Tail {
@@ -143,6 +145,7 @@ impl Tail {
             limit,
             bytes: VecDeque::new(),
             total: 0,
+            cut_short: false,
         }
     }
 
@@ -159,12 +162,14 @@ impl Tail {
         let (a, b) = self.bytes.as_slices();
         let mut all = a.to_vec();
         all.extend_from_slice(b);
-        let text = String::from_utf8_lossy(&all).trim_end().to_string();
+        let mut text = String::from_utf8_lossy(&all).trim_end().to_string();
         if self.total > self.bytes.len() as u64 {
-            format!("…{text}")
-        } else {
-            text
+            text = format!("…{text}");
         }
+        if self.cut_short {
+            text.push_str("\n[output no longer read: a process that left the step's process group still holds it open]");
+        }
+        text
     }
 
     fn last_line(&self) -> Option<String> {
@@ -176,19 +181,39 @@ impl Tail {
     }
 }
 
+/// How long output is still read after the command exits: a process that left the group
+/// (daemonised with `setsid`) may hold the pipes open for ever.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Bytes of stdout and stderr kept at most, whatever `tail_bytes` asks.
+const MAX_TAIL: u64 = 64 * 1024;
+
 async fn drain(
     mut stream: impl AsyncRead + Unpin,
     limit: usize,
     ctx: &ActivityContext,
     report_lines: bool,
+    mut exited: tokio::sync::watch::Receiver<bool>,
 ) -> Tail {
     let mut tail = Tail::new(limit);
     let mut buf = vec![0u8; 8192];
     let mut last_report = Instant::now() - Duration::from_secs(1);
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
+    let grace = async {
+        let _ = exited.wait_for(|done| *done).await;
+        tokio::time::sleep(OUTPUT_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = &mut grace => {
+                tail.cut_short = true;
+                break;
+            }
+        };
         tail.push(&buf[..n]);
         if report_lines && last_report.elapsed() > Duration::from_millis(200) {
             last_report = Instant::now();
@@ -241,51 +266,63 @@ async fn run_command(
     // to kill the command's process group.
     let mut control = Some(control_write);
 
-    let limit = usize::try_from(inputs.tail_bytes.unwrap_or(DEFAULT_TAIL)).unwrap_or(usize::MAX);
+    let limit = usize::try_from(inputs.tail_bytes.unwrap_or(DEFAULT_TAIL).min(MAX_TAIL))
+        .unwrap_or(usize::MAX);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+    // Output is drained while the command runs (a full pipe would stall it), and for a
+    // short grace after it exits.
     let outputs = async {
         let out = async {
             match stdout {
-                Some(s) => drain(s, limit, ctx, true).await,
+                Some(s) => drain(s, limit, ctx, true, exited_rx.clone()).await,
                 None => Tail::new(0),
             }
         };
         let err = async {
             match stderr {
-                Some(s) => drain(s, limit, ctx, false).await,
+                Some(s) => drain(s, limit, ctx, false, exited_rx.clone()).await,
                 None => Tail::new(0),
             }
         };
         tokio::join!(out, err)
     };
-    tokio::pin!(outputs);
 
     let cancel = ctx.cancellation().clone();
-    let mut stopping = false;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = cancel.cancelled(), if !stopping => {
-                stopping = true;
-                if let Some(pipe) = control.as_mut() {
-                    // One byte into an otherwise empty pipe never blocks.
-                    let _ = std::io::Write::write_all(pipe, &[STOP_BYTE]);
-                }
-                match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                    Ok(status) => break status,
-                    Err(_) => {
-                        // Closing the pipe makes the supervisor kill the whole group.
-                        control = None;
+    let waiting = async {
+        let mut stopping = false;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    if let Some(pipe) = control.as_mut() {
+                        // One byte into an otherwise empty pipe never blocks.
+                        let _ = std::io::Write::write_all(pipe, &[STOP_BYTE]);
+                    }
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(status) => break status,
+                        Err(_) => {
+                            // Closing the pipe makes the supervisor kill the whole group.
+                            control = None;
+                        }
                     }
                 }
             }
-        }
+        };
+        drop(control);
+        let _ = exited_tx.send(true);
+        status
     };
-    drop(control);
-    let (stdout, stderr) = outputs.await;
+    let (status, (stdout, stderr)) = tokio::join!(waiting, outputs);
     let status = status
         .map_err(|e| ActivityError::retryable(format!("waiting for the command failed: {e}")))?;
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Err(ActivityError::retryable(format!(
+            "the command supervisor was killed by signal {signal}; the command was stopped with it"
+        )));
+    }
     let code = status.code().unwrap_or(-1);
     let elapsed = started.elapsed().as_secs_f64();
     if cancel.is_cancelled() {

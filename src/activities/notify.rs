@@ -65,13 +65,30 @@ impl Activity for Notify {
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("notify", inputs)?;
-        let summary = ctx.run_summary();
+        let report = ctx.run_summary();
+        // A summary, not the whole report: step outputs (command output tails) stay home.
+        let steps: Vec<Value> = report["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                json!({
+                    "id": s["id"], "status": s["status"], "attempts": s["attempts"],
+                    "duration_seconds": s["duration_seconds"], "error": s["error"],
+                })
+            })
+            .collect();
         let payload = json!({
             "run": ctx.run_id,
-            "workflow": summary.get("workflow"),
-            "status": summary.get("status"),
+            "workflow": report["workflow"],
+            "status": report["status"],
             "message": inputs.message,
-            "report": summary,
+            "reason": report["reason"],
+            "operator": report["operator"],
+            "params": report["params"],
+            "started_at": report["started_at"],
+            "duration_seconds": report["duration_seconds"],
+            "steps": steps,
         });
         let shown = redact_url(&inputs.url);
         let client = client(inputs.timeout)?;

@@ -28,11 +28,16 @@ pub fn supervise(argv: &[String]) -> i32 {
         eprintln!("lazarus __supervise: no command given");
         return 2;
     };
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn();
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent. If this
+    // supervisor is itself killed, the command dies with it rather than running unwatched.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let child = command.spawn();
     let child = match child {
         Ok(child) => child,
         Err(e) => {

@@ -9,10 +9,10 @@ use clap::Args;
 use super::follow::follow;
 use super::serve::ensure_daemon;
 use super::status::print_report;
-use super::{Context, exit};
+use super::{Context, ControlFuture, exit};
 use crate::activities::builtin_registry;
 use crate::engine::{RunReport, Workflow};
-use crate::owner::control::Control;
+use crate::owner::control::{Control, ControlError, RemoteControl};
 use crate::owner::protocol::SubmitRequest;
 use crate::runbooks;
 
@@ -80,6 +80,27 @@ pub struct RollbackArgs {
     pub json: bool,
 }
 
+/// Hands an operation to a background owner, waiting out an owner that is leaving or that
+/// takes no runs (a passing `lazarus status`).
+async fn detached<T>(
+    ctx: &Context,
+    mut op: impl for<'a> FnMut(&'a RemoteControl) -> ControlFuture<'a, T>,
+) -> Result<T> {
+    for _ in 0..200 {
+        let remote = ensure_daemon(ctx).await?;
+        match op(&remote).await {
+            Err(ControlError::Retry) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            other => return Ok(other?),
+        }
+    }
+    bail!(
+        "no lasting owner could be started for {}; see its owner.log",
+        ctx.state.display()
+    )
+}
+
 /// What the command wanted the run to end as.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Goal {
@@ -133,8 +154,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         id: args.id,
     };
     if args.detach {
-        let remote = ensure_daemon(ctx).await?;
-        let run = remote.submit(request).await?;
+        let run = detached(ctx, |remote| {
+            let request = request.clone();
+            Box::pin(async move { remote.submit(request).await })
+        })
+        .await?;
         println!("{run}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -153,8 +177,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
 pub async fn resume(ctx: &Context, args: ResumeArgs) -> Result<ExitCode> {
     let by = ctx.operator.clone();
     if args.detach {
-        let remote = ensure_daemon(ctx).await?;
-        let message = remote.resume(&args.run, &by).await?;
+        let message = detached(ctx, |remote| {
+            let (run, by) = (args.run.clone(), by.clone());
+            Box::pin(async move { remote.resume(&run, &by).await })
+        })
+        .await?;
         println!("{message}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -183,8 +210,11 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Result<ExitCode> {
     }
     let by = ctx.operator.clone();
     if args.detach {
-        let remote = ensure_daemon(ctx).await?;
-        let message = remote.rollback(&args.run, &by, &args.reason).await?;
+        let message = detached(ctx, |remote| {
+            let (run, by, reason) = (args.run.clone(), by.clone(), args.reason.clone());
+            Box::pin(async move { remote.rollback(&run, &by, &reason).await })
+        })
+        .await?;
         println!("{message}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -41,7 +41,7 @@ pub struct CancelArgs {
 pub async fn halt(ctx: &Context, args: HaltArgs) -> Result<ExitCode> {
     let by = ctx.operator.clone();
     let (message, session) = ctx
-        .call(|c| {
+        .query(|c| {
             let (run, by) = (args.run.clone(), by.clone());
             Box::pin(async move { c.halt(&run, &by, args.now).await })
         })
@@ -57,7 +57,7 @@ pub async fn approve(ctx: &Context, args: ApproveArgs) -> Result<ExitCode> {
         bail!("say who approves: --by NAME");
     }
     let (message, session) = ctx
-        .call(|c| {
+        .query(|c| {
             let (run, by, comment) = (args.run.clone(), args.by.clone(), args.comment.clone());
             Box::pin(async move { c.approve(&run, &by, comment).await })
         })
@@ -71,7 +71,7 @@ pub async fn approve(ctx: &Context, args: ApproveArgs) -> Result<ExitCode> {
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<ExitCode> {
     let by = ctx.operator.clone();
     let (message, session) = ctx
-        .call(|c| {
+        .query(|c| {
             let (run, by) = (args.run.clone(), by.clone());
             Box::pin(async move { c.cancel(&run, &by).await })
         })

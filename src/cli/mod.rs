@@ -69,6 +69,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// The future a control operation returns.
+pub type ControlFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ControlError>> + Send + 'a>>;
+
 /// Shared settings of one invocation.
 pub(crate) struct Context {
     pub state: PathBuf,
@@ -101,19 +105,37 @@ impl Context {
         Ok(connect_or_own(&self.state, builtin_registry()).await?)
     }
 
-    /// Runs one control operation, reconnecting if the owner it reached was going away.
+    /// Runs an operation that may start a run (run, resume, rollback), reconnecting if the
+    /// owner it reached was going away.
     pub async fn call<T>(
         &self,
-        mut op: impl for<'a> FnMut(
-            &'a dyn Control,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, ControlError>> + Send + 'a>,
-        >,
+        op: impl for<'a> FnMut(&'a dyn Control) -> ControlFuture<'a, T>,
+    ) -> Result<(T, Session)> {
+        self.call_as(true, op).await
+    }
+
+    /// Runs an operation that only looks or asks (status, halt, approve, cancel). If this
+    /// process ends up owning the store, it takes no runs from others, so a quick `status`
+    /// never ends up executing somebody's recovery.
+    pub async fn query<T>(
+        &self,
+        op: impl for<'a> FnMut(&'a dyn Control) -> ControlFuture<'a, T>,
+    ) -> Result<(T, Session)> {
+        self.call_as(false, op).await
+    }
+
+    async fn call_as<T>(
+        &self,
+        takes_runs: bool,
+        mut op: impl for<'a> FnMut(&'a dyn Control) -> ControlFuture<'a, T>,
     ) -> Result<(T, Session)> {
         let mut tries = 0;
         loop {
             tries += 1;
             let session = self.session().await?;
+            if let (false, Some(engine)) = (takes_runs, session.engine()) {
+                engine.close_if_idle();
+            }
             let result = op(session.control()).await;
             match result {
                 Err(ControlError::Retry) if tries < 50 => {

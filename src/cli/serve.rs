@@ -65,7 +65,12 @@ pub async fn ensure_daemon(ctx: &Context) -> Result<RemoteControl> {
     let session = ctx.session().await?;
     match session {
         Session::Remote(remote) => return Ok(remote),
-        owned @ Session::Owned(_) => owned.finish().await,
+        owned @ Session::Owned(_) => {
+            if let Some(engine) = owned.engine() {
+                engine.close_if_idle();
+            }
+            owned.finish().await
+        }
     }
     let log_path = ctx.state.join("owner.log");
     let log = std::fs::OpenOptions::new()

@@ -121,7 +121,7 @@ pub fn print_report(r: &RunReport) {
 pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
     let run = args.run.clone();
     let (report, session) = ctx
-        .call(|c| {
+        .query(|c| {
             let run = run.clone();
             Box::pin(async move { c.report(run.as_deref()).await })
         })
@@ -143,7 +143,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
 /// `lazarus runs`.
 pub async fn runs(ctx: &Context, args: RunsArgs) -> Result<ExitCode> {
     let (runs, session) = ctx
-        .call(|c| Box::pin(async move { c.runs().await }))
+        .query(|c| Box::pin(async move { c.runs().await }))
         .await?;
     session.finish().await;
     if args.json {

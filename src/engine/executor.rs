@@ -36,7 +36,10 @@ enum StepOutcome {
 /// How one attempt ended.
 enum AttemptOutcome {
     Done(Value),
+    /// Stopped by an interruption after it started.
     Interrupted,
+    /// Never started: the run was interrupted before it could.
+    NotStarted,
     Failed(ActivityError),
 }
 
@@ -71,16 +74,16 @@ impl Engine {
                 self.take(run_id, request).await?;
                 continue;
             }
-            if state.pending_halt.is_some() {
-                let step = state.next_step().map(|s| s.id.clone()).unwrap_or_default();
-                self.halt_at(run_id, step, HaltReason::Requested).await?;
-                return Ok(());
-            }
             let Some(next) = state.next_step() else {
                 self.append_durable(run_id, Event::Succeeded).await?;
                 tracing::info!(run = %run_id, "run succeeded");
                 continue;
             };
+            if state.pending_halt.is_some() {
+                self.halt_at(run_id, next.id.clone(), HaltReason::Requested)
+                    .await?;
+                return Ok(());
+            }
             let step_id = next.id.clone();
             if record.halt_before.contains(&step_id) && !state.honoured(&step_id, false) {
                 self.halt_at(run_id, step_id, HaltReason::HaltBefore)
@@ -225,6 +228,7 @@ impl Engine {
                     tracing::info!(run = %run_id, step = %step_id, attempt, "step completed");
                     return Ok(StepOutcome::Completed);
                 }
+                AttemptOutcome::NotStarted => return Ok(StepOutcome::Interrupted),
                 AttemptOutcome::Interrupted => {
                     self.append_durable(
                         run_id,
@@ -293,16 +297,19 @@ impl Engine {
         let token = lock(&handle.interrupt).clone();
         let deadline = tokio::time::Instant::now() + delay;
         loop {
+            // Register for wake-ups first, then look: a halt asked for during the failed
+            // attempt, or during this wait, stops the retries.
             let notified = handle.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (_, _, state) = self.load(run_id)?;
+            if state.pending_halt.is_some() {
+                return Ok(Some(StepOutcome::HaltedInBackoff));
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = token.cancelled() => return Ok(Some(StepOutcome::Interrupted)),
-                _ = notified => {
-                    let (_, _, state) = self.load(run_id)?;
-                    if state.pending_halt.is_some() {
-                        return Ok(Some(StepOutcome::HaltedInBackoff));
-                    }
-                }
+                _ = &mut notified => {}
             }
         }
     }
@@ -324,7 +331,7 @@ impl Engine {
     ) -> Result<AttemptOutcome, EngineError> {
         let interrupt = lock(&handle.interrupt).clone();
         if interrupt.is_cancelled() {
-            return Ok(AttemptOutcome::Interrupted);
+            return Ok(AttemptOutcome::NotStarted);
         }
         let Some(activity) = self.registry.get(activity_name).cloned() else {
             return Ok(AttemptOutcome::Failed(ActivityError::permanent(format!(
@@ -407,6 +414,10 @@ impl Engine {
                 format_duration(timeout.unwrap_or_default())
             ))),
             (Some(Ok(value)), false) => AttemptOutcome::Done(value),
+            // The activity stopped itself on a halt it noticed (an approval wait).
+            (Some(Err(e)), false) if e.kind == FailureKind::Cancelled => {
+                AttemptOutcome::Interrupted
+            }
             (Some(Err(e)), false) => AttemptOutcome::Failed(e),
             (None, false) => AttemptOutcome::Interrupted,
         })
@@ -511,16 +522,18 @@ impl Engine {
                     .await?;
                     tracing::info!(run = %run_id, step = %next.id, "step compensated");
                 }
-                AttemptOutcome::Interrupted => {
-                    self.append_durable(
-                        run_id,
-                        Event::CompensationFailed {
-                            step: next.id.clone(),
-                            attempt: comp.attempts + 1,
-                            error: "interrupted".to_string(),
-                        },
-                    )
-                    .await?;
+                AttemptOutcome::NotStarted | AttemptOutcome::Interrupted => {
+                    if matches!(outcome, AttemptOutcome::Interrupted) {
+                        self.append_durable(
+                            run_id,
+                            Event::CompensationFailed {
+                                step: next.id.clone(),
+                                attempt: comp.attempts + 1,
+                                error: "interrupted".to_string(),
+                            },
+                        )
+                        .await?;
+                    }
                     // A cancel request is taken at the top of the loop; anything else
                     // that interrupts a compensation is a halt.
                     let cancelling = matches!(*lock(&handle.request), Some(Request::Cancel { .. }));

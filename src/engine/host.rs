@@ -38,12 +38,16 @@ impl AttemptHost {
     }
 
     /// The approval recorded for this step, if any.
-    fn recorded_approval(&self) -> Result<Option<Approval>, ActivityError> {
+    /// The approval recorded for this step, and whether a halt is pending.
+    fn recorded_approval(&self) -> Result<(Option<Approval>, bool), ActivityError> {
         let (_, _, state) = self
             .engine
             .load(&self.run)
             .map_err(|e| ActivityError::retryable(e.to_string()))?;
-        Ok(state.step(&self.step).and_then(|s| s.approval.clone()))
+        Ok((
+            state.step(&self.step).and_then(|s| s.approval.clone()),
+            state.pending_halt.is_some(),
+        ))
     }
 }
 
@@ -82,8 +86,15 @@ impl StepHost for AttemptHost {
             let notified = self.handle.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(approval) = self.recorded_approval()? {
+            let (approval, halt_pending) = self.recorded_approval()?;
+            if let Some(approval) = approval {
                 return Ok(approval);
+            }
+            if halt_pending {
+                // Waiting for a human is a step boundary as far as a halt is concerned.
+                return Err(ActivityError::cancelled(
+                    "halted while waiting for approval",
+                ));
             }
             if !asked {
                 self.engine

@@ -9,6 +9,7 @@ use super::activity::Approval;
 use super::clock::{now_us, rfc3339, seconds_between};
 use super::records::{HaltReason, RunRecord};
 use super::state::{RunState, RunStatus, StepStatus};
+use super::workflow::Workflow;
 
 /// One attempt of a step, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,8 +155,8 @@ fn halt_reason_name(reason: &HaltReason) -> &'static str {
 }
 
 impl RunReport {
-    /// Builds the report from the run's record and folded state.
-    pub fn build(run: &RunRecord, state: &RunState, active: bool) -> Self {
+    /// Builds the report from the run's record, its pinned workflow and folded state.
+    pub fn build(run: &RunRecord, workflow: &Workflow, state: &RunState, active: bool) -> Self {
         let id = &run.id;
         let end = state.ended_us.unwrap_or_else(now_us);
         let steps = state
@@ -230,7 +231,17 @@ impl RunReport {
             workflow_source: run.workflow_source.clone(),
             reason: run.reason.clone(),
             operator: run.operator.clone(),
-            params: run.params.clone(),
+            params: run
+                .params
+                .iter()
+                .map(|(k, v)| {
+                    let secret = workflow.params.iter().any(|p| &p.name == k && p.secret);
+                    (
+                        k.clone(),
+                        if secret { "***".to_string() } else { v.clone() },
+                    )
+                })
+                .collect(),
             target: run.target.clone(),
             status: state.status.as_str().to_string(),
             active,

@@ -133,8 +133,26 @@ pub struct Engine {
     pub(crate) registry: Arc<Registry>,
     active: Mutex<Active>,
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
+    /// Serialises control operations, so two operators' requests cannot interleave their
+    /// check-then-journal steps (a resume racing a cancel).
+    control: Mutex<()>,
     updates: broadcast::Sender<Update>,
     idle: Notify,
+}
+
+/// Whether the events end a run for good, read without the workflow.
+fn terminal_status(events: &[EventRecord]) -> Option<&'static str> {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match e.event {
+            Event::Succeeded => Some("succeeded"),
+            Event::RolledBack => Some("been rolled back"),
+            Event::Cancelled { .. } => Some("been cancelled"),
+            Event::RollbackStarted { .. } | Event::Resumed { .. } => Some(""),
+            _ => None,
+        })
+        .filter(|s| !s.is_empty())
 }
 
 fn generate_id(workflow: &str) -> String {
@@ -160,6 +178,7 @@ impl Engine {
             registry,
             active: Mutex::new(Active::default()),
             workflows: Mutex::new(HashMap::new()),
+            control: Mutex::new(()),
             updates,
             idle: Notify::new(),
         })
@@ -288,9 +307,10 @@ impl Engine {
 
     /// The run report.
     pub fn report(&self, run_id: &str) -> Result<RunReport, EngineError> {
-        let (record, _, state) = self.load(run_id)?;
+        let (record, workflow, state) = self.load(run_id)?;
         Ok(RunReport::build(
             &record,
+            &workflow,
             &state,
             self.handle(run_id).is_some(),
         ))
@@ -401,6 +421,15 @@ impl Engine {
                     return Ok(id);
                 }
                 Err(JournalError::RunExists(_)) if sub.id.is_none() && attempts < 5 => continue,
+                Err(JournalError::Locked { target, holder })
+                    if self
+                        .report(&holder)
+                        .is_ok_and(|r| r.is_finished() && !r.active) =>
+                {
+                    // The holder finished but a crash kept it from letting go: free it.
+                    tracing::warn!(target = %target, holder = %holder, "releasing a lock left by a finished run");
+                    self.journal.release_lock(&target, &holder)?;
+                }
                 Err(JournalError::Locked { target, holder }) => {
                     return Err(EngineError::Refused(format!(
                         "target \"{target}\" is locked by run {}; only one run per target at a time. Resume, roll back or cancel that run first (lazarus status {holder})",
@@ -464,17 +493,93 @@ impl Engine {
     fn spawn_driver(self: &Arc<Self>, run: String, handle: Arc<RunHandle>) {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            let error = match engine.drive(&run, &handle).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::error!(run = %run, error = %e, "run stopped with an error");
-                    Some(e.to_string())
+            let error = loop {
+                let error = match engine.drive(&run, &handle).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::error!(run = %run, error = %e, "run stopped with an error");
+                        Some(e.to_string())
+                    }
+                };
+                // A cancel or rollback posted while the driver was finishing is taken here,
+                // under the same lock that posts them, so none is lost.
+                let mut active = lock(&engine.active);
+                match handle.take_request() {
+                    Some(request) if error.is_none() => {
+                        drop(active);
+                        *lock(&handle.interrupt) = CancellationToken::new();
+                        if let Err(e) = engine.apply_late_request(&run, request).await {
+                            tracing::error!(run = %run, error = %e, "could not apply a request");
+                        }
+                    }
+                    _ => {
+                        active.runs.remove(&run);
+                        break error;
+                    }
                 }
             };
-            lock(&engine.active).runs.remove(&run);
             engine.publish(Update::Stopped { run, error });
             engine.idle.notify_waiters();
         });
+    }
+
+    /// Journals a cancel or rollback that reached the driver after it stopped looking.
+    async fn apply_late_request(
+        self: &Arc<Self>,
+        run_id: &str,
+        request: Request,
+    ) -> Result<(), EngineError> {
+        let (record, _, state) = self.load(run_id)?;
+        match request {
+            Request::Cancel { by } if !state.status.is_terminal() => {
+                self.append_durable(run_id, Event::Cancelled { by }).await?;
+            }
+            Request::Rollback { by, reason }
+                if !matches!(state.status, RunStatus::RolledBack | RunStatus::Cancelled) =>
+            {
+                if let (RunStatus::Succeeded, Some(target)) = (state.status, &record.target) {
+                    self.journal.acquire_lock(target, run_id)?;
+                }
+                if state.rollback.is_none() {
+                    self.append_durable(run_id, Event::RollbackStarted { by, reason })
+                        .await?;
+                } else {
+                    self.append_durable(run_id, Event::Resumed { by }).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Hands a cancel or rollback to the task driving the run, if there is one.
+    fn post(&self, run_id: &str, request: Request) -> Result<bool, EngineError> {
+        let active = lock(&self.active);
+        let Some(handle) = active.runs.get(run_id) else {
+            return Ok(false);
+        };
+        let mut slot = lock(&handle.request);
+        if let Some(pending) = slot.as_ref() {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} already has a pending {}",
+                match pending {
+                    Request::Cancel { .. } => "cancel",
+                    Request::Rollback { .. } => "rollback",
+                }
+            )));
+        }
+        *slot = Some(request);
+        drop(slot);
+        handle.interrupt();
+        Ok(true)
+    }
+
+    /// Refuses to journal anything that needs a driver when this process is closing.
+    fn ensure_open(&self) -> Result<(), EngineError> {
+        if lock(&self.active).closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
     }
 
     fn refuse_if_finished(state: &RunState, run_id: &str, action: &str) -> Result<(), EngineError> {
@@ -494,6 +599,8 @@ impl Engine {
     /// Continues a halted, failed or interrupted run from its journal, with its pinned
     /// workflow.
     pub fn resume(self: &Arc<Self>, run_id: &str, by: &str) -> Result<String, EngineError> {
+        let _serial = lock(&self.control);
+        self.ensure_open()?;
         let (_, _, state) = self.load(run_id)?;
         Self::refuse_if_finished(&state, run_id, "resume")?;
         if self.handle(run_id).is_some() {
@@ -511,6 +618,7 @@ impl Engine {
     /// Asks a run to halt at the next step boundary, or at once (`now`: the running step is
     /// interrupted and runs again on resume).
     pub fn halt(&self, run_id: &str, by: &str, now: bool) -> Result<String, EngineError> {
+        let _serial = lock(&self.control);
         let (_, _, state) = self.load(run_id)?;
         Self::refuse_if_finished(&state, run_id, "halt")?;
         if state.status == RunStatus::Halted {
@@ -542,7 +650,23 @@ impl Engine {
             }
             None => {
                 // Nobody drives it: record the halt itself so the status says so.
-                let step = state.next_step().map(|s| s.id.clone()).unwrap_or_default();
+                let step = if state.rollback.is_some() {
+                    state
+                        .steps
+                        .iter()
+                        .rev()
+                        .find(|s| {
+                            s.output.is_some()
+                                && s.compensation
+                                    .as_ref()
+                                    .and_then(|c| c.completed_us)
+                                    .is_none()
+                        })
+                        .map(|s| s.id.clone())
+                } else {
+                    state.next_step().map(|s| s.id.clone())
+                }
+                .unwrap_or_default();
                 self.append_sync_durable(
                     run_id,
                     Event::Halted {
@@ -562,6 +686,7 @@ impl Engine {
         by: &str,
         comment: Option<String>,
     ) -> Result<String, EngineError> {
+        let _serial = lock(&self.control);
         let (_, _, state) = self.load(run_id)?;
         Self::refuse_if_finished(&state, run_id, "approve")?;
         let waiting = state
@@ -618,6 +743,7 @@ impl Engine {
                 "a reason is required: --reason \"why this run is being rolled back\"".into(),
             ));
         }
+        let _serial = lock(&self.control);
         let (record, _, state) = self.load(run_id)?;
         match state.status {
             RunStatus::RolledBack | RunStatus::Cancelled => {
@@ -631,14 +757,14 @@ impl Engine {
             }
             _ => {}
         }
-        if let Some(handle) = self.handle(run_id) {
-            *lock(&handle.request) = Some(Request::Rollback {
-                by: by.to_string(),
-                reason: reason.to_string(),
-            });
-            handle.interrupt();
+        let request = Request::Rollback {
+            by: by.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.post(run_id, request)? {
             return Ok(format!("run {run_id}: rolling back"));
         }
+        self.ensure_open()?;
         if let (RunStatus::Succeeded, Some(target)) = (state.status, &record.target) {
             // The lock was released when the run succeeded; undoing it needs it again.
             self.journal
@@ -669,11 +795,26 @@ impl Engine {
 
     /// Stops a run for good, without compensation, and releases its target.
     pub fn cancel(&self, run_id: &str, by: &str) -> Result<String, EngineError> {
-        let (record, _, state) = self.load(run_id)?;
-        Self::refuse_if_finished(&state, run_id, "cancel")?;
-        if let Some(handle) = self.handle(run_id) {
-            *lock(&handle.request) = Some(Request::Cancel { by: by.to_string() });
-            handle.interrupt();
+        let _serial = lock(&self.control);
+        let record = self
+            .journal
+            .run(run_id)?
+            .ok_or_else(|| EngineError::UnknownRun(run_id.to_string()))?;
+        match self.load(run_id) {
+            Ok((_, _, state)) => Self::refuse_if_finished(&state, run_id, "cancel")?,
+            // A run whose pinned workflow no longer parses (an activity renamed by an
+            // upgrade) can still be cancelled, so its target is not locked forever.
+            Err(EngineError::Workflow(e)) => {
+                tracing::warn!(run = %run_id, error = %e, "cancelling a run whose workflow no longer loads");
+                if let Some(status) = terminal_status(&self.journal.events(run_id)?) {
+                    return Err(EngineError::Refused(format!(
+                        "run {run_id} has already {status}; there is nothing to cancel"
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if self.post(run_id, Request::Cancel { by: by.to_string() })? {
             return Ok(format!("run {run_id}: cancelling"));
         }
         self.append_sync_durable(run_id, Event::Cancelled { by: by.to_string() })?;

@@ -236,6 +236,14 @@ impl RunState {
     }
 
     fn apply(&mut self, record: &EventRecord) {
+        // A finished run changes no more; only a rollback of a success reopens it. Events
+        // that raced a cancel or a finish into the journal are ignored.
+        if self.status.is_terminal()
+            && !(self.status == RunStatus::Succeeded
+                && matches!(record.event, Event::RollbackStarted { .. }))
+        {
+            return;
+        }
         let at = record.at_us;
         self.last_event_us = Some(at);
         let in_rollback = self.rollback.is_some();
@@ -355,6 +363,7 @@ impl RunState {
                 }
             }
             Event::RollbackStarted { by, reason } => {
+                self.ended_us = None;
                 self.rollback = Some((by.clone(), reason.clone()));
                 self.status = RunStatus::RollingBack;
                 self.halt = None;
@@ -583,6 +592,54 @@ mod tests {
                     },
                 ),
                 ev(3, Event::Resumed { by: "op".into() }),
+            ],
+        );
+        assert_eq!(s.status, RunStatus::RollingBack);
+    }
+
+    #[test]
+    fn nothing_after_a_cancel_revives_the_run() {
+        let wf = workflow();
+        let s = RunState::fold(
+            &wf,
+            &[
+                ev(1, Event::Cancelled { by: "a".into() }),
+                ev(2, Event::Resumed { by: "b".into() }),
+                ev(
+                    3,
+                    Event::StepStarted {
+                        step: "a".into(),
+                        attempt: 1,
+                    },
+                ),
+                ev(
+                    4,
+                    Event::RollbackStarted {
+                        by: "b".into(),
+                        reason: "x".into(),
+                    },
+                ),
+            ],
+        );
+        assert_eq!(s.status, RunStatus::Cancelled);
+        assert!(s.step("a").unwrap().attempts.is_empty());
+    }
+
+    #[test]
+    fn a_succeeded_run_can_still_be_rolled_back() {
+        let wf = workflow();
+        let s = RunState::fold(
+            &wf,
+            &[
+                ev(1, Event::Succeeded),
+                ev(2, Event::Resumed { by: "b".into() }),
+                ev(
+                    3,
+                    Event::RollbackStarted {
+                        by: "b".into(),
+                        reason: "x".into(),
+                    },
+                ),
             ],
         );
         assert_eq!(s.status, RunStatus::RollingBack);

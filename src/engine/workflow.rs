@@ -52,6 +52,9 @@ pub struct Param {
     pub default: Option<String>,
     /// One line of help.
     pub help: Option<String>,
+    /// A password or token: shown as `***` in reports and webhook payloads. (The journal in
+    /// `state/` keeps it, since a resumed run needs it; keep `state/` private.)
+    pub secret: bool,
 }
 
 /// What a run does when a step has failed all its attempts.
@@ -165,6 +168,8 @@ struct RawParam {
     required: bool,
     default: Option<toml::Value>,
     help: Option<String>,
+    #[serde(default)]
+    secret: bool,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +343,7 @@ impl Workflow {
                     required: p.required,
                     default,
                     help: p.help.clone(),
+                    secret: p.secret,
                 },
             ));
         }

@@ -151,6 +151,15 @@ pub fn follow_local(
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => match engine.report(&run) {
+                    // Updates were dropped, perhaps the Stopped one: look for ourselves.
+                    Ok(report) if !report.active => {
+                        let _ = tx
+                            .send(FollowItem::Report {
+                                report: Box::new(report),
+                            })
+                            .await;
+                        FollowItem::End { error: None }
+                    }
                     Ok(report) => FollowItem::Report {
                         report: Box::new(report),
                     },
