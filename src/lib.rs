@@ -7,8 +7,10 @@
 pub mod activities;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod owner;
 pub mod parallel;
 pub mod runbooks;
+pub mod storage;

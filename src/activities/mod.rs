@@ -3,9 +3,14 @@
 
 pub mod approve;
 pub mod command;
+pub mod decompress;
+pub mod decrypt;
+pub mod download;
+mod files;
 pub mod http_check;
 mod inputs;
 pub mod notify;
+pub mod services;
 pub mod supervise;
 mod web;
 
@@ -13,9 +18,19 @@ use std::sync::Arc;
 
 use crate::engine::Registry;
 
-/// The product registry: every real activity a runbook may use.
+pub use services::Services;
+
+/// The product registry without configured stores or keys: enough to check workflows.
 pub fn builtin_registry() -> Registry {
+    registry(Arc::new(Services::default()))
+}
+
+/// The product registry: every real activity a runbook may use, over these services.
+pub fn registry(services: Arc<Services>) -> Registry {
     let mut registry = Registry::new();
+    registry.register(Arc::new(download::Download::new(Arc::clone(&services))));
+    registry.register(Arc::new(decrypt::Decrypt::new(Arc::clone(&services))));
+    registry.register(Arc::new(decompress::Decompress));
     registry.register(Arc::new(command::CommandActivity));
     registry.register(Arc::new(http_check::HttpCheck));
     registry.register(Arc::new(approve::Approve));

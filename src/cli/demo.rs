@@ -102,6 +102,7 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> Result<ExitCode> {
     let demo_ctx = Context {
         state: state.clone(),
         operator: ctx.operator.clone(),
+        config: ctx.config.clone(),
     };
     if find_owner(&state).await.is_some() {
         bail!("an owner is still alive after the kill; this should not happen");

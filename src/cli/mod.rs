@@ -7,7 +7,9 @@ mod follow;
 mod manage;
 mod render;
 mod serve;
+mod setup;
 mod status;
+mod storage;
 mod workflows;
 
 use std::path::PathBuf;
@@ -16,7 +18,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::activities::builtin_registry;
+use std::sync::Arc;
+
+use crate::activities::{Services, registry};
+use crate::config::Loaded;
 use crate::owner::control::{Control, ControlError};
 use crate::owner::{Session, connect_or_own};
 
@@ -27,6 +32,9 @@ pub struct Cli {
     /// Directory of the journal and control socket.
     #[arg(long, global = true, env = "LAZARUS_STATE", default_value = "state")]
     pub state: PathBuf,
+    /// Configuration file (default: $LAZARUS_CONFIG, else ./lazarus.toml, else built-in).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// Who is acting (recorded with every run and control request).
     #[arg(long, global = true, env = "LAZARUS_OPERATOR")]
     pub operator: Option<String>,
@@ -63,6 +71,14 @@ pub enum Command {
     Validate(workflows::ValidateArgs),
     /// List the activities steps can use, with their inputs.
     Activities,
+    /// Write a commented example lazarus.toml.
+    Init(setup::InitArgs),
+    /// Encryption keys.
+    #[command(subcommand)]
+    Key(setup::KeyCommand),
+    /// Check and list the configured stores.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
     /// Own the state directory and serve control requests until stopped.
     Serve(serve::ServeArgs),
     /// Show a run, a kill -9 and a resume, on a throwaway state directory.
@@ -77,6 +93,7 @@ pub type ControlFuture<'a, T> =
 pub(crate) struct Context {
     pub state: PathBuf,
     pub operator: String,
+    pub config: Option<PathBuf>,
 }
 
 impl Context {
@@ -97,12 +114,26 @@ impl Context {
         Self {
             state: cli.state.clone(),
             operator,
+            config: cli.config.clone(),
         }
     }
 
-    /// Reaches the owner of the state directory, or becomes it.
+    /// The configuration in force.
+    pub fn loaded_config(&self) -> Result<Loaded> {
+        Ok(Loaded::load(self.config.as_deref())?)
+    }
+
+    /// Stores and keys as configured.
+    pub fn services(&self) -> Result<Arc<Services>> {
+        let loaded = self.loaded_config()?;
+        let stores = loaded.stores(&self.state)?;
+        Ok(Arc::new(Services::new(stores, loaded.keys_file())))
+    }
+
+    /// Reaches the owner of the state directory, or becomes it (with this configuration).
     pub async fn session(&self) -> Result<Session> {
-        Ok(connect_or_own(&self.state, builtin_registry()).await?)
+        let registry = registry(self.services()?);
+        Ok(connect_or_own(&self.state, registry).await?)
     }
 
     /// Runs an operation that may start a run (run, resume, rollback), reconnecting if the
@@ -177,6 +208,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workflows(args) => workflows::list(args),
         Command::Validate(args) => workflows::validate(args),
         Command::Activities => workflows::activities(),
+        Command::Init(args) => setup::init(args),
+        Command::Key(command) => setup::key(command),
+        Command::Storage(command) => storage::storage(&ctx, command).await,
         Command::Serve(args) => serve::serve(&ctx, args).await,
         Command::Demo(args) => demo::demo(&ctx, args).await,
     }

@@ -59,16 +59,21 @@ impl Base64Stream {
         if usable == 0 {
             return Ok(());
         }
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode_vec(&self.pending[..usable], out)
-            .map_err(|_| {
-                CryptoError::Malformed(
-                    "the file is not base64url text (is it a Fernet token file?)".into(),
-                )
-            })?;
+        decode_base64(&self.pending[..usable], out)?;
         self.pending.drain(..usable);
         Ok(())
     }
+}
+
+/// Decodes base64url text without padding or whitespace, appending to `out`.
+pub fn decode_base64(text: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_vec(text, out)
+        .map_err(|_| {
+            CryptoError::Malformed(
+                "the file is not base64url text (is it a Fernet token file?)".into(),
+            )
+        })
 }
 
 /// Streams the decoded token bytes of `input` to `each`, in pieces.

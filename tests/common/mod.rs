@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the real `lazarus` binary.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,474 @@
+//! `decrypt`: an encrypted backup file to its compressed (or, with `decompress = true`, its
+//! plain) contents — chunked files in parallel and resumable at a chunk, the seed's
+//! single-token files in one streaming pass. Output appears under its final name only once
+//! it has fully authenticated.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::files::{commit, discard, part_path, prepare_dir};
+use super::inputs::{self, lenient_bool, lenient_opt_u64};
+use super::services::Services;
+use crate::codec::{self, Compression};
+use crate::crypto::chunked::{self, Opened};
+use crate::crypto::{CryptoError, Keyring, legacy};
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::parallel::available_threads;
+use crate::storage::verify::Format;
+
+/// Chunks between durable checkpoints.
+const CHECKPOINT_CHUNKS: u64 = 64;
+
+static SPEC: ActivitySpec = ActivitySpec {
+    name: "decrypt",
+    summary: "decrypt a backup file (chunked or the seed's single token), optionally decompressing",
+    inputs: &[
+        InputSpec {
+            name: "src",
+            required: true,
+            help: "encrypted file",
+        },
+        InputSpec {
+            name: "dest",
+            required: true,
+            help: "output file",
+        },
+        InputSpec {
+            name: "decompress",
+            required: false,
+            help: "also decompress, in the same pass (default false)",
+        },
+        InputSpec {
+            name: "threads",
+            required: false,
+            help: "worker threads (default: all cores)",
+        },
+    ],
+    outputs: &[
+        "path",
+        "size",
+        "format",
+        "compression",
+        "key_id",
+        "plaintext_sha256",
+        "seconds",
+        "reused",
+    ],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Inputs {
+    src: PathBuf,
+    dest: PathBuf,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    decompress: bool,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    threads: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    src_size: u64,
+    decompress: bool,
+    chunks: u64,
+    written: u64,
+}
+
+/// The `decrypt` activity.
+pub struct Decrypt {
+    services: Arc<Services>,
+}
+
+impl Decrypt {
+    /// The activity with these keys.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+fn crypto_error(e: CryptoError) -> ActivityError {
+    match e {
+        CryptoError::Io(m) => ActivityError::retryable(m),
+        other => ActivityError::permanent(other.to_string()),
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Decodes a chunked file, checkpointing every few chunks.
+#[allow(clippy::too_many_arguments)]
+fn decode_chunked(
+    file: &File,
+    opened: &Opened,
+    keys: &Keyring,
+    part: &Path,
+    from_chunk: u64,
+    written_before: u64,
+    decompress: bool,
+    threads: usize,
+    mut on_progress: impl FnMut(u64, u64, u64) -> Result<(), CryptoError>,
+    mut on_chunk: impl FnMut(&WriterRef<'_>, u64, u64) -> Result<(), CryptoError>,
+) -> Result<u64, CryptoError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(part)
+        .map_err(|e| CryptoError::Io(format!("cannot open {}: {e}", part.display())))?;
+    out.set_len(written_before)
+        .map_err(|e| CryptoError::Io(format!("cannot truncate {}: {e}", part.display())))?;
+    let mut out = out;
+    std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(written_before))
+        .map_err(|e| CryptoError::Io(format!("cannot seek in {}: {e}", part.display())))?;
+    let counter = CountingWriter {
+        inner: BufWriter::with_capacity(4 << 20, out),
+        written: written_before,
+    };
+    let shared = std::sync::Mutex::new(counter);
+    let summary = chunked::decode(
+        file,
+        opened,
+        keys,
+        from_chunk,
+        decompress,
+        threads,
+        WriterRef(&shared),
+        &mut |chunks, plain| {
+            let written = shared.lock().map(|c| c.written).unwrap_or_default();
+            on_progress(chunks, plain, written)?;
+            on_chunk(&WriterRef(&shared), chunks, written)
+        },
+    )?;
+    let _ = summary;
+    let counter = shared
+        .into_inner()
+        .map_err(|_| CryptoError::Io("output writer poisoned".into()))?;
+    let written = counter.written;
+    let mut inner = counter.inner;
+    inner
+        .flush()
+        .map_err(|e| CryptoError::Io(format!("cannot write {}: {e}", part.display())))?;
+    Ok(written)
+}
+
+struct CountingWriter<W: Write> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl CountingWriter<BufWriter<File>> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.flush()?;
+        self.inner.get_ref().sync_data()
+    }
+}
+
+/// Lets the decode sink write through a mutex the progress callback can also look into.
+struct WriterRef<'a>(&'a std::sync::Mutex<CountingWriter<BufWriter<File>>>);
+
+impl Write for WriterRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?
+            .write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?
+            .flush()
+    }
+}
+
+impl WriterRef<'_> {
+    fn sync(&self) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?
+            .sync()
+    }
+}
+
+/// Decrypts a legacy single-token file; with `decompress`, a second thread decompresses
+/// what the first decrypts, through a pipe, so memory stays bounded.
+fn decrypt_legacy(
+    src: &Path,
+    part: &Path,
+    keys: &Keyring,
+    decompress: bool,
+) -> Result<(u64, String, Compression), CryptoError> {
+    let open = || {
+        File::open(src).map_err(|e| CryptoError::Io(format!("cannot read {}: {e}", src.display())))
+    };
+    let key = if keys.keys().len() == 1 {
+        keys.primary()?.clone()
+    } else {
+        legacy::identify_key(std::io::BufReader::new(open()?), keys)?.clone()
+    };
+    let out = File::create(part)
+        .map_err(|e| CryptoError::Io(format!("cannot create {}: {e}", part.display())))?;
+    let mut out = CountingWriter {
+        inner: BufWriter::with_capacity(4 << 20, out),
+        written: 0,
+    };
+    let write_err =
+        |e: std::io::Error| CryptoError::Io(format!("cannot write {}: {e}", part.display()));
+    let input = std::io::BufReader::with_capacity(1 << 20, open()?);
+    let compression = if decompress {
+        let (reader, writer) = std::io::pipe().map_err(write_err)?;
+        std::thread::scope(|scope| {
+            let key = &key;
+            let decrypting = scope.spawn(move || {
+                let mut writer = BufWriter::with_capacity(1 << 20, writer);
+                let result = legacy::decrypt(input, key, &mut writer);
+                drop(writer);
+                result
+            });
+            let copied = codec::auto_decoder(reader).and_then(|(format, mut decoder)| {
+                std::io::copy(&mut decoder, &mut out).map(|_| format)
+            });
+            // Dropping the decoder (and with it the pipe) unblocks the decrypting thread
+            // if decompression stopped early.
+            let decrypted = decrypting
+                .join()
+                .map_err(|_| CryptoError::Io("the decrypting thread panicked".into()))?;
+            decrypted?;
+            copied.map_err(|e| {
+                CryptoError::Malformed(format!("the decrypted data does not decompress: {e}"))
+            })
+        })?
+    } else {
+        let mut head = HeadRecorder {
+            head: Vec::new(),
+            inner: &mut out,
+        };
+        legacy::decrypt(input, &key, &mut head)?;
+        Compression::detect(&head.head)
+    };
+    out.flush().map_err(write_err)?;
+    Ok((out.written, key.id().to_string(), compression))
+}
+
+/// Passes writes through, remembering the first bytes (to name the compression).
+struct HeadRecorder<'a, W: Write> {
+    head: Vec<u8>,
+    inner: &'a mut W,
+}
+
+impl<W: Write> Write for HeadRecorder<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.head.len() < 8 {
+            let take = (8 - self.head.len()).min(buf.len());
+            self.head.extend_from_slice(&buf[..take]);
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn head_of(path: &Path) -> Result<Vec<u8>, ActivityError> {
+    let mut head = vec![0u8; 16];
+    let mut file = File::open(path).map_err(|e| {
+        let message = format!("cannot read {}: {e}", path.display());
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ActivityError::permanent(message)
+        } else {
+            ActivityError::retryable(message)
+        }
+    })?;
+    let n = file
+        .read(&mut head)
+        .map_err(|e| ActivityError::retryable(format!("cannot read {}: {e}", path.display())))?;
+    head.truncate(n);
+    Ok(head)
+}
+
+#[async_trait]
+impl Activity for Decrypt {
+    fn spec(&self) -> &'static ActivitySpec {
+        &SPEC
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: Inputs = inputs::parse("decrypt", inputs)?;
+        let started = Instant::now();
+        let keys = self.services.keys().map_err(crypto_error)?;
+        prepare_dir(&inputs.dest)?;
+        let part = part_path(&inputs.dest);
+        let threads = inputs
+            .threads
+            .map_or_else(available_threads, |t| t.clamp(1, 64) as usize);
+        let head = head_of(&inputs.src)?;
+        match Format::detect(&head) {
+            Format::Chunked => {
+                let file = File::open(&inputs.src).map_err(|e| {
+                    ActivityError::retryable(format!("cannot read {}: {e}", inputs.src.display()))
+                })?;
+                let opened = chunked::open(&file, &keys).map_err(crypto_error)?;
+                let plaintext_sha256 = hex::encode(opened.index.plaintext_sha256);
+                let compression = if inputs.decompress {
+                    Compression::None
+                } else {
+                    opened.header.compression
+                };
+                // Idempotent: plaintext already in place and matching the index is reused.
+                if inputs.decompress
+                    && std::fs::metadata(&inputs.dest)
+                        .is_ok_and(|m| m.len() == opened.index.plaintext_size)
+                    && sha256_file(&inputs.dest).is_ok_and(|h| h == plaintext_sha256)
+                {
+                    return Ok(json!({
+                        "path": inputs.dest, "size": opened.index.plaintext_size, "format": Format::Chunked,
+                        "compression": compression, "key_id": opened.trailer.key_id,
+                        "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
+                        "reused": true,
+                    }));
+                }
+                let src_size = opened.file_size;
+                let (from_chunk, written_before) = match ctx.last_checkpoint::<Checkpoint>() {
+                    Some(cp)
+                        if cp.src_size == src_size
+                            && cp.decompress == inputs.decompress
+                            && std::fs::metadata(&part).is_ok_and(|m| m.len() >= cp.written) =>
+                    {
+                        tracing::info!(chunk = cp.chunks, "resuming decryption");
+                        (cp.chunks, cp.written)
+                    }
+                    _ => (0, 0),
+                };
+                let total_plain = opened.index.plaintext_size;
+                let total_chunks = opened.index.entries.len() as u64;
+                let decompress = inputs.decompress;
+                let part_ref = &part;
+                let written = tokio::task::block_in_place(|| {
+                    let runtime = tokio::runtime::Handle::current();
+                    let mut last_checkpoint = from_chunk;
+                    decode_chunked(
+                        &file,
+                        &opened,
+                        &keys,
+                        part_ref,
+                        from_chunk,
+                        written_before,
+                        decompress,
+                        threads,
+                        |chunks, plain, _written| {
+                            if ctx.cancellation().is_cancelled() {
+                                return Err(CryptoError::Io("decryption stopped".into()));
+                            }
+                            ctx.progress(Progress {
+                                done: plain,
+                                total: Some(total_plain),
+                                unit: "bytes".into(),
+                                message: Some(format!("chunk {chunks}/{total_chunks}")),
+                            });
+                            Ok(())
+                        },
+                        |writer: &WriterRef<'_>, chunks: u64, written: u64| {
+                            if chunks < last_checkpoint + CHECKPOINT_CHUNKS {
+                                return Ok(());
+                            }
+                            writer.sync().map_err(|e| {
+                                CryptoError::Io(format!("cannot flush {}: {e}", part_ref.display()))
+                            })?;
+                            runtime
+                                .block_on(ctx.checkpoint(&Checkpoint {
+                                    src_size,
+                                    decompress,
+                                    chunks,
+                                    written,
+                                }))
+                                .map_err(|e| CryptoError::Io(e.message))?;
+                            last_checkpoint = chunks;
+                            Ok(())
+                        },
+                    )
+                });
+                let written = match written {
+                    Ok(w) => w,
+                    Err(_) if ctx.cancellation().is_cancelled() => {
+                        return Err(ActivityError::cancelled("decryption stopped"));
+                    }
+                    Err(e) => {
+                        if !matches!(e, CryptoError::Io(_)) {
+                            discard(&part);
+                        }
+                        return Err(crypto_error(e));
+                    }
+                };
+                commit(&part, &inputs.dest)?;
+                Ok(json!({
+                    "path": inputs.dest, "size": written, "format": Format::Chunked,
+                    "compression": compression, "key_id": opened.trailer.key_id,
+                    "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
+                    "reused": false,
+                }))
+            }
+            Format::LegacyFernet => {
+                let (src, dest_part, decompress) =
+                    (inputs.src.clone(), part.clone(), inputs.decompress);
+                let result = tokio::task::spawn_blocking(move || {
+                    decrypt_legacy(&src, &dest_part, &keys, decompress)
+                })
+                .await
+                .map_err(|e| ActivityError::retryable(format!("decryption task failed: {e}")))?;
+                let (written, key_id, compression) = match result {
+                    Ok(done) => done,
+                    Err(e) => {
+                        discard(&part);
+                        return Err(crypto_error(e));
+                    }
+                };
+                commit(&part, &inputs.dest)?;
+                Ok(json!({
+                    "path": inputs.dest, "size": written, "format": Format::LegacyFernet,
+                    "compression": if decompress { Compression::None } else { compression },
+                    "key_id": key_id, "plaintext_sha256": null,
+                    "seconds": started.elapsed().as_secs_f64(), "reused": false,
+                }))
+            }
+            Format::Raw => Err(ActivityError::permanent(format!(
+                "{} is neither a Lazarus chunked file nor a Fernet token; is it already decrypted?",
+                inputs.src.display()
+            ))),
+        }
+    }
+}

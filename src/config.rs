@@ -1,0 +1,360 @@
+//! `lazarus.toml`: the stores and where the keys are. With no file at all the embedded
+//! default applies: one local store in `STATE/store`, keys from the environment.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::storage::local::LocalStore;
+use crate::storage::s3::{S3Settings, S3Store};
+use crate::storage::{ObjectStore, StoreSet};
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "LAZARUS_CONFIG";
+
+/// A configuration problem, naming the file and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file (or "embedded default").
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The `[keys]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// A file of Fernet keys, one per line (must not be readable by group or others).
+    pub file: Option<PathBuf>,
+}
+
+/// One `[[stores]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Name used in reports and `stores = [...]` inputs.
+    pub name: String,
+    /// "s3" or "local".
+    pub kind: String,
+    /// local: the directory.
+    pub path: Option<PathBuf>,
+    /// s3: endpoint URL (R2: https://ACCOUNT.r2.cloudflarestorage.com).
+    pub endpoint: Option<String>,
+    /// s3: region (default "auto").
+    pub region: Option<String>,
+    /// s3: bucket.
+    pub bucket: Option<String>,
+    /// s3: key prefix inside the bucket.
+    pub prefix: Option<String>,
+    /// s3: path-style addressing (default true: what S3-compatible servers want).
+    pub path_style: Option<bool>,
+    /// s3: access key id, inline.
+    pub access_key_id: Option<String>,
+    /// s3: secret key, inline (then the file must be private).
+    pub secret_access_key: Option<String>,
+    /// s3: name of the environment variable holding the access key id.
+    pub access_key_id_env: Option<String>,
+    /// s3: name of the environment variable holding the secret key.
+    pub secret_access_key_env: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the keys are.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// The stores, in failover order.
+    #[serde(default)]
+    pub stores: Vec<StoreConfig>,
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The file, or "embedded default".
+    pub source: String,
+    /// Directory relative paths are resolved against.
+    pub base: PathBuf,
+    /// The settings.
+    pub config: Config,
+}
+
+impl Loaded {
+    /// Reads `explicit` (from `--config`), else `$LAZARUS_CONFIG`, else `./lazarus.toml`,
+    /// else the embedded default.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let chosen = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("lazarus.toml")).filter(|p| p.is_file()));
+        let Some(path) = chosen else {
+            return Ok(Loaded {
+                source: "embedded default".into(),
+                base: PathBuf::from("."),
+                config: Config::default(),
+            });
+        };
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            ConfigError {
+                file: match line {
+                    Some(line) => format!("{file}:{line}"),
+                    None => file.clone(),
+                },
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let inline_secret = config.stores.iter().any(|s| s.secret_access_key.is_some());
+        if inline_secret {
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o077 != 0 {
+                return Err(ConfigError {
+                    file,
+                    message: format!(
+                        "holds a secret_access_key but is readable by group or others (mode {:o}); run `chmod 600 {}` or use secret_access_key_env",
+                        mode & 0o777,
+                        path.display()
+                    ),
+                });
+            }
+        }
+        Ok(Loaded {
+            source: file,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            config,
+        })
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// The key file, resolved against the configuration's directory.
+    pub fn keys_file(&self) -> Option<PathBuf> {
+        self.config.keys.file.as_deref().map(|p| self.resolve(p))
+    }
+
+    fn err(&self, message: String) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            message,
+        }
+    }
+
+    /// The stores, in order; the embedded default is one local store in `STATE/store`.
+    pub fn stores(&self, state_dir: &Path) -> Result<StoreSet, ConfigError> {
+        if self.config.stores.is_empty() {
+            return Ok(StoreSet::new(vec![Arc::new(LocalStore::new(
+                "local",
+                state_dir.join("store"),
+            ))]));
+        }
+        let mut stores: Vec<Arc<dyn ObjectStore>> = Vec::new();
+        let mut names = Vec::new();
+        for s in &self.config.stores {
+            if names.contains(&s.name) {
+                return Err(self.err(format!("two stores are named \"{}\"", s.name)));
+            }
+            names.push(s.name.clone());
+            let store: Arc<dyn ObjectStore> = match s.kind.as_str() {
+                "local" => {
+                    let path = s.path.as_ref().ok_or_else(|| {
+                        self.err(format!(
+                            "store \"{}\" (kind local) needs path = \"DIR\"",
+                            s.name
+                        ))
+                    })?;
+                    Arc::new(LocalStore::new(s.name.clone(), self.resolve(path)))
+                }
+                "s3" => Arc::new(S3Store::new(self.s3_settings(s)?)),
+                other => {
+                    return Err(self.err(format!(
+                        "store \"{}\" has kind \"{other}\"; use \"s3\" or \"local\"",
+                        s.name
+                    )));
+                }
+            };
+            stores.push(store);
+        }
+        Ok(StoreSet::new(stores))
+    }
+
+    fn s3_settings(&self, s: &StoreConfig) -> Result<S3Settings, ConfigError> {
+        let bucket = s.bucket.clone().ok_or_else(|| {
+            self.err(format!(
+                "store \"{}\" (kind s3) needs bucket = \"NAME\"",
+                s.name
+            ))
+        })?;
+        let from_env = |var: &Option<String>, what: &str| -> Result<Option<String>, ConfigError> {
+            match var {
+                None => Ok(None),
+                Some(name) => std::env::var(name).map(Some).map_err(|_| {
+                    self.err(format!(
+                        "store \"{}\": {what}_env names ${name}, which is not set",
+                        s.name
+                    ))
+                }),
+            }
+        };
+        let id = match &s.access_key_id {
+            Some(id) => Some(id.clone()),
+            None => from_env(&s.access_key_id_env, "access_key_id")?,
+        };
+        let secret = match &s.secret_access_key {
+            Some(secret) => Some(secret.clone()),
+            None => from_env(&s.secret_access_key_env, "secret_access_key")?,
+        };
+        let credentials = match (id, secret) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            (None, None) => None,
+            _ => {
+                return Err(self.err(format!(
+                    "store \"{}\": give both the access key id and the secret key, or neither (to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+                    s.name
+                )));
+            }
+        };
+        let mut prefix = s.prefix.clone().unwrap_or_default();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(S3Settings {
+            name: s.name.clone(),
+            endpoint: s.endpoint.clone(),
+            region: s.region.clone().unwrap_or_else(|| "auto".into()),
+            bucket,
+            prefix,
+            path_style: s.path_style.unwrap_or(true),
+            credentials,
+        })
+    }
+}
+
+/// The commented example `lazarus init` writes.
+pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this order when reading; every store gets a
+# byte-identical copy when writing. Relative paths are relative to this file.
+
+[keys]
+# Fernet keys, one per line: the first encrypts, all decrypt (rotation). The file must not
+# be readable by group or others (chmod 600). LAZARUS_KEYS (comma-separated) overrides it.
+# Make a key with `lazarus key generate`.
+# file = "/etc/lazarus/keys"
+
+# Cloudflare R2 (S3-compatible).
+# [[stores]]
+# name = "r2"
+# kind = "s3"
+# endpoint = "https://ACCOUNT_ID.r2.cloudflarestorage.com"
+# region = "auto"
+# bucket = "db-backups"
+# prefix = "prod/"
+# access_key_id_env = "R2_ACCESS_KEY_ID"
+# secret_access_key_env = "R2_SECRET_ACCESS_KEY"
+
+# Backblaze B2 (S3-compatible).
+# [[stores]]
+# name = "b2"
+# kind = "s3"
+# endpoint = "https://s3.us-west-004.backblazeb2.com"
+# region = "us-west-004"
+# bucket = "db-backups"
+# prefix = "prod/"
+# access_key_id_env = "B2_KEY_ID"
+# secret_access_key_env = "B2_APPLICATION_KEY"
+
+# The last resort: a local directory.
+[[stores]]
+name = "local"
+kind = "local"
+path = "state/store"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join("lazarus.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_example_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = Loaded::load(Some(&write(dir.path(), EXAMPLE, 0o644))).unwrap();
+        let stores = loaded.stores(Path::new("state")).unwrap();
+        assert_eq!(stores.names(), ["local"]);
+    }
+
+    #[test]
+    fn typos_and_missing_fields_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Loaded::load(Some(&write(
+            dir.path(),
+            "[[stores]]\nname = \"x\"\nkind = \"s3\"\nbuckt = \"b\"\n",
+            0o600,
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("lazarus.toml:4") && err.contains("buckt"),
+            "{err}"
+        );
+        let loaded = Loaded::load(Some(&write(
+            dir.path(),
+            "[[stores]]\nname = \"x\"\nkind = \"s3\"\n",
+            0o600,
+        )))
+        .unwrap();
+        let err = loaded.stores(Path::new("s")).err().unwrap().to_string();
+        assert!(err.contains("store \"x\" (kind s3) needs bucket"), "{err}");
+    }
+
+    #[test]
+    fn inline_secrets_need_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[stores]]\nname = \"r2\"\nkind = \"s3\"\nbucket = \"b\"\naccess_key_id = \"a\"\nsecret_access_key = \"s3cr3t\"\n";
+        let err = Loaded::load(Some(&write(dir.path(), text, 0o644)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chmod 600") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        assert!(Loaded::load(Some(&write(dir.path(), text, 0o600))).is_ok());
+    }
+
+    #[test]
+    fn no_file_means_one_local_store_in_the_state_directory() {
+        let loaded = Loaded {
+            source: "embedded default".into(),
+            base: PathBuf::from("."),
+            config: Config::default(),
+        };
+        let set = loaded.stores(Path::new("/tmp/st")).unwrap();
+        assert_eq!(set.names(), ["local"]);
+        assert!(set.stores()[0].describe().contains("/tmp/st/store"));
+    }
+}

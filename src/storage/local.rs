@@ -1,0 +1,253 @@
+//! A store in a local directory: the last resort after R2 and B2, and the embedded default
+//! (`state/store`).
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+
+use super::{Body, ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+
+/// Objects as files under a root directory; keys are relative paths.
+pub struct LocalStore {
+    name: String,
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(name: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            root: root.into(),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        check_key(&self.name, key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, what: &str, path: &Path, e: std::io::Error) -> StorageError {
+        let message = format!("{what} {}: {e}", path.display());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => StorageError::Permanent {
+                store: self.name.clone(),
+                message,
+            },
+            _ => StorageError::Transient {
+                store: self.name.clone(),
+                message,
+            },
+        }
+    }
+}
+
+fn write_atomically(target: &Path, body: &Body) -> std::io::Result<u64> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = match body {
+        Body::Bytes(bytes) => {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            bytes.len() as u64
+        }
+        Body::File(source) => {
+            let n = std::fs::copy(source, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            n
+        }
+    };
+    std::fs::rename(&tmp, target)?;
+    // The rename is durable once the directory is.
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(written)
+}
+
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            walk(root, &path, prefix, out)?;
+        } else if file_type.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if key.starts_with(prefix) {
+                let meta = entry.metadata()?;
+                out.push(ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    modified: meta.modified().ok().map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    }),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError> {
+        let path = self.path(key)?;
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomically(&target, &body))
+            .await
+            .map_err(|e| StorageError::Transient {
+                store: self.name.clone(),
+                message: format!("writer task failed: {e}"),
+            })?;
+        written.map_err(|e| self.err("cannot write", &path, e))
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let path = self.path(key)?;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound {
+                    store: self.name.clone(),
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(self.err("cannot open", &path, e)),
+        };
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.err("cannot seek in", &path, e))?;
+        let file = tokio::fs::File::from_std(file);
+        Ok(match len {
+            Some(n) => Box::pin(file.take(n)),
+            None => Box::pin(file),
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path(key)?;
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: meta.len(),
+                modified: meta.modified().ok().map(|t| {
+                    chrono::DateTime::<chrono::Utc>::from(t)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                }),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("cannot stat", &path, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        walk(&self.root, &self.root, prefix, &mut out)
+            .map_err(|e| self.err("cannot list", &self.root, e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("cannot delete", &path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn put_get_ranges_list_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new("local", dir.path().join("store"));
+        store
+            .put("a/one", Body::Bytes(Bytes::from_static(b"0123456789")))
+            .await
+            .unwrap();
+        store
+            .put("a/two", Body::Bytes(Bytes::from_static(b"xy")))
+            .await
+            .unwrap();
+        store
+            .put("b/three", Body::Bytes(Bytes::from_static(b"z")))
+            .await
+            .unwrap();
+        let mut part = String::new();
+        store
+            .get("a/one", 3, Some(4))
+            .await
+            .unwrap()
+            .read_to_string(&mut part)
+            .await
+            .unwrap();
+        assert_eq!(part, "3456");
+        let mut rest = String::new();
+        store
+            .get("a/one", 8, None)
+            .await
+            .unwrap()
+            .read_to_string(&mut rest)
+            .await
+            .unwrap();
+        assert_eq!(rest, "89");
+        let keys: Vec<String> = store
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["a/one", "a/two"]);
+        assert_eq!(store.head("a/one").await.unwrap().unwrap().size, 10);
+        store.delete("a/one").await.unwrap();
+        assert!(store.head("a/one").await.unwrap().is_none());
+        assert!(matches!(
+            store.get("a/one", 0, None).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert!(store.get("../x", 0, None).await.is_err());
+    }
+}

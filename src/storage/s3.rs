@@ -1,0 +1,437 @@
+//! A store in an S3-compatible bucket (Cloudflare R2, Backblaze B2, MinIO, AWS S3), on
+//! aws-sdk-s3: ranged GETs for resumable downloads, multipart uploads for large files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use tokio::sync::OnceCell;
+
+use super::{Body, ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+
+/// Files larger than this are uploaded in parts.
+const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// Size of one part (S3 allows at most 10,000 parts; grown for huge files).
+const PART_SIZE: u64 = 16 << 20;
+/// Parts uploaded at once.
+const PART_CONCURRENCY: usize = 4;
+
+/// Where the bucket is and how to reach it.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// Store name.
+    pub name: String,
+    /// Endpoint URL (empty for AWS's own).
+    pub endpoint: Option<String>,
+    /// Region ("auto" for R2).
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix inside the bucket ("" or ending in "/").
+    pub prefix: String,
+    /// Path-style addressing (needed by most S3-compatible servers).
+    pub path_style: bool,
+    /// Static credentials; `None` uses the usual AWS environment and profiles.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An S3 bucket (or a prefix in one) as a store.
+pub struct S3Store {
+    settings: S3Settings,
+    client: OnceCell<Client>,
+}
+
+impl S3Store {
+    /// A store; the client is built on first use.
+    pub fn new(settings: S3Settings) -> Self {
+        Self {
+            settings,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let s = &self.settings;
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(30))
+                    .build();
+                let mut builder = aws_sdk_s3::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(Region::new(s.region.clone()))
+                    .force_path_style(s.path_style)
+                    .timeout_config(timeouts)
+                    // One retry inside the SDK; failing over to the next store is faster
+                    // than hammering a sick one.
+                    .retry_config(RetryConfig::standard().with_max_attempts(2))
+                    // S3-compatible servers differ in their support of the newer default
+                    // checksums; integrity is checked end to end by Lazarus anyway.
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                if let Some(endpoint) = &s.endpoint {
+                    builder = builder.endpoint_url(endpoint.clone());
+                }
+                match &s.credentials {
+                    Some((id, secret)) => {
+                        builder = builder.credentials_provider(Credentials::new(
+                            id.clone(),
+                            secret.clone(),
+                            None,
+                            None,
+                            "lazarus-config",
+                        ));
+                    }
+                    None => {
+                        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                            .load()
+                            .await;
+                        if let Some(provider) = shared.credentials_provider() {
+                            builder = builder.credentials_provider(provider);
+                        }
+                    }
+                }
+                Client::from_conf(builder.build())
+            })
+            .await
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        check_key(&self.settings.name, key)?;
+        Ok(format!("{}{key}", self.settings.prefix))
+    }
+
+    fn classify<E>(&self, what: &str, key: &str, error: SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let store = self.settings.name.clone();
+        match &error {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("unknown");
+                let http = service.raw().status().as_u16();
+                let message = format!(
+                    "{what} {key}: {code} (HTTP {http}){}",
+                    service
+                        .err()
+                        .message()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                );
+                match (http, code) {
+                    (404, _) | (_, "NoSuchKey" | "NotFound") => StorageError::NotFound {
+                        store,
+                        key: key.to_string(),
+                    },
+                    (401 | 403, _) => StorageError::Permanent {
+                        store,
+                        message: format!("{message}; check the store's credentials"),
+                    },
+                    (500..=599, _) | (429, _) => StorageError::Transient { store, message },
+                    _ => StorageError::Permanent { store, message },
+                }
+            }
+            SdkError::ConstructionFailure(_) => StorageError::Permanent {
+                store,
+                message: format!("{what} {key}: {}", describe(&error)),
+            },
+            _ => StorageError::Transient {
+                store,
+                message: format!("{what} {key}: {}", describe(&error)),
+            },
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        full: &str,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<u64, StorageError> {
+        let client = self.client().await;
+        let bucket = &self.settings.bucket;
+        let created = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| self.classify("start upload of", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let part_size = PART_SIZE.max(size.div_ceil(9_000));
+        let parts: Vec<(i32, u64, u64)> = (0..size.div_ceil(part_size))
+            .map(|i| {
+                let offset = i * part_size;
+                ((i + 1) as i32, offset, part_size.min(size - offset))
+            })
+            .collect();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(PART_CONCURRENCY));
+        let mut tasks = Vec::new();
+        for (number, offset, len) in parts {
+            let permit = Arc::clone(&semaphore);
+            let client = client.clone();
+            let (bucket, full, upload_id, path) = (
+                bucket.clone(),
+                full.to_string(),
+                upload_id.clone(),
+                path.to_path_buf(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit.acquire().await;
+                let body = SdkStream::read_from()
+                    .path(&path)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(full)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("part {number}: {}", describe(&e)))?;
+                Ok::<_, String>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(String::from))
+                        .build(),
+                )
+            }));
+        }
+        let mut completed = Vec::new();
+        let mut failure = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(part)) => completed.push(part),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => failure = failure.or(Some(format!("upload task failed: {e}"))),
+            }
+        }
+        if let Some(message) = failure {
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            return Err(StorageError::Transient {
+                store: self.settings.name.clone(),
+                message: format!("upload of {key} failed: {message}"),
+            });
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(full)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.classify("finish upload of", key, e))?;
+        Ok(size)
+    }
+}
+
+/// An SDK error with its causes, for messages.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "s3 bucket {} prefix \"{}\" at {}",
+            self.settings.bucket,
+            self.settings.prefix,
+            self.settings.endpoint.as_deref().unwrap_or("AWS")
+        )
+    }
+
+    async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError> {
+        let full = self.full_key(key)?;
+        let client = self.client().await;
+        let (stream, size) = match body {
+            Body::Bytes(bytes) => {
+                let n = bytes.len() as u64;
+                (SdkStream::from(bytes), n)
+            }
+            Body::File(path) => {
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| StorageError::Permanent {
+                        store: self.settings.name.clone(),
+                        message: format!("cannot read {}: {e}", path.display()),
+                    })?
+                    .len();
+                if size > MULTIPART_THRESHOLD {
+                    return self.put_multipart(key, &full, &path, size).await;
+                }
+                let stream =
+                    SdkStream::from_path(&path)
+                        .await
+                        .map_err(|e| StorageError::Permanent {
+                            store: self.settings.name.clone(),
+                            message: format!("cannot read {}: {e}", path.display()),
+                        })?;
+                (stream, size)
+            }
+        };
+        client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .content_length(size as i64)
+            .body(stream)
+            .send()
+            .await
+            .map_err(|e| self.classify("upload of", key, e))?;
+        Ok(size)
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let full = self.full_key(key)?;
+        let range = match len {
+            Some(0) => return Ok(Box::pin(tokio::io::empty())),
+            Some(n) => format!("bytes={offset}-{}", offset + n - 1),
+            None => format!("bytes={offset}-"),
+        };
+        let mut request = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(&full);
+        if offset > 0 || len.is_some() {
+            request = request.range(range);
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| self.classify("download of", key, e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let full = self.full_key(key)?;
+        match self
+            .client()
+            .await
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                modified: out.last_modified().map(|t| t.to_string()),
+            })),
+            Err(e) => match self.classify("head of", key, e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let client = self.client().await;
+        let full_prefix = format!("{}{prefix}", self.settings.prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = client
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| self.classify("listing of", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(relative) = key.strip_prefix(&self.settings.prefix) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: relative.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object.last_modified().map(|t| t.to_string()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated().unwrap_or(false) => {
+                    token = Some(next.to_string())
+                }
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.full_key(key)?;
+        self.client()
+            .await
+            .delete_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.classify("delete of", key, e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Real S3 protocol servers for tests: `moto_server` (Python moto) as a child process, and
+//! `s3s-fs` served in-process over TCP. Plus a throttling TCP proxy, so a download lasts
+//! long enough to be interrupted at a chosen moment.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Credentials the test servers accept.
+pub const ACCESS_KEY: &str = "AKIATESTLAZARUS";
+/// Secret the test servers accept.
+pub const SECRET_KEY: &str = "test-secret-key-lazarus";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A moto_server child process.
+pub struct Moto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts moto_server on a free port; fails with a message naming the tool if missing.
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("this test needs moto_server (pip install 'moto[server]'): {e}")
+            });
+        wait_for_port(port, "moto_server");
+        Moto { child, port }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it the hard way, mid-request if need be.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An s3s-fs server running in its own thread.
+pub struct S3sFs {
+    /// Its address.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl S3sFs {
+    /// Serves the directory `root` (each subdirectory is a bucket) over S3.
+    pub fn start(root: &Path) -> S3sFs {
+        std::fs::create_dir_all(root).expect("s3s root");
+        let root = root.to_path_buf();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs");
+                let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+                builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let mut tasks = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((socket, _)) = accepted else { continue };
+                            let conn = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+                                .into_owned();
+                            tasks.spawn(async move { let _ = conn.await; });
+                        }
+                        _ = &mut stop_rx => break,
+                    }
+                }
+                tasks.abort_all();
+            });
+        });
+        let addr = addr_rx.recv().expect("s3s-fs address");
+        S3sFs {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and drops every open connection.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP proxy that slows the server-to-client direction to `bytes_per_second`.
+pub struct Throttle {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Throttle {
+    /// Starts a proxy to `upstream`.
+    pub fn start(upstream: SocketAddr, bytes_per_second: u64) -> Throttle {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let (mut cr, mut cw) = client.into_split();
+                        let (mut sr, mut sw) = server.into_split();
+                        let up = tokio::spawn(async move {
+                            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                            let _ = sw.shutdown().await;
+                        });
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            let pause = Duration::from_secs_f64(n as f64 / bytes_per_second as f64);
+                            tokio::time::sleep(pause).await;
+                        }
+                        up.abort();
+                    });
+                }
+            });
+        });
+        Throttle {
+            addr: rx.recv().expect("proxy address"),
+            _thread: thread,
+        }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Creates a bucket on a test server.
+pub fn create_bucket(endpoint: &str, bucket: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        client(endpoint)
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {bucket} at {endpoint}: {e:?}"));
+    });
+}
+
+/// Writes an object straight to a test server (bypassing Lazarus).
+pub fn put_object(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        client(endpoint)
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key} at {endpoint}: {e:?}"));
+    });
+}
