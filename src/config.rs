@@ -106,9 +106,13 @@ impl Loaded {
             message: format!("cannot read: {e}"),
         })?;
         let config: Config = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            });
             ConfigError {
                 file: match line {
                     Some(line) => format!("{file}:{line}"),
