@@ -533,3 +533,27 @@ fn storage_check_says_which_stores_are_reachable_and_writable() {
     );
     assert!(!shown.contains(SECRET_KEY), "no credentials in output");
 }
+
+#[test]
+fn a_file_left_at_the_destination_is_reused_only_if_it_is_this_object() {
+    let fx = Fixture::new(&[], &["local"]);
+    let first = random_data(2 << 20);
+    fx.put_local("local", &encode(&first, &fx.ring, 1 << 20));
+    let out = fx.fetch("r1", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.fetch("r2", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        download_output(&fx.sb, "r2")["reused"],
+        true,
+        "same object: reused"
+    );
+
+    // Another object under the same key: the old file must not pass for it.
+    let second = random_data(3 << 20);
+    fx.put_local("local", &encode(&second, &fx.ring, 1 << 20));
+    let out = fx.fetch("r3", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(download_output(&fx.sb, "r3")["reused"], false);
+    assert_eq!(fx.restored(), second);
+}

@@ -220,18 +220,6 @@ impl Activity for Download {
         let dest = inputs.dest.clone();
         prepare_dir(&dest)?;
 
-        // Idempotent: a verified file already in place is the answer.
-        if dest.is_file() {
-            if let Some(v) = verify_file(&dest, &keys, inputs.size, inputs.sha256.as_deref()) {
-                return Ok(json!({
-                    "path": dest, "size": v.size, "sha256": v.sha256, "format": v.format,
-                    "authenticated": v.authenticated, "served_by": null, "sources": [],
-                    "skipped": [], "resumed_from": 0, "seconds": started.elapsed().as_secs_f64(), "reused": true,
-                }));
-            }
-            tracing::warn!(path = %dest.display(), "existing file does not verify; downloading again");
-        }
-
         let (found, passed) = stores.locate(&inputs.key).await;
         let mut progress = Progression {
             sources: Vec::new(),
@@ -261,6 +249,20 @@ impl Activity for Download {
             .checkpoint_every
             .unwrap_or(CHECKPOINT_EVERY)
             .max(1 << 20);
+
+        // Idempotent: a file already in place that is this object (the store's size, and
+        // the manifest's checksum when given) and verifies is the answer.
+        if std::fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == total) {
+            if let Some(v) = verify_file(&dest, &keys, Some(total), inputs.sha256.as_deref()) {
+                return Ok(json!({
+                    "path": dest, "size": v.size, "sha256": v.sha256, "format": v.format,
+                    "authenticated": v.authenticated, "served_by": null, "sources": [],
+                    "skipped": [], "resumed_from": 0, "seconds": started.elapsed().as_secs_f64(),
+                    "reused": true,
+                }));
+            }
+            tracing::warn!(path = %dest.display(), "existing file does not verify; downloading again");
+        }
 
         // Resume from the journaled, verified prefix if the partial file still holds it.
         let part = part_path(&dest);

@@ -6,12 +6,14 @@ pub mod command;
 pub mod decompress;
 pub mod decrypt;
 pub mod download;
+pub mod encrypt;
 mod files;
 pub mod http_check;
 mod inputs;
 pub mod notify;
 pub mod services;
 pub mod supervise;
+pub mod upload;
 mod web;
 
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(download::Download::new(Arc::clone(&services))));
     registry.register(Arc::new(decrypt::Decrypt::new(Arc::clone(&services))));
     registry.register(Arc::new(decompress::Decompress));
+    registry.register(Arc::new(encrypt::Encrypt::new(Arc::clone(&services))));
+    registry.register(Arc::new(upload::Upload::new(Arc::clone(&services))));
     registry.register(Arc::new(command::CommandActivity));
     registry.register(Arc::new(http_check::HttpCheck));
     registry.register(Arc::new(approve::Approve));

@@ -556,7 +556,8 @@ pub fn decode<W: Write>(
                     "chunk {no} has a damaged frame"
                 )));
             }
-            let message = token::decrypt(ring, &frame[FRAME_PREFIX..], Some(key_hint))
+            let mut frame = frame;
+            let message = token::decrypt_in_place(ring, &mut frame[FRAME_PREFIX..], Some(key_hint))
                 .map_err(|e| e.at_chunk(no))?;
             if message.len() < CHUNK_PREFIX
                 || message[..16] != file_id
@@ -567,15 +568,15 @@ pub fn decode<W: Write>(
                     "chunk {no} belongs to another file or position (chunks were swapped or spliced)"
                 )));
             }
-            let payload = message[CHUNK_PREFIX..].to_vec();
+            let payload = &message[CHUNK_PREFIX..];
             if decompress {
                 let mut plain = Vec::new();
-                codec::decompress_block(&payload, entry.plain_len as usize, &mut plain).map_err(
+                codec::decompress_block(payload, entry.plain_len as usize, &mut plain).map_err(
                     |e| CryptoError::Malformed(format!("chunk {no} does not decompress: {e}")),
                 )?;
                 Ok((plain, u64::from(entry.plain_len)))
             } else {
-                Ok((payload, u64::from(entry.plain_len)))
+                Ok((payload.to_vec(), u64::from(entry.plain_len)))
             }
         },
         |(bytes, plain_len)| {
