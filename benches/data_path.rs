@@ -4,6 +4,7 @@
 //! and peak RSS of each, and Lazarus's peak RSS on a backup 4× larger.
 //!
 //! Run: `cargo bench --bench data_path` (needs python3 with `cryptography`, and `zstd`).
+//! Each pipeline runs twice and the faster run counts; inputs are warm in the page cache.
 //! Sizes: LAZARUS_BENCH_GIB (default 1) and LAZARUS_BENCH_LARGE_GIB (default 4) are the
 //! sizes of the encrypted backups; data is cached in target/bench-data between runs.
 
@@ -65,9 +66,17 @@ impl Rows {
     }
 }
 
+/// Runs a command twice and keeps the faster run (and the larger peak RSS): the first touch
+/// of memory on this VM can cost several seconds that have nothing to do with the pipeline
+/// (freed guest pages are handed back to the host), and inputs are warm in the page cache
+/// for every pipeline alike.
 fn run(cmd: &mut Command) -> (Duration, u64) {
-    // Clean page cache so every pipeline starts from disk alike.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let (t1, m1) = run_once(cmd);
+    let (t2, m2) = run_once(cmd);
+    (t1.min(t2), m1.max(m2))
+}
+
+fn run_once(cmd: &mut Command) -> (Duration, u64) {
     let started = Instant::now();
     // Reaped below with wait4, which also reports the child's peak RSS.
     #[allow(clippy::zombie_processes)]
@@ -234,36 +243,46 @@ with = { src = "${steps.download.path}", dest = "${params.dest}", decompress = t
 
 fn lazarus(root: &Path, state: &Path, data: &DataSet, out: &Path, run_id: &str) -> (Duration, u64) {
     let fetched = PathBuf::from(format!("{}.lzr", out.display()));
-    let _ = std::fs::remove_file(out);
+    let keys = std::fs::read_to_string(root.join(KEY_FILE))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut best: Option<(Duration, u64)> = None;
+    for attempt in 1..=2 {
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(&fetched);
+        let measured = run_once(
+            Command::new(env!("CARGO_BIN_EXE_lazarus"))
+                .current_dir(root)
+                .env("LAZARUS_KEYS", &keys)
+                .env_remove("LAZARUS_CONFIG")
+                .args([
+                    "--state",
+                    state.to_str().unwrap(),
+                    "run",
+                    "fetch.toml",
+                    "--reason",
+                    "bench",
+                ])
+                .arg("--id")
+                .arg(format!("{run_id}-{attempt}"))
+                .arg("-p")
+                .arg(format!("key={}", data.backup_key))
+                .arg("-p")
+                .arg(format!("dest={}", out.display())),
+        );
+        assert_eq!(
+            std::fs::metadata(out).unwrap().len(),
+            std::fs::metadata(&data.plain).unwrap().len(),
+            "restored size"
+        );
+        best = Some(match best {
+            None => measured,
+            Some((t, m)) => (t.min(measured.0), m.max(measured.1)),
+        });
+    }
     let _ = std::fs::remove_file(&fetched);
-    let (took, rss) = run(Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .current_dir(root)
-        .env(
-            "LAZARUS_KEYS",
-            std::fs::read_to_string(root.join(KEY_FILE)).unwrap().trim(),
-        )
-        .env_remove("LAZARUS_CONFIG")
-        .args([
-            "--state",
-            state.to_str().unwrap(),
-            "run",
-            "fetch.toml",
-            "--reason",
-            "bench",
-            "--id",
-            run_id,
-        ])
-        .arg("-p")
-        .arg(format!("key={}", data.backup_key))
-        .arg("-p")
-        .arg(format!("dest={}", out.display())));
-    assert_eq!(
-        std::fs::metadata(out).unwrap().len(),
-        std::fs::metadata(&data.plain).unwrap().len(),
-        "restored size"
-    );
-    let _ = std::fs::remove_file(&fetched);
-    (took, rss)
+    best.unwrap_or_default()
 }
 
 fn main() {
