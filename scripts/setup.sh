@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Installs what Lazarus needs on a fresh Debian machine (idempotent). Run by the README's
-# two commands; safe to run by hand.
+# Installs what Lazarus and its tests need on a fresh Debian machine (idempotent). Run by
+# the README's two commands; safe to run by hand.
 set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
 
 need_apt=()
 command -v sha256sum >/dev/null || need_apt+=(coreutils)
-command -v curl >/dev/null || need_apt+=(curl)
-
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v zstd >/dev/null || need_apt+=(zstd)
 if ((${#need_apt[@]})); then
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-    fi
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Interop tests decrypt with Python's cryptography; storage tests run a real S3 server (moto).
+if ! python3 -c "import cryptography" 2>/dev/null; then
+    python3 -m pip install --quiet cryptography
+fi
+if ! command -v moto_server >/dev/null; then
+    python3 -m pip install --quiet "moto[server]"
 fi
 
 if ! command -v cargo >/dev/null; then
