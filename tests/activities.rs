@@ -291,3 +291,26 @@ with = { shell = 'setsid sleep 611.5 & sleep 0.5; echo started' }
         .args(["-f", "sleep 611.5"])
         .status();
 }
+
+#[test]
+fn a_command_stops_at_its_own_timeout() {
+    let sb = Sandbox::new();
+    sb.write(
+        "slow.toml",
+        r#"
+name = "slow"
+[[steps]]
+id = "slow"
+activity = "command"
+with = { shell = 'sleep 433.25', timeout = "500ms" }
+"#,
+    );
+    let out = sb.run(&["run", "slow.toml", "--id", "w1", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(3), "{}", common::text(&out));
+    let error = sb.status("w1")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with("command timed out after 500ms"),
+        "{error}"
+    );
+    assert!(!process_with("sleep 433.25"));
+}

@@ -58,6 +58,11 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "bytes of stdout/stderr kept in the output (default 4096)",
         },
+        InputSpec {
+            name: "timeout",
+            required: false,
+            help: "stop the command after this long, e.g. \"5m\" (the step's timeout also applies)",
+        },
     ],
     outputs: &["exit_code", "stdout", "stderr", "duration_seconds"],
 };
@@ -105,6 +110,8 @@ struct Inputs {
     undo: Option<CommandLine>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     tail_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "inputs::opt_duration")]
+    timeout: Option<Duration>,
 }
 
 impl Inputs {
@@ -289,7 +296,15 @@ async fn run_command(
         tokio::join!(out, err)
     };
 
-    let cancel = ctx.cancellation().clone();
+    // The command stops on the attempt's cancellation, or on its own timeout.
+    let cancel = ctx.cancellation().child_token();
+    let timer = inputs.timeout.map(|limit| {
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            stop.cancel();
+        })
+    });
     let waiting = async {
         let mut stopping = false;
         let status = loop {
@@ -325,9 +340,18 @@ async fn run_command(
     }
     let code = status.code().unwrap_or(-1);
     let elapsed = started.elapsed().as_secs_f64();
-    if cancel.is_cancelled() {
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    if ctx.cancellation().is_cancelled() {
         return Err(ActivityError::cancelled(format!(
             "command stopped after {elapsed:.1}s"
+        )));
+    }
+    if cancel.is_cancelled() {
+        return Err(ActivityError::retryable(format!(
+            "command timed out after {}",
+            crate::engine::duration::format_duration(inputs.timeout.unwrap_or_default())
         )));
     }
     if code == 0 {

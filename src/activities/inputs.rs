@@ -93,6 +93,11 @@ pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     scalar_text(Value::deserialize(d)?).map(Some)
 }
 
+/// An optional duration given as text such as `"10s"`.
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// A map of strings whose values may also be numbers or booleans (environment variables).
 pub fn string_map<'de, D: Deserializer<'de>>(
     d: D,

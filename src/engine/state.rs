@@ -325,6 +325,20 @@ impl RunState {
                 });
             }
             Event::Resumed { .. } => {
+                // An attempt still open when the run is resumed was cut short by the death
+                // of the process running it: say so rather than leave it "running".
+                for s in &mut self.steps {
+                    if matches!(s.status, StepStatus::Running | StepStatus::WaitingApproval)
+                        && let Some(a) = s.attempts.last_mut()
+                        && a.ended_us.is_none()
+                    {
+                        a.ended_us = Some(at);
+                        a.error = Some("interrupted: the process running it stopped".into());
+                        a.failure = Some(FailureKind::Cancelled);
+                        s.status = StepStatus::Failed;
+                        s.approval_prompt = None;
+                    }
+                }
                 self.halt = None;
                 self.pending_halt = None;
                 self.error = None;
