@@ -62,6 +62,23 @@ pub struct StoreConfig {
     pub secret_access_key_env: Option<String>,
 }
 
+/// The `[postgres]` table: the server to back up and restore to. Unset fields fall back
+/// to libpq's environment (PGHOST, PGPORT, PGUSER, PGPASSWORD).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Host name or socket directory.
+    pub host: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// User.
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Directory of pg_dump, pg_restore, psql (default: found on the machine).
+    pub bin_dir: Option<PathBuf>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +86,9 @@ pub struct Config {
     /// Where the keys are.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// The PostgreSQL server.
+    #[serde(default)]
+    pub postgres: PostgresConfig,
     /// The stores, in failover order.
     #[serde(default)]
     pub stores: Vec<StoreConfig>,
@@ -155,6 +175,28 @@ impl Loaded {
     /// The key file, resolved against the configuration's directory.
     pub fn keys_file(&self) -> Option<PathBuf> {
         self.config.keys.file.as_deref().map(|p| self.resolve(p))
+    }
+
+    /// PostgreSQL's tools and the server to use.
+    pub fn postgres(&self) -> Result<(crate::pg::Tools, crate::pg::Server), ConfigError> {
+        let p = &self.config.postgres;
+        let password = match &p.password_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                self.err(format!(
+                    "[postgres] password_env names ${var}, which is not set"
+                ))
+            })?),
+            None => None,
+        };
+        Ok((
+            crate::pg::Tools::new(p.bin_dir.as_deref().map(|d| self.resolve(d))),
+            crate::pg::Server {
+                host: p.host.clone(),
+                port: p.port,
+                user: p.user.clone(),
+                password,
+            },
+        ))
     }
 
     fn err(&self, message: String) -> ConfigError {
@@ -285,6 +327,14 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # prefix = "prod/"
 # access_key_id_env = "B2_KEY_ID"
 # secret_access_key_env = "B2_APPLICATION_KEY"
+
+# The PostgreSQL server to back up and restore to; unset fields fall back to PGHOST,
+# PGPORT, PGUSER and PGPASSWORD.
+# [postgres]
+# host = "127.0.0.1"
+# port = 5432
+# user = "postgres"
+# password_env = "PGPASSWORD"
 
 # The last resort: a local directory.
 [[stores]]

@@ -5,6 +5,7 @@
 //! the last completed step.
 
 pub mod activities;
+pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod crypto;
 pub mod engine;
 pub mod owner;
 pub mod parallel;
+pub mod pg;
 pub mod runbooks;
 pub mod storage;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::inputs::{self, lenient_opt_u64, opt_string_list, opt_text, string_map};
-use super::supervise::{CANNOT_START, STOP_BYTE};
+use super::supervise::{CANNOT_START, STOP_BYTE, supervisor_program};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 
 /// How long a command gets between SIGTERM and SIGKILL when its attempt is cancelled.
@@ -97,7 +97,7 @@ impl CommandLine {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Inputs {
     #[serde(default, deserialize_with = "opt_string_list")]
@@ -130,11 +130,22 @@ impl Inputs {
 /// The `command` activity.
 pub struct CommandActivity;
 
-/// The program that runs `__supervise`: this very executable.
-fn supervisor_program() -> PathBuf {
-    std::env::var_os("LAZARUS_SUPERVISOR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+/// Runs a program under the supervisor, as a `command` step would (for adapters built on
+/// commands, such as restarting an application).
+pub async fn run_program(
+    ctx: &ActivityContext,
+    argv: Vec<String>,
+    shell: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<Value, ActivityError> {
+    let inputs = Inputs {
+        argv: (!argv.is_empty()).then_some(argv),
+        shell,
+        timeout,
+        ..Inputs::default()
+    };
+    let line = inputs.command()?;
+    run_command(ctx, &line, &inputs).await
 }
 
 /// Keeps the last `limit` bytes of a stream.

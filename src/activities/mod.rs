@@ -2,15 +2,23 @@
 //! engine never depends on them.
 
 pub mod approve;
+pub mod backups;
+pub mod checks;
 pub mod command;
 pub mod decompress;
 pub mod decrypt;
 pub mod download;
+pub mod dump;
 pub mod encrypt;
 mod files;
 pub mod http_check;
+pub mod import;
 mod inputs;
 pub mod notify;
+pub mod pgbouncer;
+pub mod report;
+pub mod restart;
+pub mod restore;
 pub mod services;
 pub mod supervise;
 pub mod upload;
@@ -35,6 +43,18 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(decompress::Decompress));
     registry.register(Arc::new(encrypt::Encrypt::new(Arc::clone(&services))));
     registry.register(Arc::new(upload::Upload::new(Arc::clone(&services))));
+    registry.register(Arc::new(dump::Dump::new(Arc::clone(&services))));
+    registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
+    registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
+    registry.register(Arc::new(backups::SelectBackup::new(Arc::clone(&services))));
+    registry.register(Arc::new(restore::Restore::new(Arc::clone(&services))));
+    registry.register(Arc::new(restore::DropDatabase::new(Arc::clone(&services))));
+    registry.register(Arc::new(checks::VerifyRestore::new(Arc::clone(&services))));
+    registry.register(Arc::new(checks::SqlCheck::new(Arc::clone(&services))));
+    registry.register(Arc::new(pgbouncer::Pgbouncer::new(Arc::clone(&services))));
+    registry.register(Arc::new(restart::RestartApp));
+    registry.register(Arc::new(report::RecoveryReport));
+    registry.register(Arc::new(import::InspectLegacy::new(Arc::clone(&services))));
     registry.register(Arc::new(command::CommandActivity));
     registry.register(Arc::new(http_check::HttpCheck));
     registry.register(Arc::new(approve::Approve));

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::catalog::Catalog;
 use crate::crypto::{CryptoError, Keyring};
+use crate::engine::ActivityError;
+use crate::pg::{Server, Tools};
 use crate::storage::StoreSet;
 
 /// The configured stores and keys, shared by the activities of one process.
@@ -13,6 +16,11 @@ pub struct Services {
     pub stores: StoreSet,
     keys_file: Option<PathBuf>,
     keyring: OnceLock<Result<Keyring, CryptoError>>,
+    /// PostgreSQL's tools.
+    pub pg_tools: Tools,
+    /// The PostgreSQL server to back up and restore to.
+    pub pg_server: Server,
+    catalog: OnceLock<Catalog>,
 }
 
 impl Services {
@@ -21,8 +29,29 @@ impl Services {
         Self {
             stores,
             keys_file,
-            keyring: OnceLock::new(),
+            ..Self::default()
         }
+    }
+
+    /// With this PostgreSQL server and tools.
+    pub fn with_postgres(mut self, tools: Tools, server: Server) -> Self {
+        self.pg_tools = tools;
+        self.pg_server = server;
+        self
+    }
+
+    /// Attaches the backup catalog (done by the process that owns the state directory).
+    pub fn attach_catalog(&self, catalog: Catalog) {
+        let _ = self.catalog.set(catalog);
+    }
+
+    /// The backup catalog.
+    pub fn catalog(&self) -> Result<&Catalog, ActivityError> {
+        self.catalog.get().ok_or_else(|| {
+            ActivityError::permanent(
+                "the backup catalog is only available to the process that owns the state directory",
+            )
+        })
     }
 
     /// The keys, loaded on first use; an error if none are configured or they are unusable.

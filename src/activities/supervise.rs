@@ -8,9 +8,12 @@
 //! never races an orphan of the previous attempt. When the command exits, stragglers it
 //! left in its group are killed too: a step's processes end with the step.
 
-use std::io::Read;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
@@ -84,5 +87,79 @@ pub fn supervise(argv: &[String]) -> i32 {
         WaitStatus::Exited(_, code) => code,
         WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
         _ => 1,
+    }
+}
+
+/// The program that runs `__supervise`: this very executable (or `LAZARUS_SUPERVISOR`).
+pub fn supervisor_program() -> PathBuf {
+    std::env::var_os("LAZARUS_SUPERVISOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
+/// A program running under the supervisor, from blocking code (pg_dump, pg_restore). Its
+/// process group dies with this process; dropping the handle kills it.
+pub struct Supervised {
+    /// The supervisor process (its stdout and stderr are the program's).
+    pub child: Child,
+    control: Option<std::io::PipeWriter>,
+}
+
+impl Supervised {
+    /// Starts `program args` under the supervisor; `configure` sets env, stdout, stderr.
+    pub fn spawn<I, S>(
+        program: &std::path::Path,
+        args: I,
+        configure: impl FnOnce(&mut Command),
+    ) -> std::io::Result<Supervised>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let (control_read, control_write) = std::io::pipe()?;
+        let mut cmd = Command::new(supervisor_program());
+        cmd.arg("__supervise")
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::from(control_read))
+            .process_group(0);
+        configure(&mut cmd);
+        let child = cmd.spawn()?;
+        Ok(Supervised {
+            child,
+            control: Some(control_write),
+        })
+    }
+
+    /// Asks the program to stop (SIGTERM to its group), then kills it after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(pipe) = self.control.as_mut() {
+            let _ = pipe.write_all(&[STOP_BYTE]);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.control = None;
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the program to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait();
+        self.control = None;
+        status
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Closing the pipe makes the supervisor kill the group if it still runs.
+        self.control = None;
+        let _ = self.child.try_wait();
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand family, human output by default and `--json`
 //! for machines. This is the edge of the program, so errors are `anyhow`.
 
+mod backups;
 mod demo;
 mod execute;
 mod follow;
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 use std::sync::Arc;
 
-use crate::activities::{Services, registry};
+use crate::activities::Services;
 use crate::config::Loaded;
 use crate::owner::control::{Control, ControlError};
 use crate::owner::{Session, connect_or_own};
@@ -71,6 +72,17 @@ pub enum Command {
     Validate(workflows::ValidateArgs),
     /// List the activities steps can use, with their inputs.
     Activities,
+    /// Back up a database (pg_dump, zstd, encrypt, every store), or import an old backup.
+    Backup(backups::BackupArgs),
+    /// List backups (from the catalog; rebuilt from the stores when empty).
+    Backups(backups::BackupsArgs),
+    /// The backup catalog.
+    #[command(subcommand)]
+    Catalog(backups::CatalogCommand),
+    /// Restore a backup into a scratch database, check it, mark it VERIFIED or FAILED.
+    Drill(backups::DrillArgs),
+    /// Recover a database: the disaster-recovery runbook (restore beside, check, cut over).
+    Recover(backups::RecoverArgs),
     /// Write a commented example lazarus.toml.
     Init(setup::InitArgs),
     /// Encryption keys.
@@ -127,13 +139,15 @@ impl Context {
     pub fn services(&self) -> Result<Arc<Services>> {
         let loaded = self.loaded_config()?;
         let stores = loaded.stores(&self.state)?;
-        Ok(Arc::new(Services::new(stores, loaded.keys_file())))
+        let (tools, server) = loaded.postgres()?;
+        Ok(Arc::new(
+            Services::new(stores, loaded.keys_file()).with_postgres(tools, server),
+        ))
     }
 
     /// Reaches the owner of the state directory, or becomes it (with this configuration).
     pub async fn session(&self) -> Result<Session> {
-        let registry = registry(self.services()?);
-        Ok(connect_or_own(&self.state, registry).await?)
+        Ok(connect_or_own(&self.state, self.services()?).await?)
     }
 
     /// Runs an operation that may start a run (run, resume, rollback), reconnecting if the
@@ -208,6 +222,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workflows(args) => workflows::list(args),
         Command::Validate(args) => workflows::validate(args),
         Command::Activities => workflows::activities(),
+        Command::Backup(args) => backups::backup(&ctx, args).await,
+        Command::Backups(args) => backups::backups(&ctx, args).await,
+        Command::Catalog(command) => backups::catalog(&ctx, command).await,
+        Command::Drill(args) => backups::drill(&ctx, args).await,
+        Command::Recover(args) => backups::recover(&ctx, args).await,
         Command::Init(args) => setup::init(args),
         Command::Key(command) => setup::key(command),
         Command::Storage(command) => storage::storage(&ctx, command).await,

@@ -172,6 +172,14 @@ impl Renderer {
                         report.id
                     ));
                 }
+                "skipped" => {
+                    let why = step
+                        .output
+                        .as_ref()
+                        .and_then(|o| o["when"].as_str())
+                        .unwrap_or("");
+                    self.line(&format!("  ⤼ {} skipped (when: {why})", step.id));
+                }
                 "compensating" => {
                     self.line(&format!("  ↺ undoing {}", step.id));
                     self.start_bar(&format!("undo {}", step.id));

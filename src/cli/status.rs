@@ -43,6 +43,7 @@ fn mark(status: &str) -> &'static str {
         "failed" | "compensation_failed" => "✗",
         "waiting_approval" => "⏸",
         "compensated" => "↺",
+        "skipped" => "⤼",
         _ => "·",
     }
 }
@@ -108,6 +109,11 @@ pub fn print_report(r: &RunReport) {
             s.id,
             s.activity
         );
+    }
+    for s in &r.steps {
+        if let Some(summary) = s.output.as_ref().and_then(|o| o["summary"].as_str()) {
+            println!("  summary   {}", summary.replace('\n', "\n            "));
+        }
     }
     if let Some(error) = &r.error {
         println!("  error     {error}");

@@ -461,11 +461,7 @@ pub fn open(file: &File, ring: &Keyring) -> Result<Opened, CryptoError> {
     let mut frame = vec![0u8; FRAME_PREFIX + trailer.index_len as usize];
     file.read_exact_at(&mut frame, trailer.index_offset)
         .map_err(io_err("reading the index"))?;
-    if frame[0] != FRAME_INDEX {
-        return Err(CryptoError::Malformed("the index frame is missing".into()));
-    }
-    let plain = token::decrypt(ring, &frame[FRAME_PREFIX..], Some(&trailer.key_id))?;
-    let index = Index::decode(&plain)?;
+    let index = decode_index(&frame, &trailer, ring)?;
     if index.file_id != header.file_id
         || trailer.file_id != header.file_id
         || index.entries.len() as u64 != trailer.chunk_count
@@ -495,6 +491,22 @@ pub fn open(file: &File, ring: &Keyring) -> Result<Opened, CryptoError> {
         index,
         file_size,
     })
+}
+
+/// Authenticates and parses the index frame named by a trailer (read from a file, or fetched
+/// from a store with a ranged GET to check a key before downloading anything).
+pub fn decode_index(frame: &[u8], trailer: &Trailer, ring: &Keyring) -> Result<Index, CryptoError> {
+    if frame.len() < FRAME_PREFIX || frame[0] != FRAME_INDEX {
+        return Err(CryptoError::Malformed("the index frame is missing".into()));
+    }
+    let plain = token::decrypt(ring, &frame[FRAME_PREFIX..], Some(&trailer.key_id))?;
+    let index = Index::decode(&plain)?;
+    if index.file_id != trailer.file_id || index.plaintext_size != trailer.plaintext_size {
+        return Err(CryptoError::Malformed(
+            "the trailer disagrees with the authenticated index (altered file)".into(),
+        ));
+    }
+    Ok(index)
 }
 
 /// Progress callback: (chunks done, plaintext bytes done).

@@ -17,7 +17,7 @@ use super::records::{Event, HaltReason};
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
 use super::state::{RunState, RunStatus};
 use super::template::Scope;
-use super::workflow::{OnFailure, RetryPolicy, Workflow};
+use super::workflow::{OnFailure, RetryPolicy, Workflow, evaluate_condition};
 
 /// How long a cancelled attempt gets to clean up before it is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -85,6 +85,38 @@ impl Engine {
                 return Ok(());
             }
             let step_id = next.id.clone();
+            if let Some(condition) = workflow.step(&step_id).and_then(|s| s.when.clone()) {
+                let outputs = state.outputs();
+                let scope = Scope {
+                    params: &record.params,
+                    outputs: &outputs,
+                    run_id,
+                };
+                let verdict = scope
+                    .render_text(&condition)
+                    .and_then(|rendered| evaluate_condition(&rendered).map(|v| (v, rendered)));
+                match verdict {
+                    Ok((false, rendered)) => {
+                        tracing::info!(run = %run_id, step = %step_id, condition = %rendered, "step skipped");
+                        self.append_durable(
+                            run_id,
+                            Event::StepSkipped {
+                                step: step_id.clone(),
+                                condition: rendered,
+                            },
+                        )
+                        .await?;
+                        continue;
+                    }
+                    Ok((true, _)) => {}
+                    Err(e) => {
+                        let error = format!("step \"{step_id}\": when: {e}");
+                        self.halt_at(run_id, step_id, HaltReason::StepFailed(error))
+                            .await?;
+                        return Ok(());
+                    }
+                }
+            }
             if record.halt_before.contains(&step_id) && !state.honoured(&step_id, false) {
                 self.halt_at(run_id, step_id, HaltReason::HaltBefore)
                     .await?;

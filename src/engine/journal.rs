@@ -105,6 +105,12 @@ impl SledJournal {
         })
     }
 
+    /// Another tree in the same store, for indexes kept beside the journal (the backup
+    /// catalog): one owner, one lock, one place on disk.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        self.db.open_tree(name).map_err(|e| self.store_err(e))
+    }
+
     fn store_err(&self, e: impl std::fmt::Display) -> JournalError {
         JournalError::Store {
             path: self.path.clone(),

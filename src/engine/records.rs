@@ -117,6 +117,9 @@ pub enum Event {
     Cancelled { by: String },
     /// Every step completed.
     Succeeded,
+    /// A step's `when` condition was false: it did not run (appended last: older records
+    /// keep their encoding).
+    StepSkipped { step: String, condition: String },
 }
 
 /// An event with its journal time.

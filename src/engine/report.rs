@@ -141,6 +141,7 @@ fn step_status_name(status: StepStatus) -> &'static str {
         StepStatus::Compensating => "compensating",
         StepStatus::Compensated => "compensated",
         StepStatus::CompensationFailed => "compensation_failed",
+        StepStatus::Skipped => "skipped",
     }
 }
 

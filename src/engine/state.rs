@@ -85,6 +85,8 @@ pub enum StepStatus {
     Compensated,
     /// Its compensation failed.
     CompensationFailed,
+    /// Its `when` condition was false.
+    Skipped,
 }
 
 /// One attempt of a step.
@@ -425,6 +427,13 @@ impl RunState {
             Event::Succeeded => {
                 self.status = RunStatus::Succeeded;
                 self.ended_us = Some(at);
+            }
+            Event::StepSkipped { step, condition } => {
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Skipped;
+                    s.output = Some(serde_json::json!({ "skipped": true, "when": condition }));
+                    s.completed_us = Some(at);
+                }
             }
         }
     }

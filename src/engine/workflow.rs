@@ -81,6 +81,9 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// How to undo the step during rollback, if it can be undone.
     pub compensate: Option<Compensation>,
+    /// A condition: the step runs only if this renders to `true`, or to `A == B` with equal
+    /// sides, or to `A != B` with different sides; otherwise it is skipped (and journaled so).
+    pub when: Option<String>,
     /// Line of the step in the file.
     pub line: usize,
 }
@@ -120,6 +123,24 @@ impl RetryPolicy {
     pub fn delay_after(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1));
         self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Evaluates a rendered `when` condition: `true`, `false`, `A == B` or `A != B` (sides
+/// compared as trimmed text, so an empty side is the empty string).
+pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
+    if let Some((a, b)) = rendered.split_once("!=") {
+        return Ok(a.trim() != b.trim());
+    }
+    if let Some((a, b)) = rendered.split_once("==") {
+        return Ok(a.trim() == b.trim());
+    }
+    match rendered.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "condition \"{other}\" is not true, false, A == B or A != B"
+        )),
     }
 }
 
@@ -184,6 +205,7 @@ struct RawStep {
     retry: Option<Spanned<RawRetry>>,
     timeout: Option<Spanned<String>>,
     compensate: Option<Spanned<RawCompensation>>,
+    when: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -484,6 +506,14 @@ impl Workflow {
                 }
             };
             check_refs(&mut check, "input", &with, false);
+            if let Some(when) = &raw_step.when {
+                check_refs(
+                    &mut check,
+                    "when",
+                    &Value::String(when.get_ref().clone()),
+                    false,
+                );
+            }
 
             let compensate = raw_step.compensate.as_ref().map(|c| {
                 let comp = c.get_ref();
@@ -569,6 +599,7 @@ impl Workflow {
                 retry,
                 timeout,
                 compensate,
+                when: raw_step.when.as_ref().map(|w| w.get_ref().clone()),
                 line: line_of(text, span.start),
             });
         }
@@ -802,6 +833,18 @@ compensate = { activity = "echo", with = { text = "undo ${steps.two.text}" } }
         assert_eq!(wf.steps[1].line, 18);
         assert!(wf.steps[1].compensate.is_some());
         assert_eq!(wf.hash.len(), 64);
+    }
+
+    #[test]
+    fn conditions_evaluate_equality_and_inequality() {
+        assert_eq!(evaluate_condition("true"), Ok(true));
+        assert_eq!(evaluate_condition(" false "), Ok(false));
+        assert_eq!(evaluate_condition("pgbouncer != none"), Ok(true));
+        assert_eq!(evaluate_condition("none != none"), Ok(false));
+        assert_eq!(evaluate_condition("a == a"), Ok(true));
+        assert_eq!(evaluate_condition("http://x != "), Ok(true));
+        assert_eq!(evaluate_condition(" != "), Ok(false));
+        assert!(evaluate_condition("maybe").is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
 use super::protocol::{FollowItem, Request, Response, SubmitRequest};
+use crate::activities::Services;
+use crate::catalog::Manifest;
 use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Update, Workflow};
 
 /// A control request that did not succeed.
@@ -61,17 +63,63 @@ pub trait Control: Send + Sync {
     async fn runs(&self) -> Result<Vec<RunSummary>, ControlError>;
     /// A stream of reports and progress for a run, ending when nobody drives it.
     async fn follow(&self, run: &str) -> Result<mpsc::Receiver<FollowItem>, ControlError>;
+    /// Backups in the catalog, oldest first.
+    async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError>;
+    /// Rebuilds the catalog from a store; returns the store used and the manifests found.
+    async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError>;
+}
+
+/// The catalog's backups, syncing from the stores first when it is empty (a new host).
+pub async fn list_backups(
+    services: &Services,
+    database: Option<&str>,
+) -> Result<Vec<Manifest>, ControlError> {
+    let catalog = services
+        .catalog()
+        .map_err(|e| ControlError::Refused(e.message))?;
+    if catalog.is_empty() {
+        catalog.sync(&services.stores).await.map_err(|e| {
+            ControlError::Refused(format!(
+                "the catalog is empty and could not be rebuilt from the stores: {e}"
+            ))
+        })?;
+    }
+    catalog
+        .list(database)
+        .map_err(|e| ControlError::Refused(e.to_string()))
+}
+
+/// Rebuilds the catalog from the named store, or the first that can be listed.
+pub async fn sync_catalog(
+    services: &Services,
+    store: Option<&str>,
+) -> Result<(String, usize), ControlError> {
+    let catalog = services
+        .catalog()
+        .map_err(|e| ControlError::Refused(e.message))?;
+    let result = match store {
+        Some(name) => {
+            let one = services
+                .stores
+                .only(&[name.to_string()])
+                .map_err(ControlError::Refused)?;
+            catalog.sync(&one).await
+        }
+        None => catalog.sync(&services.stores).await,
+    };
+    result.map_err(|e| ControlError::Refused(e.to_string()))
 }
 
 /// Control of an engine in this process.
 pub struct LocalControl {
     engine: Arc<Engine>,
+    services: Arc<Services>,
 }
 
 impl LocalControl {
-    /// Wraps an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// Wraps an engine and the services its activities use.
+    pub fn new(engine: Arc<Engine>, services: Arc<Services>) -> Self {
+        Self { engine, services }
     }
 
     /// The engine.
@@ -224,6 +272,14 @@ impl Control for LocalControl {
     async fn follow(&self, run: &str) -> Result<mpsc::Receiver<FollowItem>, ControlError> {
         Ok(follow_local(&self.engine, run)?)
     }
+
+    async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError> {
+        list_backups(&self.services, database).await
+    }
+
+    async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError> {
+        sync_catalog(&self.services, store).await
+    }
 }
 
 /// Control through the owner's socket.
@@ -366,6 +422,30 @@ impl Control for RemoteControl {
     async fn runs(&self) -> Result<Vec<RunSummary>, ControlError> {
         match self.call(&Request::Runs).await? {
             Response::Runs { runs } => Ok(runs),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError> {
+        match self
+            .call(&Request::Backups {
+                database: database.map(String::from),
+            })
+            .await?
+        {
+            Response::Backups { backups } => Ok(backups),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError> {
+        match self
+            .call(&Request::CatalogSync {
+                store: store.map(String::from),
+            })
+            .await?
+        {
+            Response::Synced { store, count } => Ok((store, count)),
             other => Err(unexpected(&other)),
         }
     }

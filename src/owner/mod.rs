@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Engine, JournalError, Registry, SledJournal};
+use crate::activities::{Services, registry};
+use crate::catalog::Catalog;
+use crate::engine::{Engine, JournalError, SledJournal};
 use control::{Control, LocalControl, RemoteControl};
 use protocol::{Request, Response};
 
@@ -145,29 +147,34 @@ async fn ping(socket: &Path) -> Option<RemoteControl> {
 }
 
 /// Reaches the owner of `state_dir`, or becomes it.
-pub async fn connect_or_own(state_dir: &Path, registry: Registry) -> Result<Session, OwnerError> {
+pub async fn connect_or_own(
+    state_dir: &Path,
+    services: Arc<Services>,
+) -> Result<Session, OwnerError> {
     ensure_state_dir(state_dir)?;
     let socket = socket_path(state_dir);
     let pid_file = state_dir.join("owner.pid");
     let started = Instant::now();
-    let registry = Arc::new(registry);
     loop {
         if let Some(remote) = ping(&socket).await {
             return Ok(Session::Remote(remote));
         }
         match SledJournal::open(state_dir) {
             Ok(journal) => {
-                let engine = Engine::new(Arc::new(journal), Arc::clone(&registry));
+                services.attach_catalog(Catalog::new(journal.tree("catalog")?));
+                let registry = Arc::new(registry(Arc::clone(&services)));
+                let engine = Engine::new(Arc::new(journal), registry);
                 let listener = bind(&socket, state_dir)?;
                 let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
                 let closing = Arc::new(AtomicBool::new(false));
                 let server = tokio::spawn(server::serve(
                     listener,
                     Arc::clone(&engine),
+                    Arc::clone(&services),
                     Arc::clone(&closing),
                 ));
                 return Ok(Session::Owned(Owned {
-                    control: LocalControl::new(engine),
+                    control: LocalControl::new(engine, Arc::clone(&services)),
                     closing,
                     server,
                     socket,

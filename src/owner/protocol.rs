@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Manifest;
 use crate::engine::{Progress, RunReport, RunSummary};
 
 /// A run submission as sent by a client: the workflow travels as text, so the owner runs
@@ -61,6 +62,10 @@ pub enum Request {
     Runs,
     /// Stream a run's reports and progress until the owner stops driving it.
     Follow { run: String },
+    /// The backups in the catalog (synced from the stores if it is empty).
+    Backups { database: Option<String> },
+    /// Rebuild the catalog from one store (the first that answers when none is named).
+    CatalogSync { store: Option<String> },
 }
 
 /// The owner's answer to a request.
@@ -77,6 +82,10 @@ pub enum Response {
     Report { report: Box<RunReport> },
     /// Run summaries.
     Runs { runs: Vec<RunSummary> },
+    /// Backup manifests.
+    Backups { backups: Vec<Manifest> },
+    /// The catalog was rebuilt from `store` with `count` manifests.
+    Synced { store: String, count: usize },
     /// The request was refused or failed; `retry` means the owner is going away and the
     /// client should connect again.
     Error { message: String, retry: bool },

@@ -6,20 +6,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::control::{follow_local, launch};
+use super::control::{ControlError, follow_local, launch, list_backups, sync_catalog};
 use super::protocol::{FollowItem, Request, Response};
+use crate::activities::Services;
 use crate::engine::{Engine, EngineError};
 
 /// Serves control requests for an engine until `closing` is set.
-pub async fn serve(listener: UnixListener, engine: Arc<Engine>, closing: Arc<AtomicBool>) {
+pub async fn serve(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    services: Arc<Services>,
+    closing: Arc<AtomicBool>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let engine = Arc::clone(&engine);
+        let services = Arc::clone(&services);
         let closing = Arc::clone(&closing);
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, engine, closing).await {
+            if let Err(e) = handle(stream, engine, services, closing).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
         });
@@ -49,9 +56,20 @@ fn answer<T>(result: Result<T, EngineError>, ok: impl FnOnce(T) -> Response) -> 
     }
 }
 
+fn control_answer<T>(result: Result<T, ControlError>, ok: impl FnOnce(T) -> Response) -> Response {
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => Response::Error {
+            retry: matches!(e, ControlError::Retry),
+            message: e.to_string(),
+        },
+    }
+}
+
 async fn handle(
     stream: UnixStream,
     engine: Arc<Engine>,
+    services: Arc<Services>,
     closing: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -131,6 +149,14 @@ async fn handle(
             }
         }
         Request::Runs => answer(engine.list(), |runs| Response::Runs { runs }),
+        Request::Backups { database } => control_answer(
+            list_backups(&services, database.as_deref()).await,
+            |backups| Response::Backups { backups },
+        ),
+        Request::CatalogSync { store } => control_answer(
+            sync_catalog(&services, store.as_deref()).await,
+            |(store, count)| Response::Synced { store, count },
+        ),
         Request::Follow { run } => {
             let mut items = match follow_local(&engine, &run) {
                 Ok(items) => items,

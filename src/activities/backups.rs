@@ -1,0 +1,471 @@
+//! Backups in the catalog: `publish_backup` (the manifest beside the backup in every store,
+//! and in the catalog), `mark_backup` (a drill's verdict), and `select_backup` (the backup to
+//! restore, with every check that can run before anything is downloaded).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+use super::inputs::{self, lenient_bool};
+use super::services::Services;
+use crate::catalog::{Manifest, Verification, manifest_key, status};
+use crate::crypto::chunked::{self, FRAME_PREFIX, TRAILER_LEN, Trailer};
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
+use crate::storage::{Body, ObjectStore};
+
+/// Writes a manifest to every store and to the catalog; says where it landed.
+pub async fn write_manifest(
+    services: &Services,
+    manifest: &Manifest,
+) -> Result<Vec<String>, ActivityError> {
+    let bytes = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| ActivityError::permanent(format!("manifest does not serialise: {e}")))?;
+    let key = manifest_key(&manifest.database, &manifest.id);
+    let copies = services
+        .stores
+        .put_all(&key, Body::Bytes(Bytes::from(bytes)))
+        .await;
+    let landed: Vec<String> = copies
+        .iter()
+        .filter(|c| c.bytes.is_some())
+        .map(|c| c.store.clone())
+        .collect();
+    if landed.is_empty() {
+        let errors: Vec<String> = copies.iter().filter_map(|c| c.error.clone()).collect();
+        return Err(ActivityError::retryable(format!(
+            "the manifest of {} landed in no store: {}",
+            manifest.id,
+            errors.join("; ")
+        )));
+    }
+    services
+        .catalog()?
+        .put(manifest)
+        .map_err(|e| ActivityError::retryable(e.to_string()))?;
+    Ok(landed)
+}
+
+/// The manifest of a backup: from the catalog, else from the stores (a new host).
+async fn find_manifest(services: &Services, id: &str) -> Result<Option<Manifest>, ActivityError> {
+    let catalog = services.catalog()?;
+    if let Some(found) = catalog
+        .get(id)
+        .map_err(|e| ActivityError::retryable(e.to_string()))?
+    {
+        return Ok(Some(found));
+    }
+    catalog.sync(&services.stores).await.map_err(|e| {
+        ActivityError::retryable(format!("cannot rebuild the catalog from the stores: {e}"))
+    })?;
+    catalog
+        .get(id)
+        .map_err(|e| ActivityError::retryable(e.to_string()))
+}
+
+static PUBLISH: ActivitySpec = ActivitySpec {
+    name: "publish_backup",
+    summary: "write a backup's manifest beside it in every store and in the catalog",
+    inputs: &[
+        InputSpec {
+            name: "manifest",
+            required: true,
+            help: "the draft manifest (${steps.dump.manifest})",
+        },
+        InputSpec {
+            name: "copies",
+            required: false,
+            help: "where the backup landed (${steps.upload.copies})",
+        },
+    ],
+    outputs: &["id", "status", "manifest_stores", "copies"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishInputs {
+    manifest: Manifest,
+    copies: Option<Vec<Value>>,
+}
+
+/// The `publish_backup` activity.
+pub struct PublishBackup {
+    services: Arc<Services>,
+}
+
+impl PublishBackup {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for PublishBackup {
+    fn spec(&self) -> &'static ActivitySpec {
+        &PUBLISH
+    }
+
+    async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: PublishInputs = inputs::parse("publish_backup", inputs)?;
+        let mut manifest = inputs.manifest;
+        if let Some(copies) = inputs.copies {
+            manifest.copies = copies
+                .iter()
+                .filter(|c| !c["bytes"].is_null())
+                .filter_map(|c| c["store"].as_str().map(String::from))
+                .collect();
+        }
+        let landed = write_manifest(&self.services, &manifest).await?;
+        Ok(json!({
+            "id": manifest.id,
+            "status": manifest.status,
+            "manifest_stores": landed,
+            "copies": manifest.copies,
+        }))
+    }
+}
+
+static MARK: ActivitySpec = ActivitySpec {
+    name: "mark_backup",
+    summary: "record a drill's verdict (VERIFIED or FAILED) in a backup's manifest",
+    inputs: &[
+        InputSpec {
+            name: "id",
+            required: true,
+            help: "backup id",
+        },
+        InputSpec {
+            name: "status",
+            required: true,
+            help: "VERIFIED or FAILED",
+        },
+        InputSpec {
+            name: "restore_seconds",
+            required: false,
+            help: "measured restore time",
+        },
+        InputSpec {
+            name: "error",
+            required: false,
+            help: "what was wrong",
+        },
+    ],
+    outputs: &["id", "status", "manifest_stores"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkInputs {
+    id: String,
+    status: String,
+    restore_seconds: Option<f64>,
+    error: Option<String>,
+}
+
+/// The `mark_backup` activity.
+pub struct MarkBackup {
+    services: Arc<Services>,
+}
+
+impl MarkBackup {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for MarkBackup {
+    fn spec(&self) -> &'static ActivitySpec {
+        &MARK
+    }
+
+    fn check_inputs(&self, inputs: &Value) -> Result<(), String> {
+        match inputs.get("status").and_then(Value::as_str) {
+            Some(s) if !s.contains("${") && s != status::VERIFIED && s != status::FAILED => {
+                Err(format!("status \"{s}\" is not VERIFIED or FAILED"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: MarkInputs = inputs::parse("mark_backup", inputs)?;
+        let mut manifest = find_manifest(&self.services, &inputs.id)
+            .await?
+            .ok_or_else(|| ActivityError::permanent(format!("no backup with id {}", inputs.id)))?;
+        manifest.status = inputs.status.clone();
+        manifest.verification = Some(Verification {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            run: ctx.run_id.clone(),
+            restore_seconds: inputs.restore_seconds,
+            error: inputs.error,
+        });
+        let landed = write_manifest(&self.services, &manifest).await?;
+        Ok(json!({ "id": manifest.id, "status": manifest.status, "manifest_stores": landed }))
+    }
+}
+
+static SELECT: ActivitySpec = ActivitySpec {
+    name: "select_backup",
+    summary: "choose the backup to restore and check it can be (present, key works, disk space)",
+    inputs: &[
+        InputSpec {
+            name: "database",
+            required: true,
+            help: "database whose backup to use",
+        },
+        InputSpec {
+            name: "id",
+            required: false,
+            help: "a backup id (default: the latest VERIFIED)",
+        },
+        InputSpec {
+            name: "verified_only",
+            required: false,
+            help: "only VERIFIED backups (default true; an explicit id is always allowed)",
+        },
+        InputSpec {
+            name: "workdir",
+            required: false,
+            help: "where the backup will be downloaded (checked for free space)",
+        },
+    ],
+    outputs: &[
+        "id",
+        "key",
+        "size",
+        "sha256",
+        "created_at",
+        "age_seconds",
+        "status",
+        "format",
+        "plaintext_size",
+        "tables",
+        "server_version",
+        "checks",
+        "manifest",
+    ],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectInputs {
+    database: String,
+    id: Option<String>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    verified_only: Option<bool>,
+    workdir: Option<PathBuf>,
+}
+
+fn opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    lenient_bool(d).map(Some)
+}
+
+/// The `select_backup` activity.
+pub struct SelectBackup {
+    services: Arc<Services>,
+}
+
+impl SelectBackup {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+async fn read_range(
+    store: &dyn ObjectStore,
+    key: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    store
+        .get(key, offset, Some(len))
+        .await
+        .map_err(|e| e.to_string())?
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| format!("{}: reading {key}: {e}", store.name()))?;
+    Ok(bytes)
+}
+
+#[async_trait]
+impl Activity for SelectBackup {
+    fn spec(&self) -> &'static ActivitySpec {
+        &SELECT
+    }
+
+    async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: SelectInputs = inputs::parse("select_backup", inputs)?;
+        let catalog = self.services.catalog()?;
+        if catalog.is_empty() {
+            catalog.sync(&self.services.stores).await.map_err(|e| {
+                ActivityError::retryable(format!(
+                    "the catalog is empty and cannot be rebuilt from the stores: {e}"
+                ))
+            })?;
+        }
+        let all = catalog
+            .list(Some(&inputs.database))
+            .map_err(|e| ActivityError::retryable(e.to_string()))?;
+        let manifest = match inputs.id.as_ref().filter(|id| !id.is_empty()) {
+            Some(id) => match all.iter().find(|m| &m.id == id) {
+                Some(m) => m.clone(),
+                None => {
+                    let known: Vec<&str> =
+                        all.iter().rev().take(5).map(|m| m.id.as_str()).collect();
+                    return Err(ActivityError::permanent(format!(
+                        "unknown backup id {id} for database {}{}; `lazarus backups --database {}` lists them",
+                        inputs.database,
+                        if known.is_empty() {
+                            " (it has no backups)".to_string()
+                        } else {
+                            format!(" (latest: {})", known.join(", "))
+                        },
+                        inputs.database
+                    )));
+                }
+            },
+            None => {
+                let verified_only = inputs.verified_only.unwrap_or(true);
+                let pick = all.iter().rev().find(|m| {
+                    m.status == status::VERIFIED || (!verified_only && m.status != status::FAILED)
+                });
+                match pick {
+                    Some(m) => m.clone(),
+                    None => {
+                        let counts = |s: &str| all.iter().filter(|m| m.status == s).count();
+                        return Err(ActivityError::permanent(format!(
+                            "no {}backup of database {} ({} backups: {} unverified, {} failed); run `lazarus drill --database {}` to verify one, or pass --param backup_id=ID",
+                            if verified_only {
+                                "VERIFIED "
+                            } else {
+                                "usable "
+                            },
+                            inputs.database,
+                            all.len(),
+                            counts(status::UNVERIFIED),
+                            counts(status::FAILED),
+                            inputs.database
+                        )));
+                    }
+                }
+            }
+        };
+
+        // Plans before actions: everything checkable is checked now, not after an hour.
+        let mut checks = Vec::new();
+        let (found, passed) = self.services.stores.locate(&manifest.key).await;
+        let Some((store, meta)) = found else {
+            let reasons: Vec<String> = passed.iter().map(ToString::to_string).collect();
+            return Err(ActivityError::permanent(format!(
+                "backup {} is in no store ({})",
+                manifest.id,
+                reasons.join("; ")
+            )));
+        };
+        if meta.size != manifest.size {
+            return Err(ActivityError::permanent(format!(
+                "backup {} in store {} is {} bytes, its manifest says {}",
+                manifest.id,
+                store.name(),
+                meta.size,
+                manifest.size
+            )));
+        }
+        checks.push(format!("present in {} ({} bytes)", store.name(), meta.size));
+        let keys = self
+            .services
+            .keys()
+            .map_err(|e| ActivityError::permanent(e.to_string()))?;
+        if manifest.format == "chunked" {
+            let tail = read_range(
+                store.as_ref(),
+                &manifest.key,
+                meta.size.saturating_sub(TRAILER_LEN as u64),
+                TRAILER_LEN as u64,
+            )
+            .await
+            .map_err(ActivityError::retryable)?;
+            let trailer = Trailer::decode(&tail)
+                .map_err(|e| ActivityError::permanent(format!("backup {}: {e}", manifest.id)))?;
+            let frame = read_range(
+                store.as_ref(),
+                &manifest.key,
+                trailer.index_offset,
+                FRAME_PREFIX as u64 + u64::from(trailer.index_len),
+            )
+            .await
+            .map_err(ActivityError::retryable)?;
+            let index = chunked::decode_index(&frame, &trailer, &keys).map_err(|e| {
+                ActivityError::permanent(format!(
+                    "backup {} cannot be read with the configured keys: {e}",
+                    manifest.id
+                ))
+            })?;
+            if manifest
+                .plaintext_sha256
+                .as_deref()
+                .is_some_and(|h| h != hex::encode(index.plaintext_sha256))
+            {
+                return Err(ActivityError::permanent(format!(
+                    "backup {}: its authenticated index does not match its manifest",
+                    manifest.id
+                )));
+            }
+            checks.push(format!("key {} decrypts its index", trailer.key_id));
+        } else {
+            checks.push("legacy single-token file: the key is checked when it is decrypted".into());
+        }
+        if let Some(dir) = &inputs.workdir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ActivityError::permanent(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+                ActivityError::retryable(format!(
+                    "cannot check free space in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            let needed = manifest.size + manifest.plaintext_size.unwrap_or(manifest.size * 4);
+            if free < needed {
+                return Err(ActivityError::permanent(format!(
+                    "{} has {} MiB free; the backup and its restored dump need about {} MiB",
+                    dir.display(),
+                    free >> 20,
+                    needed >> 20
+                )));
+            }
+            checks.push(format!("{} MiB free in {}", free >> 20, dir.display()));
+        }
+        let age = chrono::DateTime::parse_from_rfc3339(&manifest.created_at)
+            .map(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                    / 1000.0
+            })
+            .unwrap_or(-1.0);
+        Ok(json!({
+            "id": manifest.id,
+            "key": manifest.key,
+            "size": manifest.size,
+            "sha256": manifest.sha256,
+            "created_at": manifest.created_at,
+            "age_seconds": age,
+            "status": manifest.status,
+            "format": manifest.format,
+            "plaintext_size": manifest.plaintext_size,
+            "tables": manifest.tables,
+            "server_version": manifest.server_version,
+            "checks": checks,
+            "manifest": manifest,
+        }))
+    }
+}

@@ -1,0 +1,401 @@
+//! `pgbouncer`: cut traffic over to the restored database by repointing pgbouncer's entry
+//! for the database — PAUSE, rewrite `[databases]`, RELOAD, check, RESUME — and, as its
+//! compensation, point it back the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::inputs::{self, duration, lenient_u64};
+use super::services::Services;
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
+use crate::pg::tail_lines;
+
+static SPEC: ActivitySpec = ActivitySpec {
+    name: "pgbouncer",
+    summary: "repoint a pgbouncer database entry (PAUSE, edit, RELOAD, RESUME); undo points it back",
+    inputs: &[
+        InputSpec {
+            name: "ini",
+            required: true,
+            help: "pgbouncer.ini to edit",
+        },
+        InputSpec {
+            name: "database",
+            required: true,
+            help: "the entry in [databases] that clients use",
+        },
+        InputSpec {
+            name: "dbname",
+            required: true,
+            help: "the database the entry should point to",
+        },
+        InputSpec {
+            name: "host",
+            required: false,
+            help: "server host for the entry (default: keep)",
+        },
+        InputSpec {
+            name: "port",
+            required: false,
+            help: "server port for the entry (default: keep)",
+        },
+        InputSpec {
+            name: "admin_host",
+            required: false,
+            help: "pgbouncer admin console host (default 127.0.0.1)",
+        },
+        InputSpec {
+            name: "admin_port",
+            required: false,
+            help: "pgbouncer port (default 6432)",
+        },
+        InputSpec {
+            name: "admin_user",
+            required: false,
+            help: "an admin_users user (default pgbouncer)",
+        },
+        InputSpec {
+            name: "pause_timeout",
+            required: false,
+            help: "how long PAUSE may wait for transactions (default 30s)",
+        },
+    ],
+    outputs: &["database", "previous", "current", "ini"],
+};
+
+fn default_admin_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_admin_port() -> u64 {
+    6432
+}
+fn default_admin_user() -> String {
+    "pgbouncer".into()
+}
+fn default_pause() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Inputs {
+    ini: PathBuf,
+    database: String,
+    dbname: String,
+    host: Option<String>,
+    #[serde(default, deserialize_with = "inputs::lenient_opt_u64")]
+    port: Option<u64>,
+    #[serde(default = "default_admin_host")]
+    admin_host: String,
+    #[serde(default = "default_admin_port", deserialize_with = "lenient_u64")]
+    admin_port: u64,
+    #[serde(default = "default_admin_user")]
+    admin_user: String,
+    #[serde(default = "default_pause", deserialize_with = "duration")]
+    pause_timeout: Duration,
+}
+
+/// The `pgbouncer` activity.
+pub struct Pgbouncer {
+    services: Arc<Services>,
+}
+
+impl Pgbouncer {
+    /// The activity over these services (for psql).
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+
+    /// Runs a command on pgbouncer's admin console, with a time limit.
+    fn admin(&self, inputs: &Inputs, command: &str, limit: Duration) -> Result<String, String> {
+        let psql = self
+            .services
+            .pg_tools
+            .path("psql")
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(psql)
+            .args(["-X", "-q", "-A", "-t", "-h", &inputs.admin_host])
+            .args([
+                "-p",
+                &inputs.admin_port.to_string(),
+                "-U",
+                &inputs.admin_user,
+                "-d",
+                "pgbouncer",
+                "-c",
+                command,
+            ])
+            .env_remove("PGDATABASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("`{command}` did not finish within {limit:?}"));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "pgbouncer at {}:{} refused `{command}`: {}",
+                inputs.admin_host,
+                inputs.admin_port,
+                tail_lines(&out.stderr, 2)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Points the entry at `value`: PAUSE, rewrite, RELOAD, check, RESUME. Returns the value
+    /// it replaced. On any failure after PAUSE, the old file is put back and traffic resumed.
+    fn repoint(
+        &self,
+        inputs: &Inputs,
+        value: impl Fn(&str) -> String,
+    ) -> Result<(String, String), ActivityError> {
+        let text = std::fs::read_to_string(&inputs.ini).map_err(|e| {
+            ActivityError::permanent(format!("cannot read {}: {e}", inputs.ini.display()))
+        })?;
+        let previous = entry(&text, &inputs.database).ok_or_else(|| {
+            ActivityError::permanent(format!(
+                "{} has no entry \"{}\" in [databases]",
+                inputs.ini.display(),
+                inputs.database
+            ))
+        })?;
+        let current = value(&previous);
+        // Reachable before anything changes: an unreachable pgbouncer changes nothing.
+        self.admin(inputs, "SHOW VERSION", Duration::from_secs(10))
+            .map_err(|e| ActivityError::retryable(format!("{e}; nothing was changed")))?;
+        self.admin(
+            inputs,
+            &format!("PAUSE {}", inputs.database),
+            inputs.pause_timeout,
+        )
+        .map_err(|e| {
+            let _ = self.admin(
+                inputs,
+                &format!("RESUME {}", inputs.database),
+                Duration::from_secs(10),
+            );
+            ActivityError::retryable(format!("{e}; nothing was changed"))
+        })?;
+        let switched = (|| {
+            write_atomically(
+                &inputs.ini,
+                &replace_entry(&text, &inputs.database, &current),
+            )?;
+            self.admin(inputs, "RELOAD", Duration::from_secs(10))?;
+            let shown = self.admin(inputs, "SHOW DATABASES", Duration::from_secs(10))?;
+            let wanted = field(&current, "dbname");
+            let live = shown
+                .lines()
+                .map(|l| l.split('|').collect::<Vec<_>>())
+                .find(|cols| cols.first() == Some(&inputs.database.as_str()))
+                .and_then(|cols| cols.get(3).map(|s| (*s).to_string()));
+            if live.as_deref() != wanted.as_deref() {
+                return Err(format!(
+                    "after RELOAD pgbouncer points {} at {:?}, not {:?}",
+                    inputs.database, live, wanted
+                ));
+            }
+            Ok(())
+        })();
+        let resumed = self.admin(
+            inputs,
+            &format!("RESUME {}", inputs.database),
+            Duration::from_secs(10),
+        );
+        if let Err(e) = switched {
+            let _ = write_atomically(&inputs.ini, &text);
+            let _ = self.admin(inputs, "RELOAD", Duration::from_secs(10));
+            let _ = self.admin(
+                inputs,
+                &format!("RESUME {}", inputs.database),
+                Duration::from_secs(10),
+            );
+            return Err(ActivityError::retryable(format!(
+                "cut-over of {} failed and was put back: {e}",
+                inputs.database
+            )));
+        }
+        resumed
+            .map_err(|e| ActivityError::retryable(format!("switched, but RESUME failed: {e}")))?;
+        Ok((previous, current))
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("ini.lazarus-tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// The value of `name = ...` in the `[databases]` section.
+fn entry(text: &str, name: &str) -> Option<String> {
+    let mut in_databases = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_databases = trimmed == "[databases]";
+            continue;
+        }
+        if in_databases
+            && let Some((key, value)) = trimmed.split_once('=')
+            && key.trim() == name
+        {
+            return Some(value.trim().to_string());
+        }
+    }
+    None
+}
+
+/// The text with the entry's value replaced.
+fn replace_entry(text: &str, name: &str, value: &str) -> String {
+    let mut in_databases = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_databases = trimmed == "[databases]";
+        } else if in_databases
+            && let Some((key, _)) = trimmed.split_once('=')
+            && key.trim() == name
+        {
+            out.push_str(&format!("{name} = {value}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A `key=value` field of a connection string.
+fn field(conn: &str, key: &str) -> Option<String> {
+    conn.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A connection string with some fields set (others kept, in order).
+fn with_fields(conn: &str, set: &[(&str, Option<String>)]) -> String {
+    let mut parts: Vec<(String, String)> = conn
+        .split_whitespace()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    for (key, value) in set {
+        let Some(value) = value else { continue };
+        match parts.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.clone(),
+            None => parts.push(((*key).to_string(), value.clone())),
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[async_trait]
+impl Activity for Pgbouncer {
+    fn spec(&self) -> &'static ActivitySpec {
+        &SPEC
+    }
+
+    async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: Inputs = inputs::parse("pgbouncer", inputs)?;
+        let (previous, current) = tokio::task::block_in_place(|| {
+            self.repoint(&inputs, |old| {
+                with_fields(
+                    old,
+                    &[
+                        ("host", inputs.host.clone()),
+                        ("port", inputs.port.map(|p| p.to_string())),
+                        ("dbname", Some(inputs.dbname.clone())),
+                    ],
+                )
+            })
+        })?;
+        Ok(json!({
+            "database": inputs.database,
+            "previous": previous,
+            "current": current,
+            "ini": inputs.ini,
+        }))
+    }
+
+    fn compensates_itself(&self, _inputs: &Value) -> bool {
+        true
+    }
+
+    async fn compensate(
+        &self,
+        _ctx: &ActivityContext,
+        inputs: Value,
+        output: Value,
+    ) -> Result<Value, ActivityError> {
+        let inputs: Inputs = inputs::parse("pgbouncer", inputs)?;
+        let previous = output["previous"]
+            .as_str()
+            .ok_or_else(|| {
+                ActivityError::permanent("the cut-over's output lacks the previous entry")
+            })?
+            .to_string();
+        let (was, now) =
+            tokio::task::block_in_place(|| self.repoint(&inputs, |_| previous.clone()))?;
+        Ok(json!({ "database": inputs.database, "previous": was, "current": now }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INI: &str = "[databases]\nshop = host=127.0.0.1 port=5432 dbname=shop pool_size=10\nother = host=x dbname=o\n\n[pgbouncer]\nlisten_port = 6432\n";
+
+    #[test]
+    fn entries_are_found_and_replaced_in_the_databases_section_only() {
+        assert_eq!(
+            entry(INI, "shop").as_deref(),
+            Some("host=127.0.0.1 port=5432 dbname=shop pool_size=10")
+        );
+        assert_eq!(entry(INI, "listen_port"), None);
+        let new = with_fields(
+            &entry(INI, "shop").unwrap(),
+            &[("dbname", Some("shop_restored".into())), ("port", None)],
+        );
+        assert_eq!(
+            new,
+            "host=127.0.0.1 port=5432 dbname=shop_restored pool_size=10"
+        );
+        let text = replace_entry(INI, "shop", &new);
+        assert_eq!(entry(&text, "shop").as_deref(), Some(new.as_str()));
+        assert_eq!(entry(&text, "other").as_deref(), Some("host=x dbname=o"));
+        assert!(text.contains("listen_port = 6432"));
+    }
+}

@@ -1,0 +1,308 @@
+//! `restore`: `pg_restore --jobs N` into a new database beside the live one (never over it,
+//! unless `in_place` is set and confirmed); and `drop_database` for scratch databases.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::dump::pg_failure;
+use super::inputs::{self, lenient_bool, lenient_opt_u64};
+use super::services::Services;
+use super::supervise::Supervised;
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::parallel::available_threads;
+use crate::pg::sql::{Sql, ident};
+use crate::pg::tail_lines;
+
+static RESTORE: ActivitySpec = ActivitySpec {
+    name: "restore",
+    summary: "pg_restore --jobs N a dump into a new database beside the live one",
+    inputs: &[
+        InputSpec {
+            name: "file",
+            required: true,
+            help: "pg_dump -Fc archive",
+        },
+        InputSpec {
+            name: "database",
+            required: false,
+            help: "database to restore into (created; default LIVE_restored_XXXXXX, unique to the run)",
+        },
+        InputSpec {
+            name: "live_database",
+            required: false,
+            help: "the live database, which this step must not touch",
+        },
+        InputSpec {
+            name: "jobs",
+            required: false,
+            help: "parallel jobs (default: cores)",
+        },
+        InputSpec {
+            name: "no_owner",
+            required: false,
+            help: "skip ownership (default false)",
+        },
+        InputSpec {
+            name: "in_place",
+            required: false,
+            help: "restore over the live database (destructive; needs confirm)",
+        },
+        InputSpec {
+            name: "confirm",
+            required: false,
+            help: "with in_place: the live database's name, typed again",
+        },
+    ],
+    outputs: &["database", "jobs", "seconds", "tables", "in_place"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreInputs {
+    file: PathBuf,
+    database: Option<String>,
+    live_database: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    jobs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    no_owner: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    in_place: bool,
+    confirm: Option<String>,
+}
+
+/// The `restore` activity.
+pub struct Restore {
+    services: Arc<Services>,
+}
+
+impl Restore {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for Restore {
+    fn spec(&self) -> &'static ActivitySpec {
+        &RESTORE
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: RestoreInputs = inputs::parse("restore", inputs)?;
+        let started = Instant::now();
+        let live = inputs.live_database.clone().filter(|s| !s.is_empty());
+        let target = match (inputs.database.clone().filter(|s| !s.is_empty()), &live) {
+            _ if inputs.in_place => live.clone().ok_or_else(|| {
+                ActivityError::permanent("an in-place restore needs live_database")
+            })?,
+            (Some(name), _) => name,
+            (None, Some(live)) => restored_name(live, &ctx.run_id),
+            (None, None) => {
+                return Err(ActivityError::permanent(
+                    "give the database to restore into, or the live_database to restore beside",
+                ));
+            }
+        };
+        if target.len() > 63 {
+            return Err(ActivityError::permanent(format!(
+                "database name {target} is longer than PostgreSQL's 63 bytes"
+            )));
+        }
+        let over_live = live.as_deref() == Some(target.as_str());
+        if over_live && !inputs.in_place {
+            return Err(ActivityError::permanent(format!(
+                "refusing to restore over the live database {target}: restore beside it and cut over, or set in_place = true with confirm = \"{target}\""
+            )));
+        }
+        if inputs.in_place && inputs.confirm.as_deref() != Some(target.as_str()) {
+            return Err(ActivityError::permanent(format!(
+                "an in-place restore destroys {target}; confirm it by passing confirm = \"{target}\""
+            )));
+        }
+        if !inputs.file.is_file() {
+            return Err(ActivityError::permanent(format!(
+                "{} does not exist",
+                inputs.file.display()
+            )));
+        }
+        let tools = &self.services.pg_tools;
+        let server = &self.services.pg_server;
+        let sql = Sql::new(tools, server);
+        let jobs = match inputs.jobs {
+            None | Some(0) => available_threads(),
+            Some(j) => j.min(64) as usize,
+        };
+        let pg_restore = tools.path("pg_restore").map_err(pg_failure)?;
+        let outcome = tokio::task::block_in_place(|| -> Result<usize, ActivityError> {
+            if !inputs.in_place {
+                // A previous attempt may have left a partial restore: start clean. This is
+                // a database of our own, never the live one (checked above).
+                sql.execute(
+                    "postgres",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&target)),
+                )
+                .map_err(pg_failure)?;
+                sql.execute(
+                    "postgres",
+                    &format!("CREATE DATABASE {} TEMPLATE template0", ident(&target)),
+                )
+                .map_err(pg_failure)?;
+            }
+            let mut args: Vec<String> = vec![
+                format!("--jobs={jobs}"),
+                "--exit-on-error".into(),
+                format!("--dbname={target}"),
+            ];
+            if inputs.no_owner {
+                args.push("--no-owner".into());
+            }
+            if inputs.in_place {
+                args.push("--clean".into());
+                args.push("--if-exists".into());
+            }
+            args.push(inputs.file.display().to_string());
+            let mut child = Supervised::spawn(&pg_restore, &args, |cmd| {
+                server.apply(cmd);
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            })
+            .map_err(|e| ActivityError::retryable(format!("cannot start pg_restore: {e}")))?;
+            let mut stderr = child.child.stderr.take();
+            let errors = std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(s) = stderr.as_mut() {
+                    let _ = s.read_to_end(&mut text);
+                }
+                text
+            });
+            let status = loop {
+                if ctx.cancellation().is_cancelled() {
+                    child.stop(Duration::from_secs(5));
+                    return Err(ActivityError::cancelled("pg_restore stopped"));
+                }
+                match child.child.try_wait() {
+                    Ok(Some(status)) => break status,
+                    Ok(None) => {
+                        ctx.progress(Progress {
+                            done: started.elapsed().as_secs(),
+                            total: None,
+                            unit: "seconds".into(),
+                            message: Some(format!("pg_restore --jobs {jobs} into {target}")),
+                        });
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => {
+                        return Err(ActivityError::retryable(format!(
+                            "waiting for pg_restore: {e}"
+                        )));
+                    }
+                }
+            };
+            let stderr = errors.join().unwrap_or_default();
+            if !status.success() {
+                return Err(ActivityError::retryable(format!(
+                    "pg_restore into {target} failed ({status}): {}",
+                    tail_lines(&stderr, 4)
+                )));
+            }
+            let tables = super::dump::tables(&sql, &target).map_err(pg_failure)?;
+            Ok(tables.len())
+        })?;
+        Ok(json!({
+            "database": target,
+            "jobs": jobs,
+            "seconds": started.elapsed().as_secs_f64(),
+            "tables": outcome,
+            "in_place": inputs.in_place,
+        }))
+    }
+}
+
+/// The database a run restores beside `live`: `LIVE_restored_XXXXXX` (6 hex digits from the
+/// run id), within PostgreSQL's 63 bytes.
+pub fn restored_name(live: &str, run_id: &str) -> String {
+    use sha2::Digest;
+    let tag = &hex::encode(sha2::Sha256::digest(run_id.as_bytes()))[..6];
+    let suffix = format!("_restored_{tag}");
+    let mut base = live.to_string();
+    while base.len() + suffix.len() > 63 {
+        base.pop();
+    }
+    format!("{base}{suffix}")
+}
+
+static DROP: ActivitySpec = ActivitySpec {
+    name: "drop_database",
+    summary: "drop a scratch database (refuses the live one)",
+    inputs: &[
+        InputSpec {
+            name: "database",
+            required: true,
+            help: "database to drop",
+        },
+        InputSpec {
+            name: "live_database",
+            required: false,
+            help: "the live database, which is never dropped",
+        },
+    ],
+    outputs: &["database", "dropped"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropInputs {
+    database: String,
+    live_database: Option<String>,
+}
+
+/// The `drop_database` activity.
+pub struct DropDatabase {
+    services: Arc<Services>,
+}
+
+impl DropDatabase {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for DropDatabase {
+    fn spec(&self) -> &'static ActivitySpec {
+        &DROP
+    }
+
+    async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: DropInputs = inputs::parse("drop_database", inputs)?;
+        if inputs.live_database.as_deref() == Some(inputs.database.as_str()) {
+            return Err(ActivityError::permanent(format!(
+                "refusing to drop the live database {}",
+                inputs.database
+            )));
+        }
+        let sql = Sql::new(&self.services.pg_tools, &self.services.pg_server);
+        let existed = tokio::task::block_in_place(|| {
+            let existed = sql.database_exists(&inputs.database)?;
+            sql.execute(
+                "postgres",
+                &format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    ident(&inputs.database)
+                ),
+            )?;
+            Ok::<_, crate::pg::PgError>(existed)
+        })
+        .map_err(pg_failure)?;
+        Ok(json!({ "database": inputs.database, "dropped": existed }))
+    }
+}
