@@ -380,9 +380,16 @@ impl Engine {
                 attempt,
             },
         };
-        // Not flushed on its own: the outcome's flush covers it, and re-running an attempt
-        // whose start was lost in a crash is what resume does anyway.
+        // Flushed in the background while the attempt runs: the step does not wait for the
+        // disk, yet a crash a moment later still leaves the attempt on record. (Correctness
+        // does not depend on it: an attempt whose start was lost is simply run again.)
         self.append(run_id, started)?;
+        let journal = Arc::clone(&self.journal);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = journal.flush() {
+                tracing::warn!(error = %e, "background journal flush failed");
+            }
+        });
         tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
 
         let token: CancellationToken = interrupt.child_token();

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests that drive the real `lazarus` binary.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,527 @@
+//! The disaster-recovery runbook end to end: real PostgreSQL, real pgbouncer, two real S3
+//! servers (moto and s3s-fs) and a local store.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use common::pg::{Bouncer, Pg};
+use common::s3::{ACCESS_KEY, Moto, S3sFs, SECRET_KEY, Throttle, create_bucket};
+use common::{Sandbox, kill9, text};
+
+const DB: &str = "shop";
+
+/// A PostgreSQL server with a `shop` database behind pgbouncer, three stores and a key.
+struct World {
+    sb: Sandbox,
+    pg: Pg,
+    bouncer: Bouncer,
+    _moto: Moto,
+    _s3s: S3sFs,
+    _throttle: Option<Throttle>,
+    work: PathBuf,
+}
+
+impl World {
+    fn new(scale: u32, slow_primary: Option<u64>) -> World {
+        let pg = Pg::start();
+        pg.load_sample(DB, scale);
+        let bouncer = Bouncer::start(pg.port(), DB);
+        let moto = Moto::start();
+        let s3s = S3sFs::start(&std::env::temp_dir().join(format!(
+            "lz-s3s-rec-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        )));
+        create_bucket(&moto.endpoint(), "backups");
+        create_bucket(&s3s.endpoint(), "backups");
+        let throttle = slow_primary
+            .map(|rate| Throttle::start(format!("127.0.0.1:{}", moto.port).parse().unwrap(), rate));
+        let primary = throttle
+            .as_ref()
+            .map_or_else(|| moto.endpoint(), Throttle::endpoint);
+        let sb = Sandbox::new();
+        let keys = sb.path().join("keys");
+        let out = sb.run(&["key", "generate", "--file", keys.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut config = format!(
+            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n",
+            keys.display(),
+            pg.port()
+        );
+        for (name, endpoint) in [("r2", primary), ("b2", s3s.endpoint())] {
+            config.push_str(&format!(
+                "[[stores]]\nname = \"{name}\"\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nbucket = \"backups\"\nprefix = \"prod/\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\n"
+            ));
+        }
+        config.push_str("[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"local-store\"\n");
+        let path = sb.write("lazarus.toml", &config);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let work = sb.path().join("work");
+        World {
+            sb,
+            pg,
+            bouncer,
+            _moto: moto,
+            _s3s: s3s,
+            _throttle: throttle,
+            work,
+        }
+    }
+
+    fn lz(&self, args: &[&str]) -> Output {
+        self.sb.run(args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.sb.ok(args)
+    }
+
+    fn workdir(&self) -> String {
+        format!("workdir={}", self.work.display())
+    }
+
+    /// A backup, verified by a drill.
+    fn verified_backup(&self) -> String {
+        self.ok(&["backup", "--database", DB, "-p", &self.workdir()]);
+        self.ok(&["drill", "--database", DB, "-p", &self.workdir()]);
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["backups", "--json"])).unwrap();
+        let latest = list.as_array().unwrap().last().unwrap();
+        assert_eq!(latest["status"], "VERIFIED", "{latest}");
+        latest["id"].as_str().unwrap().to_string()
+    }
+
+    fn recover_args(&self, id: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "recover",
+            "--database",
+            DB,
+            "--reason",
+            "test recovery",
+            "--id",
+            id,
+            "-p",
+            &self.workdir(),
+            "-p",
+            &format!("pgbouncer_ini={}", self.bouncer.ini.display()),
+            "-p",
+            &format!("pgbouncer_port={}", self.bouncer.port),
+            "-p",
+            "pgbouncer_admin=postgres",
+            "-p",
+            "check_tables=pgbench_accounts",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn recover(&self, id: &str, extra: &[&str]) -> Output {
+        let args = self.recover_args(id, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lz(&refs)
+    }
+
+    fn restored_database(&self, run: &str) -> String {
+        let report = self.sb.status(run);
+        Sandbox::step(&report, "restore")["output"]["database"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn through_bouncer(&self, sql: &str) -> String {
+        self.pg.psql_at(self.bouncer.port, DB, sql)
+    }
+}
+
+#[test]
+fn recovery_restores_identical_content_and_traffic_reaches_it_until_rolled_back() {
+    let w = World::new(1, None);
+    let original = w.pg.checksums(DB);
+    w.verified_backup();
+    // The disaster: rows vanish from the live database after the backup.
+    w.pg.psql(DB, "DELETE FROM notes WHERE id % 2 = 0");
+
+    let out = w.recover("dr1", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = w.restored_database("dr1");
+    assert_ne!(restored, DB);
+    assert_eq!(w.pg.checksums(&restored), original, "identical content");
+    assert_eq!(w.bouncer.target(DB), restored);
+    assert_eq!(
+        w.through_bouncer("SELECT current_database()"),
+        restored,
+        "traffic reaches the restored database"
+    );
+    assert_eq!(w.through_bouncer("SELECT count(*) FROM notes"), "20000");
+
+    let report = w.sb.status("dr1");
+    let summary = &Sandbox::step(&report, "report")["output"];
+    assert_eq!(summary["rto_met"], true);
+    assert_eq!(summary["restored_database"], restored.as_str());
+    assert!(["r2", "b2", "local"].contains(&summary["served_by"].as_str().unwrap()));
+    assert!(
+        summary["summary"].as_str().unwrap().contains("RTO"),
+        "{summary}"
+    );
+
+    w.ok(&["rollback", "dr1", "--reason", "back to the live database"]);
+    assert_eq!(w.bouncer.target(DB), DB);
+    assert_eq!(
+        w.through_bouncer("SELECT current_database()"),
+        DB,
+        "traffic back on the old database"
+    );
+}
+
+/// Polls the run's report until `ready` holds.
+fn wait_report(w: &World, run: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = serde_json::Value::Null;
+    loop {
+        let out = w.lz(&["status", run, "--json"]);
+        if out.status.success()
+            && let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            if ready(&report) {
+                return;
+            }
+            last = report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last report: {}",
+            serde_json::to_string_pretty(&last).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn step_status(report: &serde_json::Value, step: &str) -> String {
+    Sandbox::step(report, step)["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
+    // A slow primary store makes the download last; scale 10 makes pg_restore last.
+    let w = World::new(10, Some(256 << 10));
+    let original = w.pg.checksums(DB);
+    w.verified_backup();
+
+    // Each point: after which step completes, or inside which step (while it runs).
+    let points: &[(&str, bool)] = &[
+        ("select", false),
+        ("download", true),
+        ("download", false),
+        ("decrypt", false),
+        ("restore", true),
+        ("restore", false),
+        ("health_sql", false),
+        ("healthy", false),
+        ("cutover", false),
+    ];
+    let args = w.recover_args("k9", &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = true;
+    for (step, inside) in points {
+        let mut runner = if first {
+            w.sb.spawn(&refs)
+        } else {
+            w.sb.spawn(&["resume", "k9"])
+        };
+        first = false;
+        wait_report(
+            &w,
+            "k9",
+            &format!("{step} ({})", if *inside { "running" } else { "done" }),
+            |r| {
+                let status = step_status(r, step);
+                if *inside {
+                    status == "running"
+                } else {
+                    status == "completed"
+                }
+            },
+        );
+        kill9(&mut runner);
+        let report = w.sb.status("k9");
+        assert_eq!(
+            report["active"], false,
+            "the run is interrupted, not finished"
+        );
+    }
+    let out = w.lz(&["resume", "k9"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = w.sb.status("k9");
+    assert_eq!(report["status"], "succeeded");
+    assert!(
+        Sandbox::step(&report, "download")["attempts"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    assert!(
+        Sandbox::step(&report, "restore")["attempts"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    let restored = w.restored_database("k9");
+    assert_eq!(
+        w.pg.checksums(&restored),
+        original,
+        "identical content after all the kills"
+    );
+    assert_eq!(w.bouncer.target(DB), restored);
+}
+
+#[test]
+fn halt_before_the_cutover_leaves_the_restored_database_for_inspection() {
+    let w = World::new(1, None);
+    let original = w.pg.checksums(DB);
+    w.verified_backup();
+    let out = w.recover("h1", &["--halt-before", "cutover"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let restored = w.restored_database("h1");
+    assert_eq!(
+        w.pg.checksums(&restored),
+        original,
+        "inspect the restored database"
+    );
+    assert_eq!(
+        w.bouncer.target(DB),
+        DB,
+        "traffic still on the live database"
+    );
+    w.ok(&["resume", "h1"]);
+    assert_eq!(w.bouncer.target(DB), restored);
+}
+
+#[test]
+fn cutover_none_stops_after_the_health_checks_and_says_so() {
+    let w = World::new(1, None);
+    w.verified_backup();
+    let out = w.recover("n1", &["-p", "cutover=none"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = w.sb.status("n1");
+    assert_eq!(step_status(&report, "cutover"), "skipped");
+    let summary = Sandbox::step(&report, "report")["output"]["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(summary.contains("NOT cut over"), "{summary}");
+    assert_eq!(w.bouncer.target(DB), DB);
+    assert!(
+        text(&out).contains("summary"),
+        "the readable summary is printed"
+    );
+}
+
+const PY_LEGACY: &str = "import sys, gzip\nfrom cryptography.fernet import Fernet\nkey, src, dst = sys.argv[1:4]\nopen(dst, 'wb').write(Fernet(key.encode()).encrypt(gzip.compress(open(src, 'rb').read())))\n";
+
+#[test]
+fn a_legacy_backup_made_by_python_restores() {
+    let w = World::new(1, None);
+    let original = w.pg.checksums(DB);
+    let dump = w.sb.path().join("shop.dump");
+    let mut cmd = std::process::Command::new("pg_dump");
+    w.pg.env(&mut cmd);
+    let status = cmd
+        .args(["-Fc", "-f", dump.to_str().unwrap(), DB])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let key = std::fs::read_to_string(w.sb.path().join("keys"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let legacy = w.sb.path().join("shop.dump.gz.enc");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            PY_LEGACY,
+            &key,
+            dump.to_str().unwrap(),
+            legacy.to_str().unwrap(),
+        ])
+        .output()
+        .expect("this test needs python3 with the cryptography package");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    w.ok(&[
+        "backup",
+        "import",
+        legacy.to_str().unwrap(),
+        "--database",
+        DB,
+        "--id",
+        "shop-legacy",
+    ]);
+    let out = w.recover("l1", &["--backup", "shop-legacy", "-p", "cutover=none"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.pg.checksums(&w.restored_database("l1")), original);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
+    let w = World::new(1, None);
+    let live = w.pg.checksums(DB);
+    let untouched = |what: &str| {
+        assert_eq!(w.bouncer.target(DB), DB, "{what}: pgbouncer untouched");
+        assert_eq!(w.pg.checksums(DB), live, "{what}: live database untouched");
+    };
+    let error_of = |run: &str| w.sb.status(run)["error"].as_str().unwrap_or("").to_string();
+
+    // No VERIFIED backup yet.
+    w.ok(&["backup", "--database", DB, "-p", &w.workdir()]);
+    let out = w.recover("b1", &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        error_of("b1")
+            .contains("no VERIFIED backup of database shop (1 backups: 1 unverified, 0 failed)"),
+        "{}",
+        error_of("b1")
+    );
+    untouched("no verified backup");
+    w.ok(&["cancel", "b1"]);
+
+    // Unknown backup id.
+    let out = w.recover("b2", &["--backup", "shop-nope"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        error_of("b2").contains("unknown backup id shop-nope for database shop"),
+        "{}",
+        error_of("b2")
+    );
+    w.ok(&["cancel", "b2"]);
+
+    // Wrong key: refused before anything is downloaded.
+    let id = w.verified_backup();
+    let other = w.sb.path().join("other-keys");
+    w.ok(&["key", "generate", "--file", other.to_str().unwrap()]);
+    let args = w.recover_args("b3", &[]);
+    let out =
+        w.sb.cmd()
+            .env(
+                "LAZARUS_KEYS",
+                std::fs::read_to_string(&other).unwrap().trim(),
+            )
+            .args(&args)
+            .output()
+            .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        error_of("b3").contains("cannot be read with the configured keys"),
+        "{}",
+        error_of("b3")
+    );
+    assert_eq!(step_status(&w.sb.status("b3"), "download"), "pending");
+    untouched("wrong key");
+    w.ok(&["cancel", "b3"]);
+
+    // Unreachable pgbouncer: nothing changed, traffic stays.
+    let out = w.recover("b4", &["-p", "pgbouncer_port=1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        error_of("b4").contains("nothing was changed"),
+        "{}",
+        error_of("b4")
+    );
+    untouched("unreachable pgbouncer");
+    w.ok(&["cancel", "b4"]);
+
+    // A health check that never passes halts before the cut-over.
+    let out = w.recover(
+        "b5",
+        &[
+            "-p",
+            "health_url=http://127.0.0.1:1/health",
+            "-p",
+            "health_attempts=2",
+            "-p",
+            "health_interval=100ms",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let report = w.sb.status("b5");
+    assert_eq!(report["halted"]["step"], "health");
+    assert_eq!(step_status(&report, "cutover"), "pending");
+    untouched("failing health check");
+    w.ok(&["cancel", "b5"]);
+
+    // Corrupted on every store: the download refuses every copy.
+    let (key, size) = {
+        let list: serde_json::Value = serde_json::from_str(&w.ok(&["backups", "--json"])).unwrap();
+        let b = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id.as_str())
+            .unwrap()
+            .clone();
+        (
+            b["key"].as_str().unwrap().to_string(),
+            b["size"].as_u64().unwrap(),
+        )
+    };
+    let local = w.sb.path().join("local-store").join(&key);
+    let mut bytes = std::fs::read(&local).unwrap();
+    bytes[100] ^= 1;
+    for endpoint in [w._moto.endpoint(), w._s3s.endpoint()] {
+        common::s3::put_object(&endpoint, "backups", &format!("prod/{key}"), bytes.clone());
+    }
+    std::fs::write(&local, &bytes).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    let out = w.recover("b6", &["--backup", &id]);
+    assert_eq!(out.status.code(), Some(3));
+    let error = error_of("b6");
+    assert!(
+        error.contains("no store could serve a good copy"),
+        "{error}"
+    );
+    assert!(error.contains("HMAC failure at chunk 0"), "{error}");
+    untouched("corrupted everywhere");
+}
+
+#[test]
+fn a_new_host_rebuilds_the_catalog_from_any_one_store() {
+    let w = World::new(1, None);
+    let id = w.verified_backup();
+    // A new recovery host: empty state directory, same configuration.
+    let fresh = w.sb.path().join("new-host-state");
+    let listed =
+        w.sb.cmd()
+            .env("LAZARUS_STATE", &fresh)
+            .args(["backups", "--json"])
+            .output()
+            .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed));
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "VERIFIED");
+    let synced =
+        w.sb.cmd()
+            .env("LAZARUS_STATE", &fresh)
+            .args(["catalog", "sync", "--store", "b2"])
+            .output()
+            .unwrap();
+    assert!(
+        text(&synced).contains("catalog rebuilt from store b2: 1 backups"),
+        "{}",
+        text(&synced)
+    );
+}
