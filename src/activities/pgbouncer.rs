@@ -65,6 +65,16 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "how long PAUSE may wait for transactions (default 30s)",
         },
+        InputSpec {
+            name: "verify",
+            required: false,
+            help: "connect through pgbouncer afterwards and check the database served (default true)",
+        },
+        InputSpec {
+            name: "verify_user",
+            required: false,
+            help: "user for that check (default: admin_user)",
+        },
     ],
     outputs: &["database", "previous", "current", "ini"],
 };
@@ -99,7 +109,18 @@ struct Inputs {
     admin_user: String,
     #[serde(default = "default_pause", deserialize_with = "duration")]
     pause_timeout: Duration,
+    #[serde(default = "default_verify", deserialize_with = "inputs::lenient_bool")]
+    verify: bool,
+    verify_user: Option<String>,
 }
+
+fn default_verify() -> bool {
+    true
+}
+
+/// How long the check through pgbouncer may take: pgbouncer waits `server_login_retry`
+/// (15 s by default) after failed logins, as when the old database is gone.
+const VERIFY_WITHIN: Duration = Duration::from_secs(40);
 
 /// The `pgbouncer` activity.
 pub struct Pgbouncer {
@@ -237,7 +258,70 @@ impl Pgbouncer {
         }
         resumed
             .map_err(|e| ActivityError::retryable(format!("switched, but RESUME failed: {e}")))?;
+        if inputs.verify {
+            let wanted = field(&current, "dbname").unwrap_or_default();
+            if let Err(e) = self.verify(inputs, &wanted) {
+                let _ = self.admin(
+                    inputs,
+                    &format!("PAUSE {}", inputs.database),
+                    inputs.pause_timeout,
+                );
+                let _ = write_atomically(&inputs.ini, &text);
+                let _ = self.admin(inputs, "RELOAD", Duration::from_secs(10));
+                let _ = self.admin(
+                    inputs,
+                    &format!("RESUME {}", inputs.database),
+                    Duration::from_secs(10),
+                );
+                return Err(ActivityError::retryable(format!(
+                    "after the cut-over, connections through pgbouncer did not reach {wanted} ({e}); the entry was put back"
+                )));
+            }
+        }
         Ok((previous, current))
+    }
+
+    /// Connects through pgbouncer to the entry until it serves `wanted`.
+    fn verify(&self, inputs: &Inputs, wanted: &str) -> Result<(), String> {
+        let psql = self
+            .services
+            .pg_tools
+            .path("psql")
+            .map_err(|e| e.to_string())?;
+        let user = inputs
+            .verify_user
+            .clone()
+            .unwrap_or_else(|| inputs.admin_user.clone());
+        let deadline = Instant::now() + VERIFY_WITHIN;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = Command::new(&psql)
+                .args(["-X", "-q", "-A", "-t", "-h", &inputs.admin_host])
+                .args([
+                    "-p",
+                    &inputs.admin_port.to_string(),
+                    "-U",
+                    &user,
+                    "-d",
+                    &inputs.database,
+                ])
+                .args(["-c", "SELECT current_database()"])
+                .env("PGCONNECT_TIMEOUT", "5")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run psql: {e}"))?;
+            let served = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && served == wanted {
+                return Ok(());
+            }
+            last = if out.status.success() {
+                format!("it served {served}")
+            } else {
+                tail_lines(&out.stderr, 1)
+            };
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(last)
     }
 }
 

@@ -1,142 +1,344 @@
-//! `lazarus demo`: the example runbook on a throwaway state directory — a run, a kill -9 of
-//! the runner in the middle of a step, and a resume that finishes the job exactly once.
+//! `lazarus demo`: a whole recovery on throwaway parts — a PostgreSQL cluster with sample
+//! data behind pgbouncer, a backup and a drill, the database "lost", then the
+//! disaster-recovery runbook with live progress, killed with SIGKILL once along the way and
+//! resumed, ending with traffic through pgbouncer on the restored data and the report.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
 use super::Context;
-use super::follow::follow;
-use super::status::print_report;
 use crate::owner::find_owner;
+use crate::pg::cluster::{Cluster, free_port};
+use crate::pg::sql::Sql;
+use crate::pg::{Tools, running_as_root};
 
 /// Arguments of `lazarus demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the demo's directory (state and work) instead of removing it.
+    /// Keep the demo's directory (state, config, logs) instead of removing it.
     #[arg(long)]
     pub keep: bool,
 }
 
-fn chunks(work: &Path) -> usize {
-    std::fs::read_dir(work.join("incoming"))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with("chunk-") && !name.ends_with(".tmp")
-                })
-                .count()
+const DB: &str = "shop";
+
+const SAMPLE: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, created_at timestamptz); \
+INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com', now() - g * interval '1 minute' FROM generate_series(1, 200000) g; \
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int REFERENCES customers, amount numeric(10,2), note text); \
+INSERT INTO orders SELECT g, 1 + g % 200000, (g % 10000) / 100.0, md5(g::text) FROM generate_series(1, 600000) g; \
+CREATE INDEX ON orders (customer_id); ANALYZE";
+
+const FINGERPRINT: &str = "SELECT (SELECT count(*) FROM customers) || ' customers, ' || (SELECT count(*) FROM orders) || ' orders, checksum ' || (SELECT left(md5(string_agg(id::text || amount::text, ',' ORDER BY id)), 12) FROM orders)";
+
+/// pgbouncer in front of the demo cluster.
+struct Bouncer {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Bouncer {
+    fn start(dir: &Path, pg_port: u16) -> Result<Bouncer> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n{DB} = host=127.0.0.1 port={pg_port} dbname={DB}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = postgres\npool_mode = session\nquery_wait_timeout = 3\nserver_login_retry = 1\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                d = dir.display()
+            ),
+        )?;
+        std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
+        let mut cmd = if running_as_root() {
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .ok_or_else(|| anyhow!("running as root needs a postgres user for pgbouncer"))?;
+            for path in [dir.to_path_buf(), ini.clone(), dir.join("userlist.txt")] {
+                nix::unistd::chown(&path, Some(user.uid), Some(user.gid))?;
+            }
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "pgbouncer"]);
+            c
+        } else {
+            Command::new("pgbouncer")
+        };
+        let status = cmd
+            .arg("-d")
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .status()
+            .context("pgbouncer is needed for the demo (Debian: apt-get install pgbouncer)")?;
+        if !status.success() {
+            bail!(
+                "pgbouncer did not start; see {}",
+                dir.join("pgbouncer.log").display()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("pgbouncer is not listening on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Bouncer {
+            dir: dir.to_path_buf(),
+            port,
         })
-        .unwrap_or(0)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+/// Asks the application's way in (pgbouncer) what it sees.
+fn through_bouncer(tools: &Tools, port: u16, sql: &str) -> String {
+    let Ok(psql) = tools.path("psql") else {
+        return "psql not found".into();
+    };
+    match Command::new(psql)
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "-d",
+            DB,
+            "-c",
+            sql,
+        ])
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Ok(out) => format!("ERROR: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("cannot run psql: {e}"),
+    }
+}
+
+fn lazarus(exe: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(root)
+        .arg("--state")
+        .arg(root.join("state"))
+        .arg("--config")
+        .arg(root.join("lazarus.toml"))
+        .args(args)
+        .env_remove("LAZARUS_KEYS")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn step(title: &str) {
+    println!("\n== {title} ==");
 }
 
 /// `lazarus demo`.
 pub async fn demo(ctx: &Context, args: DemoArgs) -> Result<ExitCode> {
-    let root: PathBuf = std::env::temp_dir().join(format!("lazarus-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let state = root.join("state");
-    let work = root.join("work");
-    let run = format!("demo-{}", std::process::id());
-    println!("== Lazarus demo: the example runbook, a kill -9, a resume ==");
-    println!("   state {}   work {}", state.display(), work.display());
-
-    let exe = std::env::current_exe().context("cannot find the lazarus executable")?;
-    let mut runner = std::process::Command::new(&exe)
-        .arg("--state")
-        .arg(&state)
-        .arg("--operator")
-        .arg(&ctx.operator)
-        .args([
-            "run",
-            "example",
-            "--id",
-            &run,
-            "--reason",
-            "demo: show a kill -9 and a resume",
-        ])
-        .arg("--param")
-        .arg(format!("workdir={}", work.display()))
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the runner")?;
-    let pid = runner.id();
-    println!("== started runner pid {pid} ==");
-
-    // Wait until the long step is well under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if chunks(&work) >= 6 {
-            break;
-        }
-        if let Ok(Some(status)) = runner.try_wait() {
-            bail!("the runner exited ({status}) before the demo could kill it");
-        }
-        if Instant::now() > deadline {
-            let _ = runner.kill();
-            bail!("the example runbook made no progress within 60s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .context("cannot kill the runner")?;
-    let _ = runner.wait();
-    let at_kill = chunks(&work);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = chunks(&work);
-    println!();
-    println!(
-        "== kill -9 sent to runner pid {pid} in the middle of step \"generate\": {at_kill} of 20 chunks written =="
-    );
-    println!(
-        "   half a second later: {after} chunks — the step's processes died with their runner"
-    );
-
-    let demo_ctx = Context {
-        state: state.clone(),
-        operator: ctx.operator.clone(),
-        config: ctx.config.clone(),
-    };
-    if find_owner(&state).await.is_some() {
-        bail!("an owner is still alive after the kill; this should not happen");
-    }
-    let session = demo_ctx.session().await?;
-    println!("== the journal after the kill ==");
-    print_report(&session.control().report(Some(&run)).await?);
-    println!("== lazarus resume {run} ==");
-    let message = session.control().resume(&run, &ctx.operator).await?;
-    eprintln!("{message}");
-    let report = follow(session.control(), &run, &ctx.operator, true).await?;
-    session.finish().await;
-    print_report(&report);
-    let generate_attempts = report
-        .steps
-        .iter()
-        .find(|s| s.id == "generate")
-        .map_or(0, |s| s.attempts);
-    println!(
-        "== {}: step \"generate\" ran {generate_attempts} times, kept the {at_kill} chunks written before the kill, and every chunk verified ==",
-        if report.success {
-            "recovered"
-        } else {
-            "NOT recovered"
-        }
-    );
+    let started = Instant::now();
+    let root = std::env::temp_dir().join(format!("lazarus-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let result = run_demo(ctx, &root).await;
     if args.keep {
-        println!("   kept {}", root.display());
+        println!("kept {}", root.display());
     } else {
         let _ = std::fs::remove_dir_all(&root);
     }
-    Ok(if report.success {
+    let ok = result?;
+    println!("\n(demo took {:.0}s)", started.elapsed().as_secs_f64());
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn run_demo(ctx: &Context, root: &Path) -> Result<bool> {
+    let exe = std::env::current_exe().context("cannot find the lazarus executable")?;
+    let tools = Tools::new(None);
+
+    step("a throwaway PostgreSQL with sample data, behind pgbouncer");
+    let mut cluster = Cluster::create(tools.clone(), "demo")?;
+    cluster.start()?;
+    let server = cluster.server();
+    let sql = Sql::new(&tools, &server);
+    tokio::task::block_in_place(|| -> Result<()> {
+        sql.execute("postgres", &format!("CREATE DATABASE {DB}"))?;
+        sql.execute(DB, SAMPLE)?;
+        Ok(())
+    })?;
+    let bouncer = Bouncer::start(&root.join("pgbouncer"), cluster.port)?;
+    let before = through_bouncer(&tools, bouncer.port, FINGERPRINT);
+    println!(
+        "   PostgreSQL on 127.0.0.1:{}, pgbouncer on 127.0.0.1:{}",
+        cluster.port, bouncer.port
+    );
+    println!("   the application sees (through pgbouncer): {before}");
+
+    let keys = root.join("keys");
+    std::fs::write(
+        root.join("lazarus.toml"),
+        format!(
+            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
+            keys.display(),
+            cluster.port
+        ),
+    )?;
+    let work = format!("workdir={}", root.join("work").display());
+    let quiet = |mut cmd: Command, what: &str| -> Result<()> {
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run lazarus {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "lazarus {what} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    quiet(
+        lazarus(
+            &exe,
+            root,
+            &[
+                "key",
+                "generate",
+                "--file",
+                keys.to_str().unwrap_or_default(),
+            ],
+        ),
+        "key generate",
+    )?;
+
+    step("lazarus backup --database shop   (pg_dump -Fc -Z0 → zstd → encrypted → every store)");
+    quiet(
+        lazarus(&exe, root, &["backup", "--database", DB, "-p", &work]),
+        "backup",
+    )?;
+    step("lazarus drill --database shop   (restore into a scratch database, check, mark VERIFIED)");
+    quiet(
+        lazarus(&exe, root, &["drill", "--database", DB, "-p", &work]),
+        "drill",
+    )?;
+    let out = lazarus(&exe, root, &["backups"]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("the disaster: the database is lost");
+    tokio::task::block_in_place(|| {
+        sql.execute("postgres", &format!("DROP DATABASE {DB} WITH (FORCE)"))
+    })?;
+    println!(
+        "   the application sees: {}",
+        through_bouncer(&tools, bouncer.port, FINGERPRINT)
+    );
+
+    step(
+        "lazarus recover --database shop   (and a kill -9 of the runner in the middle of pg_restore)",
+    );
+    let ini = bouncer.dir.join("pgbouncer.ini");
+    let run = "recovery-demo";
+    let params = [
+        work.clone(),
+        format!("pgbouncer_ini={}", ini.display()),
+        format!("pgbouncer_port={}", bouncer.port),
+        "pgbouncer_admin=postgres".to_string(),
+        "check_tables=orders".to_string(),
+    ];
+    let mut recover_args = vec![
+        "recover",
+        "--database",
+        DB,
+        "--reason",
+        "demo: the shop database was lost",
+        "--id",
+        run,
+    ];
+    for p in &params {
+        recover_args.push("-p");
+        recover_args.push(p);
+    }
+    let mut runner = lazarus(&exe, root, &recover_args)
+        .spawn()
+        .context("cannot start the recovery")?;
+    let state = root.join("state");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(owner) = find_owner(&state).await
+            && let Ok(report) = crate::owner::control::Control::report(&owner, Some(run)).await
+            && report
+                .steps
+                .iter()
+                .any(|s| s.id == "restore" && s.status == "running")
+        {
+            break;
+        }
+        if let Ok(Some(status)) = runner.try_wait() {
+            bail!("the recovery ended ({status}) before the demo could interrupt it");
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            bail!("the recovery did not reach pg_restore within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let _ = runner.wait();
+    println!(
+        "\n== kill -9 sent to the runner (pid {}) while pg_restore was running ==",
+        runner.id()
+    );
+
+    let shown = lazarus(&exe, root, &["status", run]).status()?;
+    if !shown.success() {
+        bail!("the journal could not be read after the kill");
+    }
+
+    step(&format!("lazarus resume {run}"));
+    let resumed = lazarus(&exe, root, &["resume", run]).status()?;
+    let out = lazarus(&exe, root, &["status", run, "--json"]).output()?;
+    let report: crate::engine::RunReport = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("cannot read the report of {run}"))?;
+    let _ = (ctx, resumed);
+
+    step("after the recovery");
+    let after = through_bouncer(&tools, bouncer.port, FINGERPRINT);
+    let db = through_bouncer(&tools, bouncer.port, "SELECT current_database()");
+    println!("   the application sees (through pgbouncer, database {db}): {after}");
+    let same = after == before;
+    println!(
+        "   {}",
+        if same && report.success {
+            "identical to before the disaster: recovered"
+        } else {
+            "NOT identical to before the disaster"
+        }
+    );
+    drop(bouncer);
+    cluster.stop()?;
+    Ok(same && report.success)
 }

@@ -178,7 +178,7 @@ impl Renderer {
                         .as_ref()
                         .and_then(|o| o["when"].as_str())
                         .unwrap_or("");
-                    self.line(&format!("  ⤼ {} skipped (when: {why})", step.id));
+                    self.line(&format!("  ⤼ {} skipped (when {why} is false)", step.id));
                 }
                 "compensating" => {
                     self.line(&format!("  ↺ undoing {}", step.id));

@@ -102,7 +102,8 @@ impl Engine {
                             run_id,
                             Event::StepSkipped {
                                 step: step_id.clone(),
-                                condition: rendered,
+                                condition: condition.clone(),
+                                evaluated: rendered,
                             },
                         )
                         .await?;

@@ -119,7 +119,11 @@ pub enum Event {
     Succeeded,
     /// A step's `when` condition was false: it did not run (appended last: older records
     /// keep their encoding).
-    StepSkipped { step: String, condition: String },
+    StepSkipped {
+        step: String,
+        condition: String,
+        evaluated: String,
+    },
 }
 
 /// An event with its journal time.

@@ -428,10 +428,18 @@ impl RunState {
                 self.status = RunStatus::Succeeded;
                 self.ended_us = Some(at);
             }
-            Event::StepSkipped { step, condition } => {
+            Event::StepSkipped {
+                step,
+                condition,
+                evaluated,
+            } => {
                 if let Some(s) = self.step_mut(step) {
                     s.status = StepStatus::Skipped;
-                    s.output = Some(serde_json::json!({ "skipped": true, "when": condition }));
+                    s.output = Some(serde_json::json!({
+                        "skipped": true,
+                        "when": condition,
+                        "evaluated": evaluated,
+                    }));
                     s.completed_us = Some(at);
                 }
             }

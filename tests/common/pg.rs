@@ -135,7 +135,7 @@ impl Bouncer {
         std::fs::write(
             &ini,
             format!(
-                "[databases]\n{name} = host=127.0.0.1 port={pg_port} dbname={name}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = postgres\npool_mode = session\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                "[databases]\n{name} = host=127.0.0.1 port={pg_port} dbname={name}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = postgres\npool_mode = session\nquery_wait_timeout = 3\nserver_login_retry = 1\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
                 d = dir.display()
             ),
         )
