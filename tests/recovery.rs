@@ -213,7 +213,8 @@ fn step_status(report: &serde_json::Value, step: &str) -> String {
 
 #[test]
 fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
-    // A slow primary store makes the download last; scale 10 makes pg_restore last.
+    // A slow primary store makes the download last; scale 10 makes decryption and
+    // pg_restore last.
     let w = World::new(10, Some(256 << 10));
     let original = w.pg.checksums(DB);
     w.verified_backup();
@@ -223,6 +224,7 @@ fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
         ("select", false),
         ("download", true),
         ("download", false),
+        ("decrypt", true),
         ("decrypt", false),
         ("restore", true),
         ("restore", false),

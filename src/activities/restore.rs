@@ -60,7 +60,14 @@ static RESTORE: ActivitySpec = ActivitySpec {
             help: "with in_place: the live database's name, typed again",
         },
     ],
-    outputs: &["database", "jobs", "seconds", "tables", "in_place"],
+    outputs: &[
+        "database",
+        "jobs",
+        "seconds",
+        "pg_restore_seconds",
+        "tables",
+        "in_place",
+    ],
 };
 
 #[derive(Debug, Deserialize)]
@@ -142,7 +149,7 @@ impl Activity for Restore {
             Some(j) => j.min(64) as usize,
         };
         let pg_restore = tools.path("pg_restore").map_err(pg_failure)?;
-        let outcome = tokio::task::block_in_place(|| -> Result<usize, ActivityError> {
+        let outcome = tokio::task::block_in_place(|| -> Result<(usize, f64), ActivityError> {
             if !inputs.in_place {
                 // A previous attempt may have left a partial restore: start clean. This is
                 // a database of our own, never the live one (checked above).
@@ -170,6 +177,7 @@ impl Activity for Restore {
                 args.push("--if-exists".into());
             }
             args.push(inputs.file.display().to_string());
+            let restore_started = Instant::now();
             let mut child = Supervised::spawn(&pg_restore, &args, |cmd| {
                 server.apply(cmd);
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -213,14 +221,16 @@ impl Activity for Restore {
                     tail_lines(&stderr, 4)
                 )));
             }
+            let pg_restore_seconds = restore_started.elapsed().as_secs_f64();
             let tables = super::dump::tables(&sql, &target).map_err(pg_failure)?;
-            Ok(tables.len())
+            Ok((tables.len(), pg_restore_seconds))
         })?;
         Ok(json!({
             "database": target,
             "jobs": jobs,
             "seconds": started.elapsed().as_secs_f64(),
-            "tables": outcome,
+            "tables": outcome.0,
+            "pg_restore_seconds": outcome.1,
             "in_place": inputs.in_place,
         }))
     }

@@ -1,0 +1,367 @@
+//! A full recovery from the local store beside its floor and the seed, on a database of
+//! more than 1 GiB (pgbench -s 60 plus a 3-million-row table of random md5 text):
+//!
+//! * raw: `pg_restore --jobs 2` of the plain `pg_dump -Fc -Z0` archive already on disk;
+//! * lazarus: `lazarus recover --param jobs=2 --param cutover=none` (select, download,
+//!   decrypt+decompress, pg_restore, checks, report) from the local store;
+//! * seed: Python `Fernet.decrypt` + `gzip.decompress` of its `*.dump.gz.enc`, then
+//!   `pg_restore -j4`.
+//!
+//! Run: `cargo bench --bench recovery` (LAZARUS_BENCH_SCALE overrides the pgbench scale).
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lazarus::pg::Tools;
+use lazarus::pg::cluster::Cluster;
+use lazarus::pg::sql::Sql;
+
+const DB: &str = "bench";
+
+fn measure(cmd: &mut Command) -> (Duration, u64) {
+    let started = Instant::now();
+    // Reaped below with wait4, which also reports the child's peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid pointers.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let took = started.elapsed();
+    assert_eq!(waited, pid, "wait4 failed");
+    let exit = std::process::ExitStatus::from_raw(status);
+    assert!(exit.success(), "{cmd:?} failed: {exit}");
+    (took, usage.ru_maxrss as u64 * 1024)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn env(cmd: &mut Command, port: u16) -> &mut Command {
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "postgres")
+        .env_remove("PGDATABASE")
+}
+
+fn main() {
+    let scale: u32 = std::env::var("LAZARUS_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-recovery");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let tools = Tools::new(None);
+    let mut cluster = Cluster::create(tools.clone(), "bench").expect("PostgreSQL server binaries");
+    // The same server settings for every pipeline; durability is not what is measured.
+    cluster
+        .configure(&[
+            "fsync = off".into(),
+            "synchronous_commit = off".into(),
+            "max_wal_size = 8GB".into(),
+            "maintenance_work_mem = 256MB".into(),
+        ])
+        .unwrap();
+    cluster.start().unwrap();
+    let port = cluster.port;
+    let server = cluster.server();
+    let sql = Sql::new(&tools, &server);
+
+    eprintln!("loading pgbench -s {scale} and 3M rows of md5 text");
+    let started = Instant::now();
+    sql.execute("postgres", &format!("CREATE DATABASE {DB}"))
+        .unwrap();
+    let ok = env(
+        Command::new(tools.path("pgbench").unwrap()).args([
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            DB,
+        ]),
+        port,
+    )
+    .stderr(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(ok.success());
+    sql.execute(
+        DB,
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); \
+         INSERT INTO notes SELECT g, md5(g::text || random()::text) FROM generate_series(1, 3000000) g; ANALYZE",
+    )
+    .unwrap();
+    let size = sql
+        .scalar(DB, &format!("SELECT pg_database_size('{DB}')"))
+        .unwrap()
+        .unwrap_or_default();
+    eprintln!(
+        "database: {:.0} MiB, loaded in {:.0}s",
+        mib(size.parse().unwrap_or(0)),
+        started.elapsed().as_secs_f64()
+    );
+
+    // The plain archive for the raw baseline.
+    let plain = root.join("plain.dump");
+    let ok = env(
+        Command::new(tools.path("pg_dump").unwrap()).args([
+            "-Fc",
+            "-Z0",
+            "-f",
+            plain.to_str().unwrap(),
+            DB,
+        ]),
+        port,
+    )
+    .status()
+    .unwrap();
+    assert!(ok.success());
+
+    // Lazarus's backup, in its local store.
+    let key_file = root.join("keys");
+    let lz = env!("CARGO_BIN_EXE_lazarus");
+    let config = root.join("lazarus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let lazarus = |args: &[&str]| {
+        let mut cmd = Command::new(lz);
+        cmd.current_dir(&root)
+            .arg("--state")
+            .arg(root.join("state"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("LAZARUS_KEYS")
+            .stderr(Stdio::null());
+        cmd
+    };
+    assert!(
+        lazarus(&["key", "generate", "--file", key_file.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let work = format!("workdir={}", root.join("work").display());
+    assert!(
+        lazarus(&["backup", "--database", DB, "--param", &work])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = lazarus(&["backups", "--json"]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup = &list[0];
+    let id = backup["id"].as_str().unwrap().to_string();
+
+    // The seed's backup: pg_dump -Fc | gzip | one Fernet token.
+    let seed_dump = root.join("seed.dump");
+    let ok = env(
+        Command::new(tools.path("pg_dump").unwrap()).args([
+            "-Fc",
+            "-f",
+            seed_dump.to_str().unwrap(),
+            DB,
+        ]),
+        port,
+    )
+    .status()
+    .unwrap();
+    assert!(ok.success());
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let seed = root.join("seed.dump.gz.enc");
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, gzip\nfrom cryptography.fernet import Fernet\nkey, src, dst = sys.argv[1:4]\nopen(dst, 'wb').write(Fernet(key.encode()).encrypt(gzip.compress(open(src, 'rb').read(), compresslevel=6)))\n",
+            &key,
+            seed_dump.to_str().unwrap(),
+            seed.to_str().unwrap(),
+        ])
+        .status()
+        .expect("python3 with the cryptography package");
+    assert!(ok.success());
+    std::fs::remove_file(&seed_dump).unwrap();
+    let plain_size = std::fs::metadata(&plain).unwrap().len();
+    let seed_size = std::fs::metadata(&seed).unwrap().len();
+
+    let fresh = |name: &str| {
+        sql.execute(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .unwrap();
+        sql.execute("postgres", "CHECKPOINT").unwrap();
+    };
+
+    // Two rounds, interleaved, best of each: this VM's disk and memory swing by seconds.
+    let mut raw = Duration::MAX;
+    let mut lz_time = Duration::MAX;
+    let mut lz_rss = 0u64;
+    let mut seed_time = Duration::MAX;
+    let mut seed_rss = 0u64;
+    let mut steps: Vec<(String, f64)> = Vec::new();
+    let seed_out = root.join("seed-restored.dump");
+    for round in 1..=2 {
+        // raw: pg_restore --jobs 2 of the plain archive already on disk.
+        fresh("raw");
+        let started = Instant::now();
+        sql.execute("postgres", "CREATE DATABASE raw TEMPLATE template0")
+            .unwrap();
+        measure(env(
+            Command::new(tools.path("pg_restore").unwrap()).args([
+                "--jobs=2",
+                "--dbname=raw",
+                plain.to_str().unwrap(),
+            ]),
+            port,
+        ));
+        eprintln!("round {round}: raw {:.1}s", started.elapsed().as_secs_f64());
+        raw = raw.min(started.elapsed());
+        fresh("raw");
+
+        // lazarus: the whole runbook, cut-over aside.
+        let run_id = format!("bench-recovery-{round}");
+        let (t, rss) = measure(&mut lazarus(&[
+            "recover",
+            "--database",
+            DB,
+            "--backup",
+            &id,
+            "--reason",
+            "benchmark",
+            "--id",
+            &run_id,
+            "--param",
+            &work,
+            "--param",
+            "jobs=2",
+            "--param",
+            "cutover=none",
+            "--param",
+            "check_tables=pgbench_accounts",
+        ]));
+        lz_rss = lz_rss.max(rss);
+        let out = lazarus(&["status", &run_id, "--json"]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let inner = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "restore")
+            .and_then(|s| s["output"]["pg_restore_seconds"].as_f64())
+            .unwrap_or(0.0);
+        eprintln!(
+            "round {round}: lazarus {:.1}s (pg_restore itself {inner:.1}s)",
+            t.as_secs_f64()
+        );
+        if t < lz_time {
+            lz_time = t;
+            steps = report["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap_or("").to_string(),
+                        s["duration_seconds"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect();
+        }
+        let restored = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "restore")
+            .and_then(|s| s["output"]["database"].as_str())
+            .unwrap_or("")
+            .to_string();
+        fresh(&restored);
+
+        // seed: decrypt + gunzip the whole file in Python, then pg_restore -j4.
+        let started = Instant::now();
+        let (_, rss) = measure(Command::new("python3").args([
+            "-c",
+            "import sys, gzip\nfrom cryptography.fernet import Fernet\nkey, src, dst = sys.argv[1:4]\nopen(dst, 'wb').write(gzip.decompress(Fernet(key.encode()).decrypt(open(src, 'rb').read())))\n",
+            &key,
+            seed.to_str().unwrap(),
+            seed_out.to_str().unwrap(),
+        ]));
+        sql.execute("postgres", "CREATE DATABASE seed TEMPLATE template0")
+            .unwrap();
+        let (_, restore_rss) = measure(env(
+            Command::new(tools.path("pg_restore").unwrap()).args([
+                "--jobs=4",
+                "--dbname=seed",
+                seed_out.to_str().unwrap(),
+            ]),
+            port,
+        ));
+        eprintln!(
+            "round {round}: seed {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        seed_time = seed_time.min(started.elapsed());
+        seed_rss = seed_rss.max(rss).max(restore_rss);
+        fresh("seed");
+        let _ = std::fs::remove_file(&seed_out);
+    }
+
+    println!();
+    println!(
+        "full recovery of a {:.0} MiB database ({:.0} MiB pg_dump -Fc -Z0 archive; lazarus backup {:.0} MiB; seed backup {:.0} MiB):",
+        mib(size.parse().unwrap_or(0)),
+        mib(plain_size),
+        mib(backup["size"].as_u64().unwrap_or(0)),
+        mib(seed_size)
+    );
+    println!("  {:<58} {:>8} {:>10}", "pipeline", "seconds", "peak RSS");
+    println!(
+        "  {:<58} {:>8.1} {:>10}",
+        "raw: pg_restore --jobs 2 of the plain archive on disk",
+        raw.as_secs_f64(),
+        "-"
+    );
+    println!(
+        "  {:<58} {:>8.1} {:>6.0} MiB",
+        "lazarus recover (jobs=2, cutover=none), local store",
+        lz_time.as_secs_f64(),
+        mib(lz_rss)
+    );
+    println!(
+        "  {:<58} {:>8.1} {:>6.0} MiB",
+        "seed: python decrypt+gunzip, then pg_restore -j4",
+        seed_time.as_secs_f64(),
+        mib(seed_rss)
+    );
+    println!(
+        "  lazarus / raw: {:.3}x (goal <= 1.10x); seed / raw: {:.3}x; lazarus is {:.2}x faster than the seed (goal >= 1.3x)",
+        lz_time.as_secs_f64() / raw.as_secs_f64(),
+        seed_time.as_secs_f64() / raw.as_secs_f64(),
+        seed_time.as_secs_f64() / lz_time.as_secs_f64()
+    );
+    println!(
+        "  lazarus steps: {}",
+        steps
+            .iter()
+            .map(|(id, s)| format!("{id} {s:.1}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
