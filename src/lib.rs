@@ -16,3 +16,4 @@ pub mod parallel;
 pub mod pg;
 pub mod runbooks;
 pub mod storage;
+pub mod wal;

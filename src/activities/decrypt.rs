@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::files::{commit, discard, part_path, prepare_dir};
+use super::files::{WriteBehind, commit, discard, part_path, prepare_dir};
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
 use crate::codec::{self, Compression};
@@ -142,7 +142,7 @@ fn decode_chunked(
     std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(written_before))
         .map_err(|e| CryptoError::Io(format!("cannot seek in {}: {e}", part.display())))?;
     let counter = CountingWriter {
-        inner: BufWriter::with_capacity(4 << 20, out),
+        inner: BufWriter::with_capacity(4 << 20, WriteBehind::new(out, written_before)),
         written: written_before,
     };
     let shared = std::sync::Mutex::new(counter);
@@ -189,15 +189,15 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-impl CountingWriter<BufWriter<File>> {
+impl CountingWriter<BufWriter<WriteBehind>> {
     fn sync(&mut self) -> std::io::Result<()> {
         self.inner.flush()?;
-        self.inner.get_ref().sync_data()
+        self.inner.get_ref().get_ref().sync_data()
     }
 }
 
 /// Lets the decode sink write through a mutex the progress callback can also look into.
-struct WriterRef<'a>(&'a std::sync::Mutex<CountingWriter<BufWriter<File>>>);
+struct WriterRef<'a>(&'a std::sync::Mutex<CountingWriter<BufWriter<WriteBehind>>>);
 
 impl Write for WriterRef<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -256,6 +256,7 @@ impl Activity for Dump {
             status: status::UNVERIFIED.into(),
             verification: None,
             copies: Vec::new(),
+            physical: None,
         };
         Ok(json!({
             "id": id,

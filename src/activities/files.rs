@@ -46,3 +46,67 @@ pub fn commit(part: &Path, dest: &Path) -> Result<(), ActivityError> {
 pub fn discard(part: &Path) {
     let _ = std::fs::remove_file(part);
 }
+
+/// A file writer that asks the kernel to start writing each few MiB to disk as soon as they
+/// are written, without waiting for it. A step that writes faster than the kernel's lazy
+/// writeback (30 s, or 10% of memory dirty) would otherwise leave its whole output dirty,
+/// and the final flush — or worse, the next step (pg_restore) — would pay for it; this way
+/// the disk works while the CPU decrypts.
+pub struct WriteBehind {
+    file: std::fs::File,
+    offset: u64,
+    started: u64,
+}
+
+/// Bytes between write-behind kicks.
+const WRITE_BEHIND_WINDOW: u64 = 8 << 20;
+
+impl WriteBehind {
+    /// Wraps `file`, whose position is `offset`.
+    pub fn new(file: std::fs::File, offset: u64) -> Self {
+        Self {
+            file,
+            offset,
+            started: offset,
+        }
+    }
+
+    /// The underlying file.
+    pub fn get_ref(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    fn kick(&mut self) {
+        use std::os::fd::AsRawFd;
+        let len = self.offset - self.started;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned
+        // by `self.file` and open for the whole call. Failure is harmless (advisory).
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.started as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.started = self.offset;
+    }
+}
+
+impl std::io::Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.offset += n as u64;
+        if self.offset - self.started >= WRITE_BEHIND_WINDOW {
+            self.kick();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}

@@ -146,6 +146,7 @@ impl Activity for InspectLegacy {
             status: status::UNVERIFIED.into(),
             verification: None,
             copies: Vec::new(),
+            physical: None,
         };
         Ok(json!({
             "id": id, "key": key, "manifest": manifest, "size": size, "sha256": sha256, "key_id": key_id,

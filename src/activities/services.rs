@@ -8,6 +8,7 @@ use crate::crypto::{CryptoError, Keyring};
 use crate::engine::ActivityError;
 use crate::pg::{Server, Tools};
 use crate::storage::StoreSet;
+use crate::wal::catalog::WalCatalog;
 
 /// The configured stores and keys, shared by the activities of one process.
 #[derive(Default)]
@@ -21,6 +22,7 @@ pub struct Services {
     /// The PostgreSQL server to back up and restore to.
     pub pg_server: Server,
     catalog: OnceLock<Catalog>,
+    wal_catalog: OnceLock<WalCatalog>,
 }
 
 impl Services {
@@ -43,6 +45,20 @@ impl Services {
     /// Attaches the backup catalog (done by the process that owns the state directory).
     pub fn attach_catalog(&self, catalog: Catalog) {
         let _ = self.catalog.set(catalog);
+    }
+
+    /// Attaches the WAL catalog (done by the process that owns the state directory).
+    pub fn attach_wal_catalog(&self, catalog: WalCatalog) {
+        let _ = self.wal_catalog.set(catalog);
+    }
+
+    /// The WAL catalog.
+    pub fn wal_catalog(&self) -> Result<&WalCatalog, ActivityError> {
+        self.wal_catalog.get().ok_or_else(|| {
+            ActivityError::permanent(
+                "the WAL catalog is only available to the process that owns the state directory",
+            )
+        })
     }
 
     /// The backup catalog.

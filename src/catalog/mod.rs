@@ -74,6 +74,30 @@ pub struct Manifest {
     pub verification: Option<Verification>,
     /// Stores the backup landed in when it was made.
     pub copies: Vec<String>,
+    /// For physical (base) backups: where they sit in the WAL.
+    #[serde(default)]
+    pub physical: Option<PhysicalInfo>,
+}
+
+/// What a base backup is in WAL terms: the facts point-in-time planning needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhysicalInfo {
+    /// The WAL archive of its cluster.
+    pub archive: String,
+    /// Timeline it was taken on.
+    pub timeline: u32,
+    /// Where replay must start (the checkpoint's redo point), e.g. `0/2000028`.
+    pub start_lsn: String,
+    /// Where the copy becomes consistent.
+    pub stop_lsn: String,
+    /// When it started, RFC 3339.
+    pub start_time: String,
+    /// When it became consistent, RFC 3339.
+    pub stop_time: String,
+    /// The cluster's system identifier.
+    pub system_id: String,
+    /// WAL segment size of the cluster.
+    pub segment_size: u64,
 }
 
 /// Backup states.

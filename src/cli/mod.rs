@@ -11,6 +11,7 @@ mod serve;
 mod setup;
 mod status;
 mod storage;
+mod wal;
 mod workflows;
 
 use std::path::PathBuf;
@@ -95,6 +96,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Show a run, a kill -9 and a resume, on a throwaway state directory.
     Demo(demo::DemoArgs),
+    /// The WAL archive: push/fetch (archive_command, restore_command), list, check, status.
+    #[command(subcommand)]
+    Wal(wal::WalCommand),
+    /// Point-in-time recovery planning.
+    #[command(subcommand)]
+    Pitr(wal::PitrCommand),
 }
 
 /// The future a control operation returns.
@@ -232,5 +239,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Storage(command) => storage::storage(&ctx, command).await,
         Command::Serve(args) => serve::serve(&ctx, args).await,
         Command::Demo(args) => demo::demo(&ctx, args).await,
+        Command::Wal(command) => wal::wal(&ctx, command).await,
+        Command::Pitr(command) => wal::pitr(&ctx, command).await,
     }
 }

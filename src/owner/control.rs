@@ -67,6 +67,8 @@ pub trait Control: Send + Sync {
     async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError>;
     /// Rebuilds the catalog from a store; returns the store used and the manifests found.
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError>;
+    /// Answers a question about a WAL archive.
+    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError>;
 }
 
 /// The catalog's backups, syncing from the stores first when it is empty (a new host).
@@ -280,6 +282,10 @@ impl Control for LocalControl {
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError> {
         sync_catalog(&self.services, store).await
     }
+
+    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
+        super::wal::answer(&self.services, query).await
+    }
 }
 
 /// Control through the owner's socket.
@@ -446,6 +452,13 @@ impl Control for RemoteControl {
             .await?
         {
             Response::Synced { store, count } => Ok((store, count)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
+        match self.call(&Request::Wal { query }).await? {
+            Response::Wal { answer } => Ok(answer),
             other => Err(unexpected(&other)),
         }
     }

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod protocol;
 mod server;
+pub mod wal;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::activities::{Services, registry};
 use crate::catalog::Catalog;
 use crate::engine::{Engine, JournalError, SledJournal};
+use crate::wal::catalog::WalCatalog;
 use control::{Control, LocalControl, RemoteControl};
 use protocol::{Request, Response};
 
@@ -162,6 +164,7 @@ pub async fn connect_or_own(
         match SledJournal::open(state_dir) {
             Ok(journal) => {
                 services.attach_catalog(Catalog::new(journal.tree("catalog")?));
+                services.attach_wal_catalog(WalCatalog::new(journal.tree("wal")?));
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
                 let listener = bind(&socket, state_dir)?;

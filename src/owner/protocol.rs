@@ -66,6 +66,8 @@ pub enum Request {
     Backups { database: Option<String> },
     /// Rebuild the catalog from one store (the first that answers when none is named).
     CatalogSync { store: Option<String> },
+    /// A question about a WAL archive.
+    Wal { query: super::wal::WalQuery },
 }
 
 /// The owner's answer to a request.
@@ -86,6 +88,8 @@ pub enum Response {
     Backups { backups: Vec<Manifest> },
     /// The catalog was rebuilt from `store` with `count` manifests.
     Synced { store: String, count: usize },
+    /// The answer to a WAL question.
+    Wal { answer: serde_json::Value },
     /// The request was refused or failed; `retry` means the owner is going away and the
     /// client should connect again.
     Error { message: String, retry: bool },

@@ -157,6 +157,11 @@ async fn handle(
             sync_catalog(&services, store.as_deref()).await,
             |(store, count)| Response::Synced { store, count },
         ),
+        Request::Wal { query } => {
+            control_answer(super::wal::answer(&services, query).await, |answer| {
+                Response::Wal { answer }
+            })
+        }
         Request::Follow { run } => {
             let mut items = match follow_local(&engine, &run) {
                 Ok(items) => items,

@@ -3,6 +3,7 @@
 
 pub mod pg;
 pub mod s3;
+pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

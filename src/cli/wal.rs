@@ -1,0 +1,428 @@
+//! `lazarus wal …` (archive_command / restore_command and the archive's catalog) and
+//! `lazarus pitr plan`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::Context;
+use crate::crypto::Keyring;
+use crate::engine::duration::parse_duration;
+use crate::owner::wal::WalQuery;
+use crate::wal::archive::{self, ArchiveError, PushOptions};
+
+/// The archive name when none is given: one archive per cluster.
+pub const DEFAULT_ARCHIVE: &str = "main";
+
+/// Which archive.
+#[derive(Debug, Clone, Args)]
+pub struct ArchiveArg {
+    /// The archive (one per cluster).
+    #[arg(long, env = "LAZARUS_ARCHIVE", default_value = DEFAULT_ARCHIVE)]
+    pub archive: String,
+}
+
+/// WAL subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Archive one file (`archive_command = 'lazarus wal push %p'`).
+    Push {
+        /// The file PostgreSQL hands over (%p).
+        path: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Stores that must take the file (default: all configured).
+        #[arg(long)]
+        min_copies: Option<usize>,
+        /// zstd level.
+        #[arg(long, default_value_t = 1)]
+        level: i32,
+    },
+    /// Restore one file (`restore_command = 'lazarus wal fetch %f %p'`): exit 1 when the
+    /// archive does not have it, 255 (PostgreSQL stops recovery) when it cannot be read.
+    Fetch {
+        /// The file PostgreSQL asks for (%f).
+        file: String,
+        /// Where to put it (%p).
+        dest: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
+    },
+    /// List archived files.
+    List {
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the archive: gaps per timeline, timeline-history consistency (exit 1 on problems).
+    Check {
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive lag (now − last archived commit) against the RPO target; exit 1 when exceeded.
+    Status {
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// The RPO target.
+        #[arg(long, default_value = "15m")]
+        rpo: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the archive into the catalog (`--full` forgets the index first).
+    Sync {
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Read from this store only.
+        #[arg(long)]
+        store: Option<String>,
+        /// Rebuild from scratch.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+/// PITR subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// The base backup and WAL chain for a moment, proven gap-free, before anything moves.
+    Plan {
+        /// The target: RFC 3339 or PostgreSQL's timestamptz text.
+        #[arg(long)]
+        to: String,
+        /// Recover along this timeline (default: the newest).
+        #[arg(long)]
+        timeline: Option<u32>,
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit status for a file the archive cannot serve right now: above 125, so PostgreSQL
+/// stops recovery instead of taking it for the end of the archive.
+pub const FETCH_UNAVAILABLE: u8 = 255;
+
+/// `lazarus wal …`.
+pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
+    match command {
+        WalCommand::Push {
+            path,
+            archive,
+            min_copies,
+            level,
+        } => push(ctx, path, archive.archive, min_copies, level).await,
+        WalCommand::Fetch {
+            file,
+            dest,
+            archive,
+        } => fetch(ctx, &file, &dest, &archive.archive).await,
+        WalCommand::List { archive, json } => {
+            let answer = ask(
+                ctx,
+                WalQuery::List {
+                    archive: archive.archive,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_list(&answer);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::Check { archive, json } => {
+            let answer = ask(
+                ctx,
+                WalQuery::Check {
+                    archive: archive.archive,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_check(&answer);
+            }
+            Ok(status_code(answer["ok"].as_bool() == Some(true)))
+        }
+        WalCommand::Status { archive, rpo, json } => {
+            let rpo = parse_duration(&rpo).map_err(anyhow::Error::msg)?;
+            let answer = ask(
+                ctx,
+                WalQuery::Status {
+                    archive: archive.archive,
+                    rpo_seconds: rpo.as_secs_f64(),
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print_status(&answer);
+            }
+            Ok(status_code(answer["ok"].as_bool() == Some(true)))
+        }
+        WalCommand::Sync {
+            archive,
+            store,
+            full,
+        } => {
+            let answer = ask(
+                ctx,
+                WalQuery::Sync {
+                    archive: archive.archive,
+                    store,
+                    full,
+                },
+            )
+            .await?;
+            println!(
+                "archive {}: {} manifests added from store {}",
+                answer["archive"].as_str().unwrap_or(""),
+                answer["added"],
+                answer["store"].as_str().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `lazarus pitr …`.
+pub async fn pitr(ctx: &Context, command: PitrCommand) -> Result<ExitCode> {
+    let PitrCommand::Plan {
+        to,
+        timeline,
+        archive,
+        json,
+    } = command;
+    let answer = ask(
+        ctx,
+        WalQuery::Plan {
+            archive: archive.archive,
+            to,
+            timeline,
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print_plan(&answer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn ask(ctx: &Context, query: WalQuery) -> Result<Value> {
+    let (answer, session) = ctx
+        .query(|c| {
+            let query = query.clone();
+            Box::pin(async move { c.wal(query).await })
+        })
+        .await?;
+    session.finish().await;
+    if let Some(warning) = answer["warning"].as_str() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(answer)
+}
+
+async fn push(
+    ctx: &Context,
+    path: PathBuf,
+    archive: String,
+    min_copies: Option<usize>,
+    level: i32,
+) -> Result<ExitCode> {
+    let loaded = ctx.loaded_config()?;
+    let stores = loaded.stores(&ctx.state)?;
+    let keys = Keyring::load(loaded.keys_file().as_deref())?;
+    let key = keys
+        .primary()
+        .context("wal push encrypts with the first configured key")?;
+    let options = PushOptions {
+        archive,
+        min_copies,
+        level,
+        threads: crate::parallel::available_threads(),
+    };
+    let outcome = archive::push(&path, &stores, key, &options).await?;
+    tracing::info!(
+        file = %outcome.manifest.file,
+        already = outcome.already_archived,
+        copies = %outcome.copies.join(","),
+        "archived"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch(
+    ctx: &Context,
+    file: &str,
+    dest: &std::path::Path,
+    archive_name: &str,
+) -> Result<ExitCode> {
+    let prepared = (|| -> Result<_> {
+        let loaded = ctx.loaded_config()?;
+        let stores = loaded.stores(&ctx.state)?;
+        let keys = Keyring::load(loaded.keys_file().as_deref())?;
+        Ok((stores, keys))
+    })();
+    let (stores, keys) = match prepared {
+        Ok(ready) => ready,
+        Err(e) => {
+            eprintln!("lazarus wal fetch {file}: {e:#}");
+            return Ok(ExitCode::from(FETCH_UNAVAILABLE));
+        }
+    };
+    match archive::fetch(file, dest, &stores, &keys, archive_name).await {
+        Ok(outcome) => {
+            tracing::info!(file, store = %outcome.store, bytes = outcome.bytes, "fetched");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ArchiveError::NotFound { .. }) => Ok(ExitCode::from(1)),
+        Err(e) => {
+            eprintln!("lazarus wal fetch {file}: {e}");
+            Ok(ExitCode::from(FETCH_UNAVAILABLE))
+        }
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+fn print_list(answer: &Value) {
+    let empty = Vec::new();
+    let files = answer["files"].as_array().unwrap_or(&empty);
+    if files.is_empty() {
+        println!("archive {}: nothing archived", text(&answer["archive"]));
+        return;
+    }
+    println!(
+        "{:<34} {:>3} {:>12} {:>12} {:<27} {:<27} {:>8}",
+        "FILE", "TLI", "START", "END", "FIRST COMMIT", "LAST COMMIT", "STORED"
+    );
+    for f in files {
+        println!(
+            "{:<34} {:>3} {:>12} {:>12} {:<27} {:<27} {:>7}K",
+            text(&f["file"]),
+            f["timeline"],
+            text(&f["start_lsn"]),
+            text(&f["end_lsn"]),
+            text(&f["first_xact_time"]),
+            text(&f["last_xact_time"]),
+            f["stored_size"].as_u64().unwrap_or(0) / 1024
+        );
+    }
+}
+
+fn print_check(answer: &Value) {
+    let empty = Vec::new();
+    println!("archive {}", text(&answer["archive"]));
+    for t in answer["timelines"].as_array().unwrap_or(&empty) {
+        println!(
+            "  timeline {}: {} segments, {} to {}, {} gap(s)",
+            t["timeline"],
+            t["segments"],
+            text(&t["first"]),
+            text(&t["last"]),
+            t["gaps"].as_array().map_or(0, Vec::len)
+        );
+    }
+    let problems = answer["problems"].as_array().unwrap_or(&empty);
+    if problems.is_empty() {
+        println!("OK: no gaps, timeline histories consistent");
+    } else {
+        for p in problems {
+            println!("PROBLEM: {}", text(p));
+        }
+    }
+}
+
+fn print_status(answer: &Value) {
+    let lag = answer["lag_seconds"].as_f64();
+    let rpo = answer["rpo_seconds"].as_f64().unwrap_or(0.0);
+    match lag {
+        None => println!(
+            "archive {}: no archived commits — RPO target {rpo:.0}s cannot be met",
+            text(&answer["archive"])
+        ),
+        Some(lag) => println!(
+            "archive {}: last archived commit {} on timeline {} (segment {}); lag {lag:.0}s against an RPO target of {rpo:.0}s — {}",
+            text(&answer["archive"]),
+            text(&answer["last_commit"]),
+            answer["timeline"],
+            text(&answer["last_segment"]),
+            if lag <= rpo { "OK" } else { "EXCEEDED" }
+        ),
+    }
+}
+
+fn print_plan(plan: &Value) {
+    let empty = Vec::new();
+    println!(
+        "point-in-time recovery of archive {} to {}",
+        text(&plan["archive"]),
+        text(&plan["target"])
+    );
+    println!("  timeline        {}", plan["timeline"]);
+    let b = &plan["backup"];
+    println!(
+        "  base backup     {} (timeline {}, start {}, consistent at {})",
+        text(&b["id"]),
+        b["timeline"],
+        b["start_lsn"]
+            .as_u64()
+            .map(|l| crate::wal::Lsn(l).to_string())
+            .unwrap_or_default(),
+        b["stop_time"]
+            .as_i64()
+            .map(archive::micros_to_rfc3339)
+            .unwrap_or_default()
+    );
+    for part in plan["chain"].as_array().unwrap_or(&empty) {
+        println!(
+            "  WAL             timeline {}: {} .. {} ({} segments, no gap)",
+            part["timeline"],
+            text(&part["first_file"]),
+            text(&part["last_file"]),
+            part["last_segno"].as_u64().unwrap_or(0) + 1
+                - part["first_segno"].as_u64().unwrap_or(0)
+        );
+    }
+    println!(
+        "  target segment  {} (its commits reach {})",
+        text(&plan["target_segment"]),
+        text(&plan["target_segment_last_commit"])
+    );
+    println!(
+        "  covered window  {} to {}",
+        text(&plan["window"]["from"]),
+        text(&plan["window"]["to"])
+    );
+    println!(
+        "  left out        {:.0}s of archived history after the target",
+        plan["newer_history_seconds"].as_f64().unwrap_or(0.0)
+    );
+}

@@ -1,0 +1,255 @@
+//! WAL questions the owner of the state directory answers from its catalog: list, check,
+//! status, sync and PITR plans. Each first adds what the archive gained since the last look
+//! (an incremental listing), so answers are current on a new host too.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::control::ControlError;
+use crate::activities::Services;
+use crate::catalog::Manifest;
+use crate::wal::archive::{micros_to_rfc3339, rfc3339_to_micros};
+use crate::wal::catalog::WalCatalog;
+use crate::wal::names::{Lsn, SegmentName};
+use crate::wal::plan::{self, BaseBackup, TimelineChoice};
+
+/// A question about a WAL archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum WalQuery {
+    /// Every archived file.
+    List {
+        /// Archive name.
+        archive: String,
+    },
+    /// Gaps per timeline and timeline-history consistency.
+    Check {
+        /// Archive name.
+        archive: String,
+    },
+    /// Archive lag against the RPO target.
+    Status {
+        /// Archive name.
+        archive: String,
+        /// The RPO target in seconds.
+        rpo_seconds: f64,
+    },
+    /// Re-read the archive (all of it with `full`).
+    Sync {
+        /// Archive name.
+        archive: String,
+        /// One store to read from.
+        store: Option<String>,
+        /// Forget the index first.
+        full: bool,
+    },
+    /// A point-in-time recovery plan.
+    Plan {
+        /// Archive name.
+        archive: String,
+        /// The target time (RFC 3339 or PostgreSQL's timestamptz text).
+        to: String,
+        /// A timeline; the newest when absent.
+        timeline: Option<u32>,
+    },
+}
+
+fn refused(e: impl std::fmt::Display) -> ControlError {
+    ControlError::Refused(e.to_string())
+}
+
+/// The base backups of an archive, from the backup catalog, usable for PITR (not FAILED).
+pub fn base_backups(manifests: &[Manifest], archive: &str) -> Vec<BaseBackup> {
+    manifests
+        .iter()
+        .filter(|m| m.status != crate::catalog::status::FAILED)
+        .filter_map(|m| {
+            let p = m.physical.as_ref().filter(|p| p.archive == archive)?;
+            Some(BaseBackup {
+                id: m.id.clone(),
+                timeline: p.timeline,
+                start_lsn: p.start_lsn.parse::<Lsn>().ok()?,
+                stop_lsn: p.stop_lsn.parse::<Lsn>().ok()?,
+                stop_time: rfc3339_to_micros(&p.stop_time)?,
+                segment_size: p.segment_size,
+            })
+        })
+        .collect()
+}
+
+/// Brings the catalog up to date with the archive; a failure is reported, not fatal.
+async fn refresh(services: &Services, catalog: &WalCatalog, archive: &str) -> Option<String> {
+    match catalog.sync(&services.stores, archive).await {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "could not read the archive ({e}); answering from the catalog as it was"
+        )),
+    }
+}
+
+/// Answers a WAL question.
+pub async fn answer(services: &Services, query: WalQuery) -> Result<Value, ControlError> {
+    let catalog = services
+        .wal_catalog()
+        .map_err(|e| ControlError::Refused(e.message))?;
+    match query {
+        WalQuery::Sync {
+            archive,
+            store,
+            full,
+        } => {
+            let stores = match store {
+                Some(name) => services.stores.only(&[name]).map_err(refused)?,
+                None => services.stores.clone(),
+            };
+            if full {
+                catalog.clear(&archive).map_err(refused)?;
+            }
+            let (store, added) = catalog.sync(&stores, &archive).await.map_err(refused)?;
+            Ok(json!({"archive": archive, "store": store, "added": added}))
+        }
+        WalQuery::List { archive } => {
+            let warning = refresh(services, catalog, &archive).await;
+            let files = catalog.list(&archive).map_err(refused)?;
+            Ok(json!({"archive": archive, "warning": warning, "files": files}))
+        }
+        WalQuery::Check { archive } => {
+            let warning = refresh(services, catalog, &archive).await;
+            let mut report = check(catalog, &archive)?;
+            report["warning"] = json!(warning);
+            Ok(report)
+        }
+        WalQuery::Status {
+            archive,
+            rpo_seconds,
+        } => {
+            let warning = refresh(services, catalog, &archive).await;
+            let mut report = status(catalog, &archive, rpo_seconds)?;
+            report["warning"] = json!(warning);
+            Ok(report)
+        }
+        WalQuery::Plan {
+            archive,
+            to,
+            timeline,
+        } => {
+            let target = crate::wal::parse_target_time(&to).map_err(refused)?;
+            let warning = refresh(services, catalog, &archive).await;
+            let manifests = crate::owner::control::list_backups(services, None).await?;
+            let backups = base_backups(&manifests, &archive);
+            let choice = timeline.map_or(TimelineChoice::Latest, TimelineChoice::Exactly);
+            let plan = plan::plan(catalog, &archive, target, choice, &backups).map_err(refused)?;
+            let mut value = serde_json::to_value(&plan).map_err(refused)?;
+            value["warning"] = json!(warning);
+            Ok(value)
+        }
+    }
+}
+
+/// Gaps per timeline and history consistency.
+pub fn check(catalog: &WalCatalog, archive: &str) -> Result<Value, ControlError> {
+    let mut timelines = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let size = crate::wal::names::DEFAULT_SEGMENT_SIZE;
+    let all = catalog.timelines(archive).map_err(refused)?;
+    for &tli in &all {
+        let runs = catalog.runs(archive, tli).map_err(refused)?;
+        let name = |segno| {
+            SegmentName {
+                timeline: tli,
+                segno,
+            }
+            .file_name(size)
+        };
+        let mut gaps = Vec::new();
+        for pair in runs.windows(2) {
+            let gap = json!({"first": name(pair[0].last + 1), "last": name(pair[1].first - 1),
+                "segments": pair[1].first - pair[0].last - 1});
+            problems.push(format!(
+                "timeline {tli}: segments {} to {} are missing",
+                name(pair[0].last + 1),
+                name(pair[1].first - 1)
+            ));
+            gaps.push(gap);
+        }
+        let history = catalog.history(archive, tli).map_err(refused)?;
+        if tli > 1 {
+            match &history {
+                None => problems.push(format!(
+                    "timeline {tli} has segments but no {tli:08X}.history file"
+                )),
+                Some(entries) => {
+                    if let Some(last) = entries.last() {
+                        let parent_runs = catalog.runs(archive, last.parent).map_err(refused)?;
+                        let needed = last.switch.segno(size).saturating_sub(1);
+                        let reaches = parent_runs.iter().any(|r| r.last >= needed);
+                        if !parent_runs.is_empty() && !reaches {
+                            problems.push(format!(
+                                "timeline {tli} branched from timeline {} at {}, but timeline {}'s archive ends before that",
+                                last.parent, last.switch, last.parent
+                            ));
+                        }
+                        if let Some(parent_history) =
+                            catalog.history(archive, last.parent).map_err(refused)?
+                            && parent_history[..] != entries[..entries.len() - 1]
+                        {
+                            problems.push(format!(
+                                "timeline {tli}'s history does not extend timeline {}'s",
+                                last.parent
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let segments: u64 = runs.iter().map(|r| r.last - r.first + 1).sum();
+        timelines.push(json!({
+            "timeline": tli,
+            "segments": segments,
+            "first": runs.first().map(|r| name(r.first)),
+            "last": runs.last().map(|r| name(r.last)),
+            "gaps": gaps,
+            "history": history,
+        }));
+    }
+    Ok(
+        json!({"archive": archive, "ok": problems.is_empty(), "problems": problems, "timelines": timelines}),
+    )
+}
+
+/// Archive lag: now − last archived commit, against the RPO target.
+pub fn status(
+    catalog: &WalCatalog,
+    archive: &str,
+    rpo_seconds: f64,
+) -> Result<Value, ControlError> {
+    let all = catalog.timelines(archive).map_err(refused)?;
+    let Some(&latest) = all.last() else {
+        return Ok(
+            json!({"archive": archive, "ok": false, "lag_seconds": null, "rpo_seconds": rpo_seconds,
+            "message": "nothing is archived yet"}),
+        );
+    };
+    let runs = catalog.runs(archive, latest).map_err(refused)?;
+    let last_segment = runs.last().map(|r| r.last);
+    let last_commit = catalog
+        .latest_commit(archive, latest, 0, u64::MAX)
+        .map_err(refused)?;
+    let newest = match last_segment {
+        Some(segno) => catalog.segment(archive, latest, segno).map_err(refused)?,
+        None => None,
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    let lag = last_commit.map(|(t, _)| (now - t) as f64 / 1e6);
+    let ok = lag.is_some_and(|lag| lag <= rpo_seconds);
+    Ok(json!({
+        "archive": archive,
+        "timeline": latest,
+        "last_segment": newest.as_ref().map(|m| m.file.clone()),
+        "last_archived_at": newest.as_ref().map(|m| m.archived_at.clone()),
+        "last_commit": last_commit.map(|(t, _)| micros_to_rfc3339(t)),
+        "lag_seconds": lag,
+        "rpo_seconds": rpo_seconds,
+        "ok": ok,
+    }))
+}

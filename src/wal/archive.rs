@@ -1,0 +1,728 @@
+//! The WAL archive: `wal push` (PostgreSQL's `archive_command`) stores each segment, history
+//! and backup-label file compressed and encrypted in every store, with a manifest beside it
+//! that needs no key to read; `wal fetch` (`restore_command`) brings one back with failover.
+//!
+//! Push is a short process per file: it never touches the state directory, and it is safe
+//! to re-run (the same content is success, different content is refused).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::names::{HistoryEntry, Lsn, SegmentName, parse_history};
+use super::reader::{ScanOptions, scan_segment};
+use crate::codec::Compression;
+use crate::crypto::chunked::{self, EncodeOptions};
+use crate::crypto::{CryptoError, Key, Keyring};
+use crate::storage::{Body, ObjectStore, StorageError, StoreSet};
+
+/// Manifest format written by this build.
+pub const WAL_MANIFEST_VERSION: u32 = 1;
+/// Suffix of stored (compressed, encrypted) files.
+pub const OBJECT_SUFFIX: &str = ".lzr";
+/// Suffix of manifests.
+pub const MANIFEST_SUFFIX: &str = ".json";
+
+/// The kinds of files PostgreSQL archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// A WAL segment.
+    Segment,
+    /// The last, partial segment of a timeline that was branched off.
+    Partial,
+    /// A timeline history file.
+    History,
+    /// A backup history (label) file.
+    BackupLabel,
+}
+
+/// Everything known about one archived file, without its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalManifest {
+    /// Manifest format version.
+    pub manifest_version: u32,
+    /// What it is.
+    pub kind: FileKind,
+    /// The file name PostgreSQL uses.
+    pub file: String,
+    /// The archive (one per cluster) it belongs to.
+    pub archive: String,
+    /// Timeline.
+    pub timeline: u32,
+    /// Segment number (segments and partials).
+    pub segno: Option<u64>,
+    /// Segment size (segments and partials).
+    pub segment_size: Option<u64>,
+    /// First byte of the segment.
+    pub start_lsn: Option<String>,
+    /// End of the last record decoded in it.
+    pub end_lsn: Option<String>,
+    /// Bytes of the file.
+    pub size: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Bytes stored (compressed, encrypted).
+    pub stored_size: u64,
+    /// SHA-256 of the stored object, hex.
+    pub stored_sha256: String,
+    /// Id of the encrypting key.
+    pub key_id: String,
+    /// Compression inside the stored object.
+    pub compression: String,
+    /// Earliest commit/abort time in the segment, RFC 3339 with microseconds.
+    pub first_xact_time: Option<String>,
+    /// Latest commit/abort time in the segment.
+    pub last_xact_time: Option<String>,
+    /// Commits found.
+    pub commits: u64,
+    /// Aborts found.
+    pub aborts: u64,
+    /// Ended early by a WAL switch.
+    pub switched: bool,
+    /// The cluster's system identifier (segments).
+    pub system_id: Option<String>,
+    /// PostgreSQL major version that wrote it (segments).
+    pub server_version: Option<u32>,
+    /// The timeline's ancestry (history files), oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// When it was archived, RFC 3339.
+    pub archived_at: String,
+}
+
+/// Microseconds since the Unix epoch as RFC 3339 with microseconds.
+pub fn micros_to_rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
+/// RFC 3339 text back to microseconds since the Unix epoch.
+pub fn rfc3339_to_micros(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// The prefix under which one archive's files live.
+pub fn archive_prefix(archive: &str) -> String {
+    format!("wal/{archive}/")
+}
+
+fn is_segment_like(file: &str) -> bool {
+    file.len() >= 24 && file.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Where a file's stored object lives: segments grouped 256 to a folder (timeline + log).
+pub fn object_key(archive: &str, file: &str) -> String {
+    if is_segment_like(file) {
+        format!("wal/{archive}/{}/{file}{OBJECT_SUFFIX}", &file[..16])
+    } else {
+        format!("wal/{archive}/{file}{OBJECT_SUFFIX}")
+    }
+}
+
+/// Where a file's manifest lives.
+pub fn manifest_key(archive: &str, file: &str) -> String {
+    let object = object_key(archive, file);
+    format!(
+        "{}{MANIFEST_SUFFIX}",
+        object.strip_suffix(OBJECT_SUFFIX).unwrap_or(&object)
+    )
+}
+
+/// An archive problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The file handed over is not one PostgreSQL archives.
+    #[error("{0}")]
+    BadFile(String),
+    /// Reading or writing a local file failed.
+    #[error("{0}")]
+    Io(String),
+    /// The WAL does not read.
+    #[error(transparent)]
+    Wal(#[from] super::WalError),
+    /// Encryption or decryption failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// An archived file of the same name holds different bytes.
+    #[error(
+        "{file} is already archived with different content (archived SHA-256 {archived}, this \
+         file {offered}); refusing to overwrite it. Two clusters may be archiving into the same \
+         archive name: give each its own --archive"
+    )]
+    Conflict {
+        /// The file.
+        file: String,
+        /// SHA-256 in the archive.
+        archived: String,
+        /// SHA-256 of the file offered.
+        offered: String,
+    },
+    /// Too few stores took the file.
+    #[error("{file} reached {landed} of the {wanted} stores required: {failures}")]
+    TooFewCopies {
+        /// The file.
+        file: String,
+        /// Copies written.
+        landed: usize,
+        /// Copies required.
+        wanted: usize,
+        /// Why the others failed.
+        failures: String,
+    },
+    /// No store has the file.
+    #[error("{file} is not in the archive {archive} (looked in {stores})")]
+    NotFound {
+        /// The file.
+        file: String,
+        /// The archive.
+        archive: String,
+        /// The stores asked.
+        stores: String,
+    },
+    /// No store that answered has it, and some could not be asked.
+    #[error("{file} could not be fetched: {failures}")]
+    Unavailable {
+        /// The file.
+        file: String,
+        /// What went wrong with each store.
+        failures: String,
+    },
+    /// A manifest in a store does not parse.
+    #[error("manifest {key} in store {store} does not parse: {message}")]
+    BadManifest {
+        /// The store.
+        store: String,
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// How `wal push` works.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// The archive name (one per cluster).
+    pub archive: String,
+    /// Stores that must take the file for success (default: all).
+    pub min_copies: Option<usize>,
+    /// zstd level.
+    pub level: i32,
+    /// Threads for compression and encryption.
+    pub threads: usize,
+}
+
+/// What `wal push` did.
+#[derive(Debug, Clone)]
+pub struct PushOutcome {
+    /// The manifest stored.
+    pub manifest: WalManifest,
+    /// It was archived before with the same content.
+    pub already_archived: bool,
+    /// Stores that hold it now.
+    pub copies: Vec<String>,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    move |e| ArchiveError::Io(format!("{context}: {e}"))
+}
+
+/// Archives the file at `path` into every store.
+pub async fn push(
+    path: &Path,
+    stores: &StoreSet,
+    key: &Key,
+    options: &PushOptions,
+) -> Result<PushOutcome, ArchiveError> {
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ArchiveError::BadFile(format!("{} has no file name", path.display())))?
+        .to_string();
+    let kind = classify(&file)?;
+    // The archived copy, if any, is looked up while the file is read and encoded.
+    let existing = tokio::spawn({
+        let stores = stores.clone();
+        let key = manifest_key(&options.archive, &file);
+        async move { first_manifest(&stores, &key).await }
+    });
+    let encoded = tokio::task::spawn_blocking({
+        let path = path.to_path_buf();
+        let file = file.clone();
+        let key = key.clone();
+        let options = options.clone();
+        move || encode_file(&path, &file, kind, &key, &options)
+    })
+    .await
+    .map_err(|e| ArchiveError::Io(format!("encoding task failed: {e}")))??;
+    let (manifest, object) = encoded;
+    let existing = existing
+        .await
+        .map_err(|e| ArchiveError::Io(format!("manifest lookup failed: {e}")))?;
+    let object_key = object_key(&options.archive, &file);
+    let manifest_key = manifest_key(&options.archive, &file);
+    if let Some(existing) = existing {
+        if existing.sha256 != manifest.sha256 {
+            return Err(ArchiveError::Conflict {
+                file,
+                archived: existing.sha256,
+                offered: manifest.sha256,
+            });
+        }
+        let copies = repair_copies(stores, &object_key, &manifest_key, &existing).await;
+        check_copies(&file, stores, options, &copies)?;
+        return Ok(PushOutcome {
+            manifest: existing,
+            already_archived: true,
+            copies: copies.landed,
+        });
+    }
+    let manifest_bytes = Bytes::from(
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ArchiveError::Io(e.to_string()))?,
+    );
+    // Object first, manifest second: a manifest never names a missing object.
+    let mut copies = Copies::default();
+    let puts = stores.stores().iter().map(|store| {
+        let object = object.clone();
+        let manifest_bytes = manifest_bytes.clone();
+        let object_key = object_key.clone();
+        let manifest_key = manifest_key.clone();
+        async move {
+            store.put(&object_key, Body::Bytes(object)).await?;
+            store
+                .put(&manifest_key, Body::Bytes(manifest_bytes))
+                .await?;
+            Ok::<_, StorageError>(store.name().to_string())
+        }
+    });
+    for outcome in futures::future::join_all(puts).await {
+        match outcome {
+            Ok(name) => copies.landed.push(name),
+            Err(e) => copies.failures.push(e.to_string()),
+        }
+    }
+    check_copies(&file, stores, options, &copies)?;
+    Ok(PushOutcome {
+        manifest,
+        already_archived: false,
+        copies: copies.landed,
+    })
+}
+
+#[derive(Default)]
+struct Copies {
+    landed: Vec<String>,
+    failures: Vec<String>,
+}
+
+fn check_copies(
+    file: &str,
+    stores: &StoreSet,
+    options: &PushOptions,
+    copies: &Copies,
+) -> Result<(), ArchiveError> {
+    let wanted = options
+        .min_copies
+        .unwrap_or(stores.stores().len())
+        .clamp(1, stores.stores().len().max(1));
+    if copies.landed.len() < wanted {
+        return Err(ArchiveError::TooFewCopies {
+            file: file.to_string(),
+            landed: copies.landed.len(),
+            wanted,
+            failures: copies.failures.join("; "),
+        });
+    }
+    Ok(())
+}
+
+/// Re-archiving a file already archived: copies missing from some store are restored from
+/// a store that has them.
+async fn repair_copies(
+    stores: &StoreSet,
+    object_key: &str,
+    manifest_key: &str,
+    manifest: &WalManifest,
+) -> Copies {
+    let mut copies = Copies::default();
+    let mut missing: Vec<Arc<dyn ObjectStore>> = Vec::new();
+    let mut source: Option<Arc<dyn ObjectStore>> = None;
+    for store in stores.stores() {
+        match (store.head(object_key).await, store.head(manifest_key).await) {
+            (Ok(Some(object)), Ok(Some(_))) if object.size == manifest.stored_size => {
+                copies.landed.push(store.name().to_string());
+                source.get_or_insert_with(|| Arc::clone(store));
+            }
+            (Err(e), _) | (_, Err(e)) => copies.failures.push(e.to_string()),
+            _ => missing.push(Arc::clone(store)),
+        }
+    }
+    let Some(source) = source else {
+        copies
+            .failures
+            .push("no store holds a complete copy to repair from".into());
+        return copies;
+    };
+    for store in missing {
+        let repaired = async {
+            let object = read_all(source.as_ref(), object_key).await?;
+            let manifest_bytes = read_all(source.as_ref(), manifest_key).await?;
+            store.put(object_key, Body::Bytes(object.into())).await?;
+            store
+                .put(manifest_key, Body::Bytes(manifest_bytes.into()))
+                .await?;
+            Ok::<_, StorageError>(())
+        };
+        match repaired.await {
+            Ok(()) => copies.landed.push(store.name().to_string()),
+            Err(e) => copies.failures.push(e.to_string()),
+        }
+    }
+    copies
+}
+
+/// Reads a whole (small) object.
+pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = Vec::new();
+    store
+        .get(key, 0, None)
+        .await?
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| StorageError::Transient {
+            store: store.name().to_string(),
+            message: format!("reading {key}: {e}"),
+        })?;
+    Ok(bytes)
+}
+
+/// The manifest at `key` in the first store that has it.
+async fn first_manifest(stores: &StoreSet, key: &str) -> Option<WalManifest> {
+    for store in stores.stores() {
+        if let Ok(bytes) = read_all(store.as_ref(), key).await
+            && let Ok(manifest) = serde_json::from_slice::<WalManifest>(&bytes)
+        {
+            return Some(manifest);
+        }
+    }
+    None
+}
+
+/// What kind of file a name is, refusing anything PostgreSQL would not archive.
+pub fn classify(file: &str) -> Result<FileKind, ArchiveError> {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let kind = if file.len() == 24 && hex(file) {
+        FileKind::Segment
+    } else if file.len() == 32 && file.ends_with(".partial") && hex(&file[..24]) {
+        FileKind::Partial
+    } else if file.len() == 16 && file.ends_with(".history") && hex(&file[..8]) {
+        FileKind::History
+    } else if file.len() == 40 && file.ends_with(".backup") && hex(&file[..33].replace('.', "")) {
+        FileKind::BackupLabel
+    } else {
+        return Err(ArchiveError::BadFile(format!(
+            "{file:?} is not a WAL segment, .partial, .history or .backup file name"
+        )));
+    };
+    Ok(kind)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Reads, describes, compresses and encrypts one file.
+fn encode_file(
+    path: &Path,
+    file: &str,
+    kind: FileKind,
+    key: &Key,
+    options: &PushOptions,
+) -> Result<(WalManifest, Bytes), ArchiveError> {
+    let data = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
+    let mut manifest = WalManifest {
+        manifest_version: WAL_MANIFEST_VERSION,
+        kind,
+        file: file.to_string(),
+        archive: options.archive.clone(),
+        timeline: 0,
+        segno: None,
+        segment_size: None,
+        start_lsn: None,
+        end_lsn: None,
+        size: data.len() as u64,
+        sha256: String::new(),
+        stored_size: 0,
+        stored_sha256: String::new(),
+        key_id: key.id().to_string(),
+        compression: "zstd".into(),
+        first_xact_time: None,
+        last_xact_time: None,
+        commits: 0,
+        aborts: 0,
+        switched: false,
+        system_id: None,
+        server_version: None,
+        history: Vec::new(),
+        archived_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    let encode_options = EncodeOptions {
+        compression: Compression::Zstd,
+        level: options.level,
+        chunk_size: chunked::DEFAULT_CHUNK_SIZE,
+        threads: options.threads.max(1),
+    };
+    let mut object = Vec::with_capacity(data.len() / 2 + 4096);
+    // The scan (one thread) runs beside the encoding (the others).
+    let (scan, summary) = std::thread::scope(|scope| {
+        let scan = match kind {
+            FileKind::Segment | FileKind::Partial => {
+                Some(scope.spawn(|| scan_segment(&data, ScanOptions::default())))
+            }
+            _ => None,
+        };
+        let summary = chunked::encode(&data[..], &mut object, key, encode_options);
+        let scan = scan.map(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(super::WalError::NotWal("the WAL reader panicked".into())))
+        });
+        (scan, summary)
+    });
+    let summary = summary?;
+    manifest.sha256 = summary.plaintext_sha256;
+    manifest.stored_size = summary.encoded_size;
+    manifest.stored_sha256 = summary.encoded_sha256;
+    match kind {
+        FileKind::Segment | FileKind::Partial => {
+            let scan = scan.ok_or_else(|| ArchiveError::Io("segment was not scanned".into()))??;
+            let named = SegmentName::parse(&file[..24], scan.segment_size)?;
+            if named != scan.name {
+                return Err(ArchiveError::BadFile(format!(
+                    "{file} holds the WAL of {} (timeline {}): the file is misnamed or damaged",
+                    scan.name.file_name(scan.segment_size),
+                    scan.name.timeline
+                )));
+            }
+            manifest.timeline = scan.name.timeline;
+            manifest.segno = Some(scan.name.segno);
+            manifest.segment_size = Some(scan.segment_size);
+            manifest.start_lsn = Some(scan.start_lsn.to_string());
+            manifest.end_lsn = Some(scan.end_lsn.to_string());
+            manifest.first_xact_time = scan.first_xact_time.map(micros_to_rfc3339);
+            manifest.last_xact_time = scan.last_xact_time.map(micros_to_rfc3339);
+            manifest.commits = scan.commits;
+            manifest.aborts = scan.aborts;
+            manifest.switched = scan.switched;
+            manifest.system_id = Some(scan.system_id.to_string());
+            manifest.server_version = Some(scan.server_version);
+        }
+        FileKind::History => {
+            manifest.timeline = u32::from_str_radix(&file[..8], 16)
+                .map_err(|_| ArchiveError::BadFile(format!("{file}: bad timeline")))?;
+            let text = std::str::from_utf8(&data).map_err(|_| {
+                ArchiveError::BadFile(format!("{file} is not a text timeline history"))
+            })?;
+            manifest.history = parse_history(text)?;
+        }
+        FileKind::BackupLabel => {
+            manifest.timeline = u32::from_str_radix(&file[..8], 16)
+                .map_err(|_| ArchiveError::BadFile(format!("{file}: bad timeline")))?;
+        }
+    }
+    debug_assert_eq!(manifest.sha256, sha256_hex(&data));
+    Ok((manifest, Bytes::from(object)))
+}
+
+/// What `wal fetch` did.
+#[derive(Debug, Clone)]
+pub struct FetchOutcome {
+    /// The store it came from.
+    pub store: String,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Fetches `file` from the first store that has it, decrypts and decompresses it into
+/// `dest` (written under a temporary name and renamed, so PostgreSQL never sees half a file).
+pub async fn fetch(
+    file: &str,
+    dest: &Path,
+    stores: &StoreSet,
+    keys: &Keyring,
+    archive: &str,
+) -> Result<FetchOutcome, ArchiveError> {
+    classify(file)?;
+    let key = object_key(archive, file);
+    let mut failures = Vec::new();
+    let mut not_found = Vec::new();
+    for store in stores.stores() {
+        let mut attempt = 0;
+        let object = loop {
+            attempt += 1;
+            match read_all(store.as_ref(), &key).await {
+                Ok(bytes) => break Some(bytes),
+                Err(StorageError::NotFound { .. }) => {
+                    not_found.push(store.name().to_string());
+                    break None;
+                }
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    failures.push(e.to_string());
+                    break None;
+                }
+            }
+        };
+        let Some(object) = object else { continue };
+        let decoded = tokio::task::spawn_blocking({
+            let keys = keys.clone();
+            let dest = dest.to_path_buf();
+            move || decode_to(&object, &keys, &dest)
+        })
+        .await
+        .map_err(|e| ArchiveError::Io(format!("decoding task failed: {e}")))?;
+        match decoded {
+            Ok(bytes) => {
+                return Ok(FetchOutcome {
+                    store: store.name().to_string(),
+                    bytes,
+                });
+            }
+            Err(e) => failures.push(format!("{}: {e}", store.name())),
+        }
+    }
+    if failures.is_empty() {
+        Err(ArchiveError::NotFound {
+            file: file.to_string(),
+            archive: archive.to_string(),
+            stores: not_found.join(", "),
+        })
+    } else {
+        Err(ArchiveError::Unavailable {
+            file: file.to_string(),
+            failures: failures.join("; "),
+        })
+    }
+}
+
+/// Decrypts a stored object into `dest`, atomically.
+pub fn decode_to(object: &[u8], keys: &Keyring, dest: &Path) -> Result<u64, ArchiveError> {
+    let memory = in_memory_file(object)?;
+    let opened = chunked::open(&memory, keys)?;
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lazarus-part");
+    let part = dest.with_file_name(name);
+    let out =
+        std::fs::File::create(&part).map_err(io(format!("cannot create {}", part.display())))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
+    let threads = crate::parallel::available_threads();
+    let summary = chunked::decode(
+        &memory,
+        &opened,
+        keys,
+        0,
+        true,
+        threads,
+        &mut writer,
+        &mut |_, _| Ok(()),
+    );
+    let finished = summary.map_err(ArchiveError::from).and_then(|summary| {
+        std::io::Write::flush(&mut writer)
+            .map_err(io(format!("cannot write {}", part.display())))?;
+        if summary.written != opened.index.plaintext_size {
+            return Err(ArchiveError::Crypto(CryptoError::Truncated(format!(
+                "decoded {} bytes of {}",
+                summary.written, opened.index.plaintext_size
+            ))));
+        }
+        Ok(summary.written)
+    });
+    match finished {
+        Ok(written) => {
+            std::fs::rename(&part, dest)
+                .map_err(io(format!("cannot rename into {}", dest.display())))?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+/// A file descriptor over bytes in memory (the chunked reader reads by position).
+fn in_memory_file(bytes: &[u8]) -> Result<std::fs::File, ArchiveError> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(c"lazarus-wal", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| ArchiveError::Io(format!("cannot create an in-memory file: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)
+        .map_err(io("cannot fill an in-memory file".into()))?;
+    Ok(file)
+}
+
+/// The WAL manifests of an archive in one store, except those of files `known` says to skip.
+pub async fn read_manifests(
+    store: &dyn ObjectStore,
+    archive: &str,
+    known: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<WalManifest>, ArchiveError> {
+    let listed =
+        store
+            .list(&archive_prefix(archive))
+            .await
+            .map_err(|e| ArchiveError::Unavailable {
+                file: format!("the listing of archive {archive}"),
+                failures: e.to_string(),
+            })?;
+    let mut out = Vec::new();
+    for object in listed {
+        let Some(stem) = object.key.strip_suffix(MANIFEST_SUFFIX) else {
+            continue;
+        };
+        if known(stem.rsplit('/').next().unwrap_or(stem)) {
+            continue;
+        }
+        let bytes = read_all(store, &object.key)
+            .await
+            .map_err(|e| ArchiveError::Unavailable {
+                file: object.key.clone(),
+                failures: e.to_string(),
+            })?;
+        let manifest: WalManifest =
+            serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
+                store: store.name().to_string(),
+                key: object.key.clone(),
+                message: e.to_string(),
+            })?;
+        out.push(manifest);
+    }
+    Ok(out)
+}
+
+impl WalManifest {
+    /// The segment's name, for segments and partials.
+    pub fn segment(&self) -> Option<SegmentName> {
+        Some(SegmentName {
+            timeline: self.timeline,
+            segno: self.segno?,
+        })
+    }
+
+    /// The end of the last record decoded, parsed.
+    pub fn end(&self) -> Option<Lsn> {
+        self.end_lsn.as_deref()?.parse().ok()
+    }
+}

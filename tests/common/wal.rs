@@ -1,0 +1,187 @@
+//! A PostgreSQL cluster that archives its WAL with `lazarus wal push`, into two local stores.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lazarus::pg::cluster::Cluster;
+use lazarus::pg::{Tools, running_as_root};
+
+/// A cluster with archive_command = 'lazarus wal push %p' and the configuration it uses.
+pub struct Archiving {
+    pub cluster: Cluster,
+    /// Everything lazarus needs, readable by the server's user.
+    pub home: PathBuf,
+    /// lazarus.toml.
+    pub config: PathBuf,
+    /// The binary the server runs.
+    pub binary: PathBuf,
+}
+
+fn chown_postgres(path: &Path) {
+    if running_as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+    }
+}
+
+impl Archiving {
+    /// initdb, configure archiving through lazarus, start.
+    pub fn start(extra: &[&str]) -> Archiving {
+        let tools = Tools::new(None);
+        let cluster = Cluster::create(tools, "wal").unwrap_or_else(|e| {
+            panic!("this test needs PostgreSQL's server binaries (Debian: apt-get install postgresql): {e}")
+        });
+        let home = cluster.root.join("lazarus");
+        std::fs::create_dir_all(home.join("state")).unwrap();
+        // The server's user runs the binary: link it where that user can reach it.
+        let binary = home.join("lazarus");
+        let source = PathBuf::from(env!("CARGO_BIN_EXE_lazarus"));
+        if std::fs::hard_link(&source, &binary).is_err() {
+            std::fs::copy(&source, &binary).unwrap();
+        }
+        let keys = home.join("keys");
+        let out = Command::new(&binary)
+            .args(["key", "generate", "--file"])
+            .arg(&keys)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = home.join("lazarus.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[keys]\nfile = \"{keys}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n\
+                 [[stores]]\nname = \"primary\"\nkind = \"local\"\npath = \"{a}\"\n\n\
+                 [[stores]]\nname = \"secondary\"\nkind = \"local\"\npath = \"{b}\"\n",
+                keys = keys.display(),
+                port = cluster.port,
+                a = home.join("store-a").display(),
+                b = home.join("store-b").display(),
+            ),
+        )
+        .unwrap();
+        chown_postgres(&home);
+        let mut lines = vec![
+            "fsync = off".to_string(),
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            format!(
+                "archive_command = '{} --config {} --state {} wal push %p'",
+                binary.display(),
+                config.display(),
+                home.join("state").display()
+            ),
+        ];
+        lines.extend(extra.iter().map(|l| l.to_string()));
+        cluster.configure(&lines).unwrap();
+        let mut archiving = Archiving {
+            cluster,
+            home,
+            config,
+            binary,
+        };
+        archiving
+            .cluster
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+        archiving
+    }
+
+    /// Runs SQL, returns psql's unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        psql_at(self.cluster.port, sql)
+    }
+
+    /// Switches to a new segment and waits until the old one is archived; returns its name.
+    pub fn switch_and_wait(&self) -> String {
+        let segment = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("SELECT pg_switch_wal()");
+        self.wait_archived(&segment);
+        segment
+    }
+
+    /// Waits until `segment` (or a later one) is archived; fails on archiver errors.
+    pub fn wait_archived(&self, segment: &str) {
+        let started = Instant::now();
+        loop {
+            let row = self.psql(
+                "SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+            );
+            let fields: Vec<&str> = row.split('|').collect();
+            if fields[0] >= segment && fields[0].len() == 24 {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.cluster.root.join("server.log"))
+                    .unwrap_or_default();
+                panic!(
+                    "{segment} was not archived in 60 s (archiver: {row}); server log:\n{}",
+                    log.lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's pg_wal directory.
+    pub fn pg_wal(&self) -> PathBuf {
+        self.cluster.data.join("pg_wal")
+    }
+
+    /// A lazarus command with this configuration (and the test's own state directory).
+    pub fn lazarus(&self, state: &Path) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--state")
+            .arg(state)
+            .env("LAZARUS_OPERATOR", "tester")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+}
+
+/// Runs SQL on a local server port.
+pub fn psql_at(port: u16, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .args(["-d", "postgres", "-c", sql])
+        .output()
+        .expect("psql (Debian: apt-get install postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,322 @@
+//! The WAL archive on a real PostgreSQL: `archive_command = 'lazarus wal push %p'`, the WAL
+//! reader against pg_waldump, fetch with failover, re-push safety, list/check/status.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::wal::Archiving;
+use lazarus::pg::Tools;
+use lazarus::wal::reader::{ScanOptions, XactKind, scan_segment};
+
+fn workload(a: &Archiving, rounds: usize) {
+    a.psql("CREATE TABLE IF NOT EXISTS t (id serial primary key, at timestamptz default clock_timestamp(), pad text)");
+    for i in 0..rounds {
+        a.psql(&format!(
+            "INSERT INTO t (pad) SELECT repeat('x', 200) FROM generate_series(1, {})",
+            50 + i
+        ));
+        // An aborted transaction that wrote something leaves an abort record.
+        a.psql("BEGIN; INSERT INTO t (pad) VALUES ('gone'); ROLLBACK;");
+    }
+}
+
+/// (lsn, kind, time in µs) of every commit/abort pg_waldump finds in one segment file.
+fn waldump_xacts(file: &Path) -> Vec<(String, String, i64)> {
+    let out = Command::new(
+        Tools::new(None)
+            .path("pg_waldump")
+            .expect("pg_waldump (Debian: apt-get install postgresql)"),
+    )
+    .args(["--rmgr=Transaction"])
+    .arg(file)
+    .env("TZ", "UTC")
+    .output()
+    .expect("run pg_waldump");
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(lsn) = line.split("lsn: ").nth(1).and_then(|s| s.split(',').next()) else {
+            continue;
+        };
+        let Some(desc) = line.split("desc: ").nth(1) else {
+            continue;
+        };
+        let mut words = desc.splitn(2, ' ');
+        let kind = words.next().unwrap_or("").to_string();
+        if kind != "COMMIT" && kind != "ABORT" {
+            continue;
+        }
+        let rest = words.next().unwrap_or("");
+        let stamp: String = rest.split(';').next().unwrap_or("").trim().to_string();
+        let time = chrono::NaiveDateTime::parse_from_str(
+            stamp.trim_end_matches(" UTC"),
+            "%Y-%m-%d %H:%M:%S%.f",
+        )
+        .unwrap_or_else(|e| panic!("pg_waldump time {stamp:?}: {e}"))
+        .and_utc()
+        .timestamp_micros();
+        found.push((lsn.to_string(), kind, time));
+    }
+    found
+}
+
+#[test]
+fn wal_reader_agrees_with_pg_waldump_on_commit_times() {
+    let a = Archiving::start(&[]);
+    let first = a.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    workload(&a, 40);
+    // Enough WAL to cross segments, so records straddle pages and segment starts continue.
+    a.psql("INSERT INTO t (pad) SELECT repeat(md5(g::text), 40) FROM generate_series(1, 40000) g");
+    workload(&a, 10);
+    let last = a.switch_and_wait();
+    let mut compared = 0;
+    let mut files: Vec<_> = std::fs::read_dir(a.pg_wal())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.len() == 24 && n.as_str() >= first.as_str() && n.as_str() <= last.as_str())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "the workload should span segments: {files:?}"
+    );
+    for name in &files {
+        let path = a.pg_wal().join(name);
+        let data = std::fs::read(&path).unwrap();
+        let scan = scan_segment(
+            &data,
+            ScanOptions {
+                collect_xacts: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(scan.name.file_name(scan.segment_size), *name);
+        assert_eq!(scan.server_version, 15);
+        let ours: Vec<(String, String, i64)> = scan
+            .xacts
+            .iter()
+            .map(|x| {
+                let kind = match x.kind {
+                    XactKind::Commit | XactKind::CommitPrepared => "COMMIT",
+                    XactKind::Abort | XactKind::AbortPrepared => "ABORT",
+                };
+                (
+                    format!("{}", x.lsn).replace('/', "/"),
+                    kind.to_string(),
+                    x.time,
+                )
+            })
+            .collect();
+        let theirs = waldump_xacts(&path);
+        // pg_waldump zero-pads the low half of LSNs; compare as numbers.
+        let norm = |v: &[(String, String, i64)]| -> Vec<(u64, String, i64)> {
+            v.iter()
+                .map(|(l, k, t)| (l.parse::<lazarus::wal::Lsn>().unwrap().0, k.clone(), *t))
+                .collect()
+        };
+        assert_eq!(norm(&ours), norm(&theirs), "segment {name}");
+        compared += theirs.len();
+        if let (Some(first), Some(last)) = (theirs.first(), theirs.last()) {
+            assert_eq!(
+                scan.first_xact_time,
+                Some(
+                    first
+                        .2
+                        .min(last.2)
+                        .min(theirs.iter().map(|x| x.2).min().unwrap())
+                )
+            );
+            assert_eq!(scan.last_xact_time, theirs.iter().map(|x| x.2).max());
+        }
+    }
+    assert!(compared > 50, "only {compared} transaction ends compared");
+}
+
+#[test]
+fn unknown_page_magic_is_refused_by_name() {
+    let mut data = vec![0u8; 16 << 20];
+    data[0] = 0x06;
+    data[1] = 0xD1;
+    let err = scan_segment(&data, ScanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0xD106"), "{err}");
+    assert!(err.contains("PostgreSQL 15"), "{err}");
+}
+
+#[test]
+fn wal_push_archives_and_fetch_restores_with_failover() {
+    let a = Archiving::start(&[]);
+    workload(&a, 5);
+    let segment = a.switch_and_wait();
+    let original = std::fs::read(a.pg_wal().join(&segment)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+
+    // list: the segment with its commit times.
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == segment.as_str())
+        .unwrap_or_else(|| panic!("{segment} not listed: {listed}"));
+    assert!(entry["commits"].as_u64().unwrap() >= 5, "{entry}");
+    assert!(entry["aborts"].as_u64().unwrap() >= 5, "{entry}");
+    assert!(entry["last_xact_time"].as_str().is_some(), "{entry}");
+    assert_eq!(
+        entry["system_id"],
+        a.psql("SELECT system_identifier FROM pg_control_system()")
+    );
+
+    // fetch: byte-identical.
+    let dest = work.path().join("fetched");
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "fetch", &segment])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == original,
+        "fetched segment differs"
+    );
+
+    // failover: the first store lost it, the second still serves it.
+    let object = lazarus::wal::archive::object_key("main", &segment);
+    std::fs::remove_file(a.home.join("store-a").join(&object)).unwrap();
+    let dest2 = work.path().join("fetched2");
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "fetch", &segment])
+        .arg(&dest2)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&dest2).unwrap() == original);
+
+    // re-push of the same content: success, and the missing copy is repaired.
+    let copy = work.path().join(&segment);
+    std::fs::write(&copy, &original).unwrap();
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "push"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        a.home.join("store-a").join(&object).exists(),
+        "re-push should repair the missing copy"
+    );
+
+    // different content under the same name: refused, archive untouched.
+    let mut tampered = original.clone();
+    let at = tampered.len() - 100;
+    tampered[at] ^= 0xFF;
+    std::fs::write(&copy, &tampered).unwrap();
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "push"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("different content"), "{err}");
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "fetch", &segment])
+        .arg(&dest2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        std::fs::read(&dest2).unwrap() == original,
+        "the archived copy must not change"
+    );
+
+    // a file the archive never had: exit 1, as restore_command must.
+    let missing = format!("{}FF", &segment[..22]);
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "fetch", &missing])
+        .arg(work.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!work.path().join("x").exists());
+
+    // a damaged object on every store: not "missing" (which would end recovery early) but 255.
+    for store in ["store-a", "store-b"] {
+        let path = a.home.join(store).join(&object);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "fetch", &segment])
+        .arg(work.path().join("y"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(!work.path().join("y").exists());
+
+    // status against the RPO, check for gaps.
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "status", "--rpo", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a
+        .lazarus(&state)
+        .args(["wal", "status", "--rpo", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EXCEEDED"));
+    let out = a.lazarus(&state).args(["wal", "check"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
