@@ -37,7 +37,10 @@ pub fn parse_target_time(text: &str) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_micros());
     }
-    let spaced = text.replacen('T', " ", 1);
+    let spaced = match text.get(10..11) {
+        Some("T") | Some("t") => format!("{} {}", &text[..10], &text[11..]),
+        _ => text.to_string(),
+    };
     let zoned = spaced
         .strip_suffix(" UTC")
         .map(|s| format!("{s}+00"))

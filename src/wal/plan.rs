@@ -379,3 +379,239 @@ pub fn plan(
         newer_history_seconds: (newest - target) as f64 / 1e6,
     })
 }
+
+/// A synthetic archive for tests and benchmarks: `segments` segments on timeline 1, one
+/// commit-carrying segment every `seconds_per_segment` seconds from `start` (µs), and a base
+/// backup at the first segment.
+pub fn synthetic_archive(
+    catalog: &WalCatalog,
+    archive: &str,
+    segments: u64,
+    start: i64,
+    seconds_per_segment: i64,
+) -> Result<BaseBackup, WalCatalogError> {
+    use super::archive::{FileKind, WAL_MANIFEST_VERSION, WalManifest};
+    let size = super::names::DEFAULT_SEGMENT_SIZE;
+    for segno in 1..=segments {
+        let first = start + (segno as i64 - 1) * seconds_per_segment * 1_000_000;
+        let last = first + (seconds_per_segment * 1_000_000) - 1;
+        let name = SegmentName { timeline: 1, segno };
+        catalog.insert(&WalManifest {
+            manifest_version: WAL_MANIFEST_VERSION,
+            kind: FileKind::Segment,
+            file: name.file_name(size),
+            archive: archive.to_string(),
+            timeline: 1,
+            segno: Some(segno),
+            segment_size: Some(size),
+            start_lsn: Some(name.start(size).to_string()),
+            end_lsn: Some(Lsn(name.start(size).0 + size).to_string()),
+            size,
+            sha256: String::new(),
+            stored_size: size / 4,
+            stored_sha256: String::new(),
+            key_id: "k".into(),
+            compression: "zstd".into(),
+            first_xact_time: Some(micros_to_rfc3339(first)),
+            last_xact_time: Some(micros_to_rfc3339(last)),
+            commits: 10,
+            aborts: 0,
+            switched: false,
+            system_id: Some("1".into()),
+            server_version: Some(15),
+            history: Vec::new(),
+            archived_at: micros_to_rfc3339(last),
+        })?;
+    }
+    Ok(BaseBackup {
+        id: "base-1".into(),
+        timeline: 1,
+        start_lsn: Lsn(size + 40),
+        stop_lsn: Lsn(size + 4096),
+        stop_time: start + 1_000_000,
+        segment_size: size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> WalCatalog {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        WalCatalog::new(db.open_tree("wal").unwrap())
+    }
+
+    const T0: i64 = 1_790_000_000_000_000;
+
+    #[test]
+    fn plans_the_chain_to_the_segment_that_passes_the_target() {
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 100, T0, 60).unwrap();
+        // 10.5 minutes in: segment 11's commits pass it.
+        let target = T0 + 630 * 1_000_000;
+        let plan = plan(&c, "main", target, TimelineChoice::Latest, &[backup]).unwrap();
+        assert_eq!(plan.timeline, 1);
+        assert_eq!(plan.chain.len(), 1);
+        assert_eq!(plan.chain[0].first_segno, 1);
+        assert_eq!(plan.chain[0].last_segno, 11);
+        assert_eq!(plan.segments, 11);
+        assert_eq!(plan.target_segment, "00000001000000000000000B");
+    }
+
+    #[test]
+    fn refuses_targets_outside_the_window_and_names_it() {
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 10, T0, 60).unwrap();
+        let early = plan(
+            &c,
+            "main",
+            T0 - 1,
+            TimelineChoice::Latest,
+            &[backup.clone()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(early.contains("before the oldest base backup"), "{early}");
+        assert!(
+            early.contains(&micros_to_rfc3339(T0 + 1_000_000)),
+            "{early}"
+        );
+        let late = plan(
+            &c,
+            "main",
+            T0 + 3600 * 1_000_000,
+            TimelineChoice::Latest,
+            &[backup],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(late.contains("after the last archived commit"), "{late}");
+        assert!(
+            late.contains(&micros_to_rfc3339(T0 + 600 * 1_000_000 - 1)),
+            "{late}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_chain_with_a_gap_and_names_the_missing_segments() {
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 10, T0, 60).unwrap();
+        // Rebuild without segments 4 and 5.
+        let kept: Vec<_> = c
+            .list("main")
+            .unwrap()
+            .into_iter()
+            .filter(|m| !matches!(m.segno, Some(4) | Some(5)))
+            .collect();
+        let c2 = catalog();
+        for m in &kept {
+            c2.insert(m).unwrap();
+        }
+        let err = plan(
+            &c2,
+            "main",
+            T0 + 500 * 1_000_000,
+            TimelineChoice::Latest,
+            &[backup.clone()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("000000010000000000000004 to 000000010000000000000005"),
+            "{err}"
+        );
+        // Before the gap is fine.
+        assert!(
+            plan(
+                &c2,
+                "main",
+                T0 + 100 * 1_000_000,
+                TimelineChoice::Latest,
+                &[backup]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn follows_the_timeline_history() {
+        use crate::wal::archive::{FileKind, WAL_MANIFEST_VERSION, WalManifest};
+        use crate::wal::names::HistoryEntry;
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 10, T0, 60).unwrap();
+        // Timeline 2 branched at segment 6; its segments 6.. carry later commits.
+        let size = crate::wal::names::DEFAULT_SEGMENT_SIZE;
+        let mut history = c.list("main").unwrap()[0].clone();
+        history.kind = FileKind::History;
+        history.file = "00000002.history".into();
+        history.timeline = 2;
+        history.segno = None;
+        history.history = vec![HistoryEntry {
+            parent: 1,
+            switch: Lsn(6 * size + 100),
+            reason: "x".into(),
+        }];
+        c.insert(&history).unwrap();
+        for segno in 6..=8u64 {
+            let mut m: WalManifest = c.segment("main", 1, segno).unwrap().unwrap();
+            m.timeline = 2;
+            m.file = SegmentName { timeline: 2, segno }.file_name(size);
+            let base = T0 + 7200 * 1_000_000 + segno as i64 * 60_000_000;
+            m.first_xact_time = Some(micros_to_rfc3339(base));
+            m.last_xact_time = Some(micros_to_rfc3339(base + 59_000_000));
+            m.manifest_version = WAL_MANIFEST_VERSION;
+            c.insert(&m).unwrap();
+        }
+        let target = T0 + 7200 * 1_000_000 + 7 * 60_000_000 + 30_000_000;
+        let p = plan(
+            &c,
+            "main",
+            target,
+            TimelineChoice::Latest,
+            &[backup.clone()],
+        )
+        .unwrap();
+        assert_eq!(p.timeline, 2);
+        assert_eq!(p.chain.len(), 2);
+        assert_eq!(
+            (
+                p.chain[0].timeline,
+                p.chain[0].first_segno,
+                p.chain[0].last_segno
+            ),
+            (1, 1, 5)
+        );
+        assert_eq!(
+            (
+                p.chain[1].timeline,
+                p.chain[1].first_segno,
+                p.chain[1].last_segno
+            ),
+            (2, 6, 7)
+        );
+        // Timeline 1's abandoned commits after the switch do not count on timeline 2 ...
+        let abandoned = T0 + 8 * 60 * 1_000_000;
+        let p = plan(
+            &c,
+            "main",
+            abandoned,
+            TimelineChoice::Latest,
+            &[backup.clone()],
+        )
+        .unwrap();
+        assert_eq!(p.chain.last().unwrap().timeline, 2);
+        // ... but can be reached by asking for timeline 1.
+        let p = plan(&c, "main", abandoned, TimelineChoice::Exactly(1), &[backup]).unwrap();
+        assert_eq!(
+            p.chain,
+            vec![ChainPart {
+                timeline: 1,
+                first_segno: 1,
+                last_segno: 9,
+                first_file: "000000010000000000000001".into(),
+                last_file: "000000010000000000000009".into(),
+            }]
+        );
+    }
+}
