@@ -468,7 +468,7 @@ mod tests {
             "main",
             T0 - 1,
             TimelineChoice::Latest,
-            &[backup.clone()],
+            std::slice::from_ref(&backup),
         )
         .unwrap_err()
         .to_string();
@@ -513,7 +513,7 @@ mod tests {
             "main",
             T0 + 500 * 1_000_000,
             TimelineChoice::Latest,
-            &[backup.clone()],
+            std::slice::from_ref(&backup),
         )
         .unwrap_err()
         .to_string();
@@ -569,7 +569,7 @@ mod tests {
             "main",
             target,
             TimelineChoice::Latest,
-            &[backup.clone()],
+            std::slice::from_ref(&backup),
         )
         .unwrap();
         assert_eq!(p.timeline, 2);
@@ -597,7 +597,7 @@ mod tests {
             "main",
             abandoned,
             TimelineChoice::Latest,
-            &[backup.clone()],
+            std::slice::from_ref(&backup),
         )
         .unwrap();
         assert_eq!(p.chain.last().unwrap().timeline, 2);
