@@ -178,6 +178,13 @@ impl Activity for Restore {
             }
             args.push(inputs.file.display().to_string());
             let restore_started = Instant::now();
+            // Streamed dumps lack data offsets; with them pg_restore's workers seek straight
+            // to their tables instead of scanning the archive.
+            match crate::pg::dump_toc::fill_data_offsets(&inputs.file) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "filled the archive's data offsets"),
+                Err(e) => tracing::warn!(error = %e, "pg_restore will scan the archive instead"),
+            }
             let mut child = Supervised::spawn(&pg_restore, &args, |cmd| {
                 server.apply(cmd);
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());

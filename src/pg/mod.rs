@@ -3,6 +3,7 @@
 //! PGPORT, PGUSER, PGPASSWORD, sslmode, .pgpass) all apply unchanged.
 
 pub mod cluster;
+pub mod dump_toc;
 pub mod sql;
 
 use std::path::{Path, PathBuf};
