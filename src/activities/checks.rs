@@ -151,6 +151,11 @@ static SQL_CHECK: ActivitySpec = ActivitySpec {
             required: false,
             help: "queries whose single value must be true",
         },
+        InputSpec {
+            name: "port",
+            required: false,
+            help: "check a server on this port of the configured host (a restored one)",
+        },
     ],
     outputs: &["passed", "results"],
 };
@@ -163,6 +168,8 @@ struct SqlCheckInputs {
     table_has_rows: Vec<String>,
     #[serde(default)]
     true_queries: Vec<String>,
+    #[serde(default, deserialize_with = "super::inputs::lenient_opt_u64")]
+    port: Option<u64>,
 }
 
 /// The `sql_check` activity.
@@ -185,7 +192,14 @@ impl Activity for SqlCheck {
 
     async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: SqlCheckInputs = inputs::parse("sql_check", inputs)?;
-        let sql = Sql::new(&self.services.pg_tools, &self.services.pg_server);
+        let mut server = self.services.pg_server.clone();
+        if let Some(port) = inputs.port.filter(|p| *p > 0) {
+            server.port = Some(
+                u16::try_from(port)
+                    .map_err(|_| ActivityError::permanent(format!("port {port} is not a port")))?,
+            );
+        }
+        let sql = Sql::new(&self.services.pg_tools, &server);
         let mut results = Vec::new();
         let mut failures = Vec::new();
         tokio::task::block_in_place(|| {

@@ -3,6 +3,7 @@
 
 pub mod approve;
 pub mod backups;
+pub mod base_backup;
 pub mod checks;
 pub mod command;
 pub mod decompress;
@@ -16,6 +17,7 @@ pub mod import;
 mod inputs;
 pub mod notify;
 pub mod pgbouncer;
+pub mod pitr;
 pub mod report;
 pub mod restart;
 pub mod restore;
@@ -44,6 +46,12 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(encrypt::Encrypt::new(Arc::clone(&services))));
     registry.register(Arc::new(upload::Upload::new(Arc::clone(&services))));
     registry.register(Arc::new(dump::Dump::new(Arc::clone(&services))));
+    registry.register(Arc::new(base_backup::BaseBackup::new(Arc::clone(
+        &services,
+    ))));
+    registry.register(Arc::new(pitr::PitrPlan::new(Arc::clone(&services))));
+    registry.register(Arc::new(pitr::UnpackBaseBackup::new(Arc::clone(&services))));
+    registry.register(Arc::new(pitr::StartRecovery::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::SelectBackup::new(Arc::clone(&services))));

@@ -46,6 +46,26 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "what took the traffic (e.g. pgbouncer, none)",
         },
         InputSpec {
+            name: "target_time",
+            required: false,
+            help: "point-in-time recovery: the target (RPO is then target − last replayed commit)",
+        },
+        InputSpec {
+            name: "reached_time",
+            required: false,
+            help: "point-in-time recovery: the last replayed commit",
+        },
+        InputSpec {
+            name: "data_directory",
+            required: false,
+            help: "point-in-time recovery: the restored server's data directory",
+        },
+        InputSpec {
+            name: "port",
+            required: false,
+            help: "point-in-time recovery: the restored server's port",
+        },
+        InputSpec {
             name: "rto_target",
             required: false,
             help: "default \"1h\"",
@@ -64,6 +84,10 @@ static SPEC: ActivitySpec = ActivitySpec {
         "rpo_target_seconds",
         "rpo_met",
         "restored_database",
+        "data_directory",
+        "port",
+        "target_time",
+        "reached_time",
         "backup_id",
         "served_by",
         "cutover",
@@ -87,6 +111,14 @@ struct Inputs {
     restored_database: Option<String>,
     served_by: Option<String>,
     cutover: Option<String>,
+    #[serde(default)]
+    target_time: Option<String>,
+    #[serde(default)]
+    reached_time: Option<String>,
+    #[serde(default)]
+    data_directory: Option<String>,
+    #[serde(default)]
+    port: Option<Value>,
     #[serde(default = "hour", deserialize_with = "duration")]
     rto_target: Duration,
     #[serde(default = "quarter", deserialize_with = "duration")]
@@ -135,7 +167,26 @@ impl Activity for RecoveryReport {
             ))
         })?;
         let rto = (healthy - started).to_std().unwrap_or_default();
-        let rpo = (started - taken).to_std().unwrap_or_default();
+        let target = inputs.target_time.as_deref().filter(|t| !t.is_empty());
+        let pitr = match target {
+            Some(text) => Some(time(text).ok_or_else(|| {
+                ActivityError::permanent(format!("target_time {text} is not RFC 3339"))
+            })?),
+            None => None,
+        };
+        let reached = inputs
+            .reached_time
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(time);
+        let rpo = match pitr {
+            // Point in time: what the target asked for but the replay did not reach. Without
+            // a replayed commit, everything since the backup is what is missing.
+            Some(target) => (target - reached.unwrap_or(taken))
+                .to_std()
+                .unwrap_or_default(),
+            None => (started - taken).to_std().unwrap_or_default(),
+        };
         let rto_met = rto <= inputs.rto_target;
         let rpo_met = rpo <= inputs.rpo_target;
         let cutover = inputs.cutover.clone().unwrap_or_else(|| "none".into());
@@ -146,12 +197,26 @@ impl Activity for RecoveryReport {
                 format_duration(inputs.rto_target),
                 if rto_met { "met" } else { "MISSED" }
             ),
-            format!(
-                "RPO {} (age of the restored data at the start of recovery) against a target of {}: {}",
-                format_duration(rpo),
-                format_duration(inputs.rpo_target),
-                if rpo_met { "met" } else { "MISSED" }
-            ),
+            match &pitr {
+                Some(_) => format!(
+                    "RPO {} (target {} vs last replayed commit {}) against a target of {}: {}",
+                    format_duration(rpo),
+                    inputs.target_time.as_deref().unwrap_or(""),
+                    inputs
+                        .reached_time
+                        .as_deref()
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or("none"),
+                    format_duration(inputs.rpo_target),
+                    if rpo_met { "met" } else { "MISSED" }
+                ),
+                None => format!(
+                    "RPO {} (age of the restored data at the start of recovery) against a target of {}: {}",
+                    format_duration(rpo),
+                    format_duration(inputs.rpo_target),
+                    if rpo_met { "met" } else { "MISSED" }
+                ),
+            },
             format!(
                 "backup {} taken {}{}",
                 inputs.backup_id,
@@ -163,12 +228,26 @@ impl Activity for RecoveryReport {
                     .unwrap_or_default()
             ),
         ];
-        if let Some(db) = &inputs.restored_database {
+        if let Some(db) = inputs.restored_database.as_ref().filter(|d| !d.is_empty()) {
             summary.push(format!("restored into database {db}"));
         }
+        let port = inputs.port.as_ref().map(|p| match p {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        if let Some(dir) = inputs.data_directory.as_ref().filter(|d| !d.is_empty()) {
+            summary.push(format!(
+                "restored server: data directory {dir}, port {}",
+                port.clone().unwrap_or_default()
+            ));
+        }
         summary.push(if cutover == "none" {
-            "traffic NOT cut over (cutover = none): the restored database waits for inspection"
-                .into()
+            if pitr.is_some() {
+                "traffic NOT cut over (cutover = none): the restored server keeps running for inspection".into()
+            } else {
+                "traffic NOT cut over (cutover = none): the restored database waits for inspection"
+                    .into()
+            }
         } else {
             format!("traffic cut over with {cutover}")
         });
@@ -180,6 +259,10 @@ impl Activity for RecoveryReport {
             "rpo_target_seconds": inputs.rpo_target.as_secs_f64(),
             "rpo_met": rpo_met,
             "restored_database": inputs.restored_database,
+            "data_directory": inputs.data_directory,
+            "port": port,
+            "target_time": inputs.target_time,
+            "reached_time": inputs.reached_time,
             "backup_id": inputs.backup_id,
             "served_by": inputs.served_by,
             "cutover": cutover,

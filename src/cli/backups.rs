@@ -89,9 +89,13 @@ pub struct DrillArgs {
 /// Arguments of `lazarus recover`.
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
-    /// Database to recover.
+    /// Database to recover (for --to: the database checked and cut over).
+    #[arg(long, required_unless_present = "to")]
+    pub database: Option<String>,
+    /// Point-in-time recovery to this moment (RFC 3339 or PostgreSQL's timestamptz text):
+    /// runs the pitr runbook instead.
     #[arg(long)]
-    pub database: String,
+    pub to: Option<String>,
     /// The backup to restore (default: the latest VERIFIED).
     #[arg(long)]
     pub backup: Option<String>,
@@ -245,15 +249,28 @@ pub async fn drill(ctx: &Context, args: DrillArgs) -> Result<ExitCode> {
 
 /// `lazarus recover`.
 pub async fn recover(ctx: &Context, args: RecoverArgs) -> Result<ExitCode> {
-    let mut base = vec![("database".to_string(), args.database.clone())];
-    if let Some(id) = args.backup {
-        base.push(("backup_id".into(), id));
+    let mut base = Vec::new();
+    if let Some(database) = args.database.clone() {
+        base.push(("database".to_string(), database));
     }
-    let mut run = run_args(
-        "disaster-recovery",
-        params(base, &args.params)?,
-        args.reason,
-    );
+    let workflow = match &args.to {
+        Some(to) => {
+            if args.backup.is_some() {
+                anyhow::bail!(
+                    "--backup picks a logical backup; with --to the plan picks the base backup"
+                );
+            }
+            base.push(("to".into(), to.clone()));
+            "pitr"
+        }
+        None => {
+            if let Some(id) = args.backup {
+                base.push(("backup_id".into(), id));
+            }
+            "disaster-recovery"
+        }
+    };
+    let mut run = run_args(workflow, params(base, &args.params)?, args.reason);
     run.halt_before = args.halt_before;
     run.halt_after = args.halt_after;
     run.id = args.id;

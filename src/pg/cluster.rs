@@ -28,7 +28,8 @@ pub fn free_port() -> Result<u16, PgError> {
         .map_err(|e| PgError::Io(format!("cannot find a free port: {e}")))
 }
 
-fn chown_to_postgres(path: &Path) -> Result<(), PgError> {
+/// The `postgres` user's ids (server processes run as it when we are root).
+pub fn postgres_ids() -> Result<(nix::unistd::Uid, nix::unistd::Gid), PgError> {
     let user = nix::unistd::User::from_name("postgres")
         .ok()
         .flatten()
@@ -37,7 +38,13 @@ fn chown_to_postgres(path: &Path) -> Result<(), PgError> {
                 "running as root, PostgreSQL needs a `postgres` user to run as; create it (Debian: apt-get install postgresql)".into(),
             )
         })?;
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+    Ok((user.uid, user.gid))
+}
+
+/// Hands a path to the `postgres` user.
+pub fn chown_to_postgres(path: &Path) -> Result<(), PgError> {
+    let (uid, gid) = postgres_ids()?;
+    nix::unistd::chown(path, Some(uid), Some(gid))
         .map_err(|e| PgError::Io(format!("cannot chown {} to postgres: {e}", path.display())))
 }
 

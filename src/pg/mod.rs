@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod dump_toc;
 pub mod sql;
+pub mod untar;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

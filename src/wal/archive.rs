@@ -504,15 +504,17 @@ fn encode_file(
         FileKind::Segment | FileKind::Partial => {
             let scan = scan.ok_or_else(|| ArchiveError::Io("segment was not scanned".into()))??;
             let named = SegmentName::parse(&file[..24], scan.segment_size)?;
-            if named != scan.name {
+            // A timeline's first segment begins with its parent's WAL (and page headers), so
+            // the pages may carry an older timeline than the name.
+            if named.segno != scan.name.segno || scan.name.timeline > named.timeline {
                 return Err(ArchiveError::BadFile(format!(
                     "{file} holds the WAL of {} (timeline {}): the file is misnamed or damaged",
                     scan.name.file_name(scan.segment_size),
                     scan.name.timeline
                 )));
             }
-            manifest.timeline = scan.name.timeline;
-            manifest.segno = Some(scan.name.segno);
+            manifest.timeline = named.timeline;
+            manifest.segno = Some(named.segno);
             manifest.segment_size = Some(scan.segment_size);
             manifest.start_lsn = Some(scan.start_lsn.to_string());
             manifest.end_lsn = Some(scan.end_lsn.to_string());

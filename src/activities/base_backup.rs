@@ -1,0 +1,330 @@
+//! `base_backup`: `pg_basebackup` (tar, to stdout) streamed straight into the chunked format,
+//! with a manifest that places it in the WAL: start/stop LSN, timeline, start/stop time,
+//! server version and system identifier. WAL is not copied into it: the archive (`lazarus
+//! wal push`) holds it, and pg_basebackup waits until the segments the backup needs are
+//! archived before it reports success.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::dump::pg_failure;
+use super::files::{commit, discard, part_path, prepare_dir};
+use super::inputs;
+use super::services::Services;
+use super::supervise::Supervised;
+use crate::catalog::{MANIFEST_VERSION, Manifest, PhysicalInfo, backup_key, new_backup_id, status};
+use crate::crypto::chunked::{self, EncodeOptions};
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::pg::PgError;
+use crate::pg::sql::Sql;
+use crate::pg::tail_lines;
+use crate::pg::untar::TarTail;
+
+static SPEC: ActivitySpec = ActivitySpec {
+    name: "base_backup",
+    summary: "pg_basebackup into an encrypted, zstd-compressed tar, placed in the WAL archive's timeline",
+    inputs: &[
+        InputSpec {
+            name: "archive",
+            required: true,
+            help: "the WAL archive of this cluster (as in `lazarus wal push --archive`)",
+        },
+        InputSpec {
+            name: "dest",
+            required: true,
+            help: "local backup file to write",
+        },
+        InputSpec {
+            name: "id",
+            required: false,
+            help: "backup id (default ARCHIVE-base-YYYYMMDDTHHMMSSZ)",
+        },
+    ],
+    outputs: &["id", "path", "key", "size", "sha256", "manifest", "seconds"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Inputs {
+    archive: String,
+    dest: PathBuf,
+    id: Option<String>,
+}
+
+/// The `base_backup` activity.
+pub struct BaseBackup {
+    services: Arc<Services>,
+}
+
+impl BaseBackup {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+/// The timeline and start/end LSNs of a base backup, from the `WAL-Ranges` at the end of
+/// the `backup_manifest` pg_basebackup puts in its tar stream.
+fn wal_range(manifest_tail: &[u8]) -> Option<(String, u32, String)> {
+    let text = String::from_utf8_lossy(manifest_tail);
+    let ranges = text.split("\"WAL-Ranges\"").nth(1)?;
+    let open = ranges.find('[')?;
+    let close = ranges.find(']')?;
+    let list: Vec<Value> = serde_json::from_str(ranges.get(open..=close)?).ok()?;
+    let first = list.first()?;
+    let last = list.last()?;
+    Some((
+        first["Start-LSN"].as_str()?.to_string(),
+        u32::try_from(last["Timeline"].as_u64()?).ok()?,
+        last["End-LSN"].as_str()?.to_string(),
+    ))
+}
+
+/// Counts bytes read and stops when the attempt is cancelled.
+struct Watched<'a, R: Read> {
+    inner: R,
+    read: u64,
+    reported: u64,
+    ctx: &'a ActivityContext,
+    tar: &'a mut TarTail,
+}
+
+impl<R: Read> Read for Watched<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ctx.cancellation().is_cancelled() {
+            return Err(std::io::Error::other("base backup stopped"));
+        }
+        let n = self.inner.read(buf)?;
+        self.tar.feed(&buf[..n]);
+        self.read += n as u64;
+        if self.read >= self.reported + (16 << 20) {
+            self.reported = self.read;
+            self.ctx.progress(Progress {
+                done: self.read,
+                total: None,
+                unit: "bytes".into(),
+                message: Some("pg_basebackup → zstd → encrypted".into()),
+            });
+        }
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl Activity for BaseBackup {
+    fn spec(&self) -> &'static ActivitySpec {
+        &SPEC
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: Inputs = inputs::parse("base_backup", inputs)?;
+        let started = Instant::now();
+        let keys = self
+            .services
+            .keys()
+            .map_err(|e| ActivityError::permanent(e.to_string()))?;
+        let key = keys
+            .primary()
+            .map_err(|e| ActivityError::permanent(e.to_string()))?
+            .clone();
+        let tools = &self.services.pg_tools;
+        let server = &self.services.pg_server;
+        let sql = Sql::new(tools, server);
+        let created = chrono::Utc::now();
+        let facts = tokio::task::block_in_place(|| {
+            let one = |q: &str| -> Result<String, PgError> {
+                Ok(sql.scalar("postgres", q)?.unwrap_or_default())
+            };
+            Ok::<_, PgError>((
+                one("SHOW server_version")?,
+                one("SELECT system_identifier FROM pg_control_system()")?,
+                one("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")?,
+                one("SHOW archive_mode")?,
+            ))
+        })
+        .map_err(pg_failure)?;
+        let (version, system_id, segment_size, archive_mode) = facts;
+        if archive_mode == "off" {
+            return Err(ActivityError::permanent(
+                "archive_mode is off on this server: a base backup is only useful with its WAL archived \
+                 (set archive_mode = on and archive_command = 'lazarus wal push %p', then restart)",
+            ));
+        }
+        let segment_size: u64 = segment_size
+            .parse()
+            .unwrap_or(crate::wal::names::DEFAULT_SEGMENT_SIZE);
+        let id = inputs
+            .id
+            .clone()
+            .unwrap_or_else(|| new_backup_id(&format!("{}-base", inputs.archive), created));
+        prepare_dir(&inputs.dest)?;
+        let part = part_path(&inputs.dest);
+        let pg_basebackup = tools.path("pg_basebackup").map_err(pg_failure)?;
+        let label = format!("lazarus {id}");
+        let outcome = tokio::task::block_in_place(|| -> Result<_, String> {
+            let mut child = Supervised::spawn(
+                &pg_basebackup,
+                [
+                    "-D",
+                    "-",
+                    "-Ft",
+                    "-X",
+                    "none",
+                    "-c",
+                    "fast",
+                    "-v",
+                    "-l",
+                    label.as_str(),
+                ],
+                |cmd| {
+                    server.apply(cmd);
+                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                },
+            )
+            .map_err(|e| format!("cannot start pg_basebackup: {e}"))?;
+            let stdout = child
+                .child
+                .stdout
+                .take()
+                .ok_or("pg_basebackup has no stdout")?;
+            let mut stderr = child
+                .child
+                .stderr
+                .take()
+                .ok_or("pg_basebackup has no stderr")?;
+            let errors = std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = stderr.read_to_end(&mut text);
+                text
+            });
+            let out = File::create(&part)
+                .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+            let mut writer = BufWriter::with_capacity(4 << 20, out);
+            let mut tar = TarTail::new(&["backup_manifest"], 64 << 10);
+            let reader = Watched {
+                inner: stdout,
+                read: 0,
+                reported: 0,
+                ctx,
+                tar: &mut tar,
+            };
+            let encoded = chunked::encode(reader, &mut writer, &key, EncodeOptions::default());
+            if encoded.is_err() {
+                child.stop(Duration::from_secs(5));
+            }
+            let status = child
+                .wait()
+                .map_err(|e| format!("waiting for pg_basebackup: {e}"))?;
+            let stderr = errors.join().unwrap_or_default();
+            if !status.success() {
+                return Err(format!(
+                    "pg_basebackup failed ({status}): {}",
+                    tail_lines(&stderr, 4)
+                ));
+            }
+            let summary = encoded.map_err(|e| e.to_string())?;
+            writer
+                .flush()
+                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            Ok((
+                summary,
+                wal_range(tar.tail("backup_manifest")),
+                String::from_utf8_lossy(&stderr).to_string(),
+            ))
+        });
+        let (summary, range, report) = match outcome {
+            Ok(done) => done,
+            Err(message) => {
+                discard(&part);
+                return Err(if ctx.cancellation().is_cancelled() {
+                    ActivityError::cancelled(message)
+                } else {
+                    ActivityError::retryable(message)
+                });
+            }
+        };
+        let finished = chrono::Utc::now();
+        let Some((start_lsn, timeline, stop_lsn)) = range else {
+            discard(&part);
+            return Err(ActivityError::retryable(format!(
+                "pg_basebackup's stream held no backup_manifest with WAL-Ranges (is the server older than PostgreSQL 13?): {}",
+                report.trim()
+            )));
+        };
+        commit(&part, &inputs.dest)?;
+        let object_key = backup_key(&inputs.archive, &id, ".tar.lzr");
+        let at = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            id: id.clone(),
+            kind: "physical".into(),
+            database: inputs.archive.clone(),
+            server_version: version,
+            created_at: at(created),
+            finished_at: at(finished),
+            key: object_key.clone(),
+            size: summary.encoded_size,
+            sha256: summary.encoded_sha256.clone(),
+            plaintext_size: Some(summary.plaintext_size),
+            plaintext_sha256: Some(summary.plaintext_sha256.clone()),
+            format: "chunked".into(),
+            compression: "zstd".into(),
+            key_id: Some(summary.key_id.clone()),
+            tables: Vec::new(),
+            // A physical backup is checked by replaying it (a PITR drill); until then it is
+            // as good as pg_basebackup's exit status.
+            status: status::UNVERIFIED.into(),
+            verification: None,
+            copies: Vec::new(),
+            physical: Some(PhysicalInfo {
+                archive: inputs.archive.clone(),
+                timeline,
+                start_lsn,
+                stop_lsn,
+                start_time: at(created),
+                stop_time: at(finished),
+                system_id,
+                segment_size,
+            }),
+        };
+        Ok(json!({
+            "id": id,
+            "path": inputs.dest,
+            "key": object_key,
+            "size": summary.encoded_size,
+            "sha256": summary.encoded_sha256,
+            "manifest": manifest,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_wal_range_from_the_backup_manifest() {
+        let tail = br#"{ "Path": "global/pg_control", "Size": 8192 }
+],
+"WAL-Ranges": [
+{ "Timeline": 1, "Start-LSN": "2/CB000028", "End-LSN": "2/CB000100" }
+],
+"Manifest-Checksum": "85fa"}"#;
+        assert_eq!(
+            wal_range(tail),
+            Some(("2/CB000028".into(), 1, "2/CB000100".into()))
+        );
+        assert_eq!(wal_range(b"{}"), None);
+    }
+}

@@ -1,0 +1,694 @@
+//! Point-in-time recovery's activities: `pitr_plan` (the plan, proven before anything
+//! moves), `unpack_base_backup` (decrypt → decompress → untar straight into a new data
+//! directory, pg_control last) and `start_recovery` (recovery settings, start on a new port,
+//! wait for the target and promotion).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::dump::pg_failure;
+use super::inputs::{self, lenient_bool, lenient_u64};
+use super::services::Services;
+use crate::crypto::chunked;
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::pg::cluster::{Cluster, postgres_ids};
+use crate::pg::running_as_root;
+use crate::pg::untar::Untar;
+use crate::pg::{Server, tail_lines};
+use crate::wal::plan::{self, TimelineChoice};
+
+// ---------------------------------------------------------------------------------------
+// pitr_plan
+
+static PLAN_SPEC: ActivitySpec = ActivitySpec {
+    name: "pitr_plan",
+    summary: "the base backup and gap-free WAL chain for a target time, before anything is downloaded",
+    inputs: &[
+        InputSpec {
+            name: "archive",
+            required: true,
+            help: "the WAL archive",
+        },
+        InputSpec {
+            name: "to",
+            required: true,
+            help: "target time: RFC 3339 or PostgreSQL's timestamptz text",
+        },
+        InputSpec {
+            name: "timeline",
+            required: false,
+            help: "\"latest\" (default) or a timeline number",
+        },
+    ],
+    outputs: &[
+        "plan",
+        "backup_id",
+        "key",
+        "size",
+        "sha256",
+        "backup_finished_at",
+        "target",
+        "timeline",
+        "segments",
+    ],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanInputs {
+    archive: String,
+    to: String,
+    #[serde(default)]
+    timeline: Option<String>,
+}
+
+/// The `pitr_plan` activity.
+pub struct PitrPlan {
+    services: Arc<Services>,
+}
+
+impl PitrPlan {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for PitrPlan {
+    fn spec(&self) -> &'static ActivitySpec {
+        &PLAN_SPEC
+    }
+
+    async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: PlanInputs = inputs::parse("pitr_plan", inputs)?;
+        let target = crate::wal::parse_target_time(&inputs.to).map_err(ActivityError::permanent)?;
+        let choice = match inputs.timeline.as_deref().map(str::trim) {
+            None | Some("") | Some("latest") => TimelineChoice::Latest,
+            Some(n) => TimelineChoice::Exactly(n.parse().map_err(|_| {
+                ActivityError::permanent(format!("timeline {n:?} is not \"latest\" or a number"))
+            })?),
+        };
+        let catalog = self.services.wal_catalog()?;
+        if let Err(e) = catalog.sync(&self.services.stores, &inputs.archive).await {
+            tracing::warn!(error = %e, "could not refresh the WAL catalog; planning from it as it is");
+        }
+        let manifests = crate::owner::control::list_backups(&self.services, None)
+            .await
+            .map_err(|e| ActivityError::retryable(e.to_string()))?;
+        let backups = crate::owner::wal::base_backups(&manifests, &inputs.archive);
+        let plan = plan::plan(catalog, &inputs.archive, target, choice, &backups)
+            .map_err(|e| ActivityError::permanent(e.to_string()))?;
+        let manifest = manifests
+            .iter()
+            .find(|m| m.id == plan.backup.id)
+            .ok_or_else(|| {
+                ActivityError::permanent("the planned backup vanished from the catalog")
+            })?;
+        Ok(json!({
+            "plan": plan,
+            "backup_id": manifest.id,
+            "key": manifest.key,
+            "size": manifest.size,
+            "sha256": manifest.sha256,
+            "backup_finished_at": manifest.finished_at,
+            "target": plan.target,
+            "timeline": plan.timeline,
+            "segments": plan.segments,
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// unpack_base_backup
+
+static UNPACK_SPEC: ActivitySpec = ActivitySpec {
+    name: "unpack_base_backup",
+    summary: "decrypt, decompress and untar a base backup into a new data directory (pg_control last)",
+    inputs: &[
+        InputSpec {
+            name: "src",
+            required: true,
+            help: "the downloaded backup (chunked format)",
+        },
+        InputSpec {
+            name: "data_dir",
+            required: true,
+            help: "new data directory (must not hold a cluster Lazarus did not unpack); empty: default_dir",
+        },
+        InputSpec {
+            name: "default_dir",
+            required: false,
+            help: "the data directory when data_dir is empty",
+        },
+    ],
+    outputs: &["data_directory", "files", "bytes", "seconds"],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnpackInputs {
+    src: PathBuf,
+    data_dir: PathBuf,
+    #[serde(default)]
+    default_dir: Option<PathBuf>,
+}
+
+/// Marks a directory as Lazarus's unpack in progress (safe to wipe on a retry).
+const UNPACK_MARKER: &str = ".lazarus-unpacking";
+
+/// The `unpack_base_backup` activity.
+pub struct UnpackBaseBackup {
+    services: Arc<Services>,
+}
+
+impl UnpackBaseBackup {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[async_trait]
+impl Activity for UnpackBaseBackup {
+    fn spec(&self) -> &'static ActivitySpec {
+        &UNPACK_SPEC
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: UnpackInputs = inputs::parse("unpack_base_backup", inputs)?;
+        let started = Instant::now();
+        let chosen = match (&inputs.data_dir, &inputs.default_dir) {
+            (d, Some(default)) if d.as_os_str().is_empty() => default.clone(),
+            (d, _) => d.clone(),
+        };
+        if chosen.as_os_str().is_empty() {
+            return Err(ActivityError::permanent(
+                "no data directory given (data_dir)",
+            ));
+        }
+        let dir = std::path::absolute(&chosen)
+            .map_err(|e| ActivityError::permanent(format!("{}: {e}", chosen.display())))?;
+        if dir.exists() {
+            let empty = std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if !empty && !dir.join(UNPACK_MARKER).exists() {
+                return Err(ActivityError::permanent(format!(
+                    "{} is not empty and was not unpacked by Lazarus: refusing to touch it; pick a new data_dir",
+                    dir.display()
+                )));
+            }
+            // A previous attempt stopped half-way: start again from nothing.
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                ActivityError::retryable(format!("cannot clear {}: {e}", dir.display()))
+            })?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ActivityError::permanent(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        std::fs::write(dir.join(UNPACK_MARKER), b"").map_err(|e| {
+            ActivityError::permanent(format!("cannot write in {}: {e}", dir.display()))
+        })?;
+        let owner = if running_as_root() {
+            Some(postgres_ids().map_err(pg_failure)?)
+        } else {
+            None
+        };
+        let keys = self
+            .services
+            .keys()
+            .map_err(|e| ActivityError::permanent(e.to_string()))?;
+        let summary = tokio::task::block_in_place(|| -> Result<_, String> {
+            let file = std::fs::File::open(&inputs.src)
+                .map_err(|e| format!("cannot open {}: {e}", inputs.src.display()))?;
+            let opened = chunked::open(&file, &keys).map_err(|e| e.to_string())?;
+            let total = opened.index.plaintext_size;
+            let untar = Untar::new(&dir)
+                .map_err(|e| format!("cannot unpack into {}: {e}", dir.display()))?
+                .with_owner(owner);
+            let mut untar = untar;
+            let mut last = Instant::now();
+            chunked::decode(
+                &file,
+                &opened,
+                &keys,
+                0,
+                true,
+                crate::parallel::available_threads(),
+                &mut untar,
+                &mut |_, plain| {
+                    if ctx.cancellation().is_cancelled() {
+                        return Err(crate::crypto::CryptoError::Io("unpack stopped".into()));
+                    }
+                    if last.elapsed() > Duration::from_millis(500) {
+                        last = Instant::now();
+                        ctx.progress(Progress {
+                            done: plain,
+                            total: Some(total),
+                            unit: "bytes".into(),
+                            message: Some(format!("unpacking into {}", dir.display())),
+                        });
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            untar.finish().map_err(|e| e.to_string())
+        });
+        let summary = summary.map_err(|message| {
+            if ctx.cancellation().is_cancelled() {
+                ActivityError::cancelled(message)
+            } else {
+                ActivityError::retryable(format!(
+                    "unpacking {} failed: {message}",
+                    inputs.src.display()
+                ))
+            }
+        })?;
+        let _ = std::fs::remove_file(dir.join(UNPACK_MARKER));
+        Ok(json!({
+            "data_directory": dir,
+            "files": summary.files,
+            "bytes": summary.bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// start_recovery
+
+static START_SPEC: ActivitySpec = ActivitySpec {
+    name: "start_recovery",
+    summary: "recovery settings, start on a new port, wait until the target is reached and the server promoted",
+    inputs: &[
+        InputSpec {
+            name: "data_dir",
+            required: true,
+            help: "the unpacked data directory",
+        },
+        InputSpec {
+            name: "port",
+            required: true,
+            help: "port for the restored server (0: a free one)",
+        },
+        InputSpec {
+            name: "target",
+            required: true,
+            help: "recovery_target_time (RFC 3339)",
+        },
+        InputSpec {
+            name: "archive",
+            required: true,
+            help: "the WAL archive restore_command fetches from",
+        },
+        InputSpec {
+            name: "timeline",
+            required: false,
+            help: "recovery_target_timeline (default latest)",
+        },
+        InputSpec {
+            name: "inclusive",
+            required: false,
+            help: "recovery_target_inclusive (default true)",
+        },
+        InputSpec {
+            name: "config",
+            required: false,
+            help: "lazarus.toml for restore_command (default: the one in force)",
+        },
+        InputSpec {
+            name: "lazarus",
+            required: false,
+            help: "the lazarus binary restore_command runs (default: this one)",
+        },
+        InputSpec {
+            name: "wait",
+            required: false,
+            help: "longest wait for promotion, seconds (default 86400)",
+        },
+    ],
+    outputs: &[
+        "data_directory",
+        "port",
+        "timeline",
+        "last_replayed_commit",
+        "target",
+        "seconds",
+    ],
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartInputs {
+    data_dir: PathBuf,
+    #[serde(deserialize_with = "lenient_u64")]
+    port: u64,
+    target: String,
+    archive: String,
+    #[serde(default)]
+    timeline: Option<String>,
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    inclusive: bool,
+    #[serde(default)]
+    config: Option<String>,
+    #[serde(default)]
+    lazarus: Option<String>,
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+const SETTINGS_MARK: &str = "# lazarus pitr";
+
+/// The `start_recovery` activity.
+pub struct StartRecovery {
+    services: Arc<Services>,
+}
+
+impl StartRecovery {
+    /// The activity over these services.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn server_running(services: &Services, data: &std::path::Path) -> bool {
+    Cluster::server_command(&services.pg_tools, "pg_ctl")
+        .map(|mut cmd| {
+            cmd.arg("-D")
+                .arg(data)
+                .arg("status")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|bytes| tail_lines(&bytes, 6))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Activity for StartRecovery {
+    fn spec(&self) -> &'static ActivitySpec {
+        &START_SPEC
+    }
+
+    async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
+        let inputs: StartInputs = inputs::parse("start_recovery", inputs)?;
+        let started = Instant::now();
+        let data = inputs.data_dir.clone();
+        if !data.join("global/pg_control").exists() {
+            return Err(ActivityError::permanent(format!(
+                "{} holds no complete data directory (no global/pg_control)",
+                data.display()
+            )));
+        }
+        let settings = data.join("postgresql.auto.conf");
+        let log = data.with_extension("log");
+        let existing = std::fs::read_to_string(&settings).unwrap_or_default();
+        // The port is chosen once and kept in the settings, so a resumed run finds it.
+        let recorded_port = existing
+            .lines()
+            .find(|l| l.ends_with(SETTINGS_MARK) && l.starts_with("port = "))
+            .and_then(|l| {
+                l["port = ".len()..]
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            });
+        let port = match (recorded_port, inputs.port) {
+            (Some(p), _) => p,
+            (None, 0) => crate::pg::cluster::free_port().map_err(pg_failure)?,
+            (None, p) => u16::try_from(p)
+                .map_err(|_| ActivityError::permanent(format!("port {p} is not a port")))?,
+        };
+        let server = Server {
+            host: Some("127.0.0.1".into()),
+            port: Some(port),
+            user: self.services.pg_server.user.clone(),
+            password: self.services.pg_server.password.clone(),
+        };
+        let sql = crate::pg::sql::Sql::new(&self.services.pg_tools, &server);
+        let promoted = |sql: &crate::pg::sql::Sql| -> Option<bool> {
+            sql.scalar("postgres", "SELECT NOT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .map(|v| v == "t")
+        };
+        let running = tokio::task::block_in_place(|| server_running(&self.services, &data));
+        if !running {
+            let exe = match &inputs.lazarus {
+                Some(path) if !path.is_empty() => path.clone(),
+                _ => std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .map_err(|e| {
+                        ActivityError::permanent(format!("cannot find the lazarus binary: {e}"))
+                    })?,
+            };
+            let config = match &inputs.config {
+                Some(c) if !c.is_empty() => format!(" --config {}", shell_word(c)),
+                _ => std::env::var(crate::config::CONFIG_ENV)
+                    .map(|c| format!(" --config {}", shell_word(&c)))
+                    .unwrap_or_default(),
+            };
+            let fetch_state = data.with_extension("lazarus-state");
+            let restore_command = format!(
+                "{} --state {}{config} wal fetch --archive {} %f %p",
+                shell_word(&exe),
+                shell_word(&fetch_state.display().to_string()),
+                shell_word(&inputs.archive)
+            );
+            let timeline = inputs
+                .timeline
+                .clone()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "latest".into());
+            let mut text: String = existing
+                .lines()
+                .filter(|l| !l.ends_with(SETTINGS_MARK))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let target_micros =
+                crate::wal::parse_target_time(&inputs.target).map_err(ActivityError::permanent)?;
+            let target_pg = chrono::DateTime::from_timestamp_micros(target_micros)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+                .ok_or_else(|| ActivityError::permanent("target time out of range"))?;
+            for line in [
+                format!("port = {port}"),
+                format!("restore_command = {}", quote(&restore_command)),
+                format!("recovery_target_time = {}", quote(&target_pg)),
+                "recovery_target_action = 'promote'".to_string(),
+                format!("recovery_target_timeline = {}", quote(&timeline)),
+                format!("recovery_target_inclusive = {}", inputs.inclusive),
+                "listen_addresses = '127.0.0.1'".to_string(),
+            ] {
+                text.push_str(&format!("{line} {SETTINGS_MARK}\n"));
+            }
+            let write = || -> std::io::Result<()> {
+                std::fs::write(&settings, &text)?;
+                if !data.join("global/pg_control").exists() {
+                    return Ok(());
+                }
+                // Only a server that has not promoted yet gets recovery.signal.
+                if promoted_before(&data) {
+                    return Ok(());
+                }
+                std::fs::write(data.join("recovery.signal"), b"")?;
+                Ok(())
+            };
+            write().map_err(|e| {
+                ActivityError::permanent(format!(
+                    "cannot write the recovery settings into {}: {e}",
+                    data.display()
+                ))
+            })?;
+            if running_as_root() {
+                for path in [settings.clone(), data.join("recovery.signal")] {
+                    if path.exists() {
+                        crate::pg::cluster::chown_to_postgres(&path).map_err(pg_failure)?;
+                    }
+                }
+                std::fs::create_dir_all(&fetch_state).ok();
+                crate::pg::cluster::chown_to_postgres(&fetch_state).map_err(pg_failure)?;
+                if !log.exists() {
+                    std::fs::write(&log, b"").ok();
+                }
+                crate::pg::cluster::chown_to_postgres(&log).map_err(pg_failure)?;
+            }
+            let socket_dir = data.clone();
+            let status = tokio::task::block_in_place(|| {
+                Cluster::server_command(&self.services.pg_tools, "pg_ctl").map(|mut cmd| {
+                    cmd.arg("-D")
+                        .arg(&data)
+                        .arg("-l")
+                        .arg(&log)
+                        .args(["-W", "-o"])
+                        .arg(format!("-k {}", socket_dir.display()))
+                        .arg("start")
+                        .stdin(std::process::Stdio::null())
+                        .output()
+                })
+            })
+            .map_err(pg_failure)?
+            .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;
+            if !status.status.success() {
+                return Err(ActivityError::retryable(format!(
+                    "pg_ctl start failed: {}{}",
+                    tail_lines(&status.stderr, 3),
+                    log_tail(&log)
+                )));
+            }
+        }
+        // Wait for the target and the promotion; a server that stops says why in its log.
+        let limit = inputs
+            .wait
+            .as_deref()
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(86_400);
+        let mut last_progress = Instant::now();
+        let waiting_since = Instant::now();
+        let mut seen_running = running;
+        loop {
+            if ctx.cancellation().is_cancelled() {
+                return Err(ActivityError::cancelled(format!(
+                    "stopped waiting; the server on port {port} keeps replaying (resume to wait again)"
+                )));
+            }
+            let state = tokio::task::block_in_place(|| promoted(&sql));
+            if state == Some(true) {
+                break;
+            }
+            let alive = state.is_some()
+                || tokio::task::block_in_place(|| server_running(&self.services, &data));
+            seen_running |= alive;
+            let died = || {
+                std::fs::read_to_string(&log)
+                    .map(|t| t.contains("FATAL:") || t.contains("PANIC:"))
+                    .unwrap_or(false)
+            };
+            if !alive
+                && (seen_running || died() || waiting_since.elapsed() > Duration::from_secs(30))
+            {
+                // Give a stopping server a moment to log why.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Err(ActivityError::permanent(format!(
+                    "the restored server on port {port} stopped during recovery: {}",
+                    log_tail(&log)
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(limit) {
+                return Err(ActivityError::retryable(format!(
+                    "the server on port {port} has not reached the target after {limit}s"
+                )));
+            }
+            if last_progress.elapsed() > Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let replayed = tokio::task::block_in_place(|| {
+                    sql.scalar("postgres", "SELECT pg_last_xact_replay_timestamp()")
+                        .ok()
+                        .flatten()
+                });
+                ctx.progress(Progress {
+                    done: started.elapsed().as_secs(),
+                    total: None,
+                    unit: "seconds".into(),
+                    message: Some(format!(
+                        "replaying WAL on port {port}; last replayed commit {}",
+                        replayed
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or_else(|| "none yet".into())
+                    )),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let facts = tokio::task::block_in_place(|| {
+            let replayed = sql.scalar(
+                "postgres",
+                "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            )?;
+            let timeline = sql.scalar("postgres", "SELECT timeline_id FROM pg_control_checkpoint()")?;
+            let current = sql.scalar(
+                "postgres",
+                "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+            )?;
+            Ok::<_, crate::pg::PgError>((replayed, timeline, current))
+        })
+        .map_err(pg_failure)?;
+        let (replayed, _checkpoint_timeline, timeline) = facts;
+        // Promoted: a restart of this server must never be asked to recover again.
+        let _ = std::fs::write(data.join(PROMOTED_MARKER), b"");
+        let _ = std::fs::remove_dir_all(data.with_extension("lazarus-state"));
+        Ok(json!({
+            "data_directory": data,
+            "port": port,
+            "timeline": timeline.and_then(|t| t.parse::<u64>().ok()),
+            "last_replayed_commit": replayed.filter(|r| !r.is_empty()),
+            "target": inputs.target,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+/// A server that already promoted has no recovery.signal and a history of its own; do not
+/// ask it to recover again.
+fn promoted_before(data: &std::path::Path) -> bool {
+    data.join(PROMOTED_MARKER).exists()
+}
+
+const PROMOTED_MARKER: &str = "lazarus.promoted";
+
+fn shell_word(text: &str) -> String {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("/usr/bin/lazarus"), "/usr/bin/lazarus");
+        assert_eq!(shell_word("/a b/it's"), "'/a b/it'\\''s'");
+    }
+
+    #[test]
+    fn settings_are_quoted_for_postgresql() {
+        assert_eq!(quote("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn probe_finds_no_server_in_an_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::default();
+        assert!(!server_running(&services, dir.path()));
+    }
+}
