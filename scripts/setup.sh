@@ -14,6 +14,7 @@ command -v zstd >/dev/null || need_apt+=(zstd)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
+command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)   # benchmarks compare with it
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     as_root apt-get update -qq

@@ -278,6 +278,26 @@ fn recovers_to_exact_moments_across_three_timelines() {
     expected.extend(201..=203);
     assert_eq!(ids(d), expected);
 
+    // A segment lost from the middle of the chain: the plan names it and refuses.
+    let lost = "000000020000000000000003";
+    for store in ["store-a", "store-b"] {
+        for key in [
+            lazarus::wal::archive::object_key("main", lost),
+            lazarus::wal::archive::manifest_key("main", lost),
+        ] {
+            std::fs::remove_file(p.a.home.join(store).join(key)).unwrap();
+        }
+    }
+    ok(p.lazarus(&["wal", "sync", "--full"]), "wal sync --full");
+    let out = p.lazarus(&["pitr", "plan", "--to", &t3]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{lost} to {lost} are missing")),
+        "{err}"
+    );
+    assert!(err.contains("covers"), "{err}");
+
     // A target after the last archived commit is refused with the window, before any download.
     let out = p.lazarus(&["pitr", "plan", "--to", "2099-01-01T00:00:00Z"]);
     assert!(!out.status.success());
