@@ -51,12 +51,73 @@ const UTC_MICROS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 
 impl Pitr {
     fn new() -> Pitr {
-        let a = Archiving::start(&["track_commit_timestamp = on"]);
+        Self::with_stores("")
+    }
+
+    fn with_stores(stores_first: &str) -> Pitr {
+        let a = Archiving::start_with(&["track_commit_timestamp = on"], stores_first);
         Pitr {
             a,
             state: tempfile::tempdir().unwrap(),
             restored: Vec::new(),
         }
+    }
+
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = self.a.lazarus(&self.state.path().join("state"));
+        cmd.current_dir(self.state.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Polls a run's report until `ready` says so (60 s at most).
+    fn wait_for(&self, run: &str, what: &str, ready: impl Fn(&Value) -> bool) {
+        let started = Instant::now();
+        loop {
+            let out = self.lazarus(&["status", run, "--json"]);
+            if let Ok(report) = serde_json::from_slice::<Value>(&out.stdout)
+                && ready(&report)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{run}: {what} did not happen in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The PITR arguments of `recover`.
+    fn recover_args(&self, to: &str, name: &str) -> Vec<String> {
+        let data = self.a.cluster.root.join(name);
+        [
+            "recover",
+            "--to",
+            to,
+            "--reason",
+            "test",
+            "--id",
+            &format!("pitr-{name}"),
+            "--param",
+            "cutover=none",
+            "--param",
+            &format!("data_dir={}", data.display()),
+            "--param",
+            &format!("config={}", self.a.config.display()),
+            "--param",
+            &format!("lazarus={}", self.a.binary.display()),
+            "--param",
+            "database=postgres",
+            "--param",
+            "check_tables=ticks",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     fn lazarus(&self, args: &[&str]) -> Output {
@@ -130,28 +191,9 @@ impl Pitr {
     fn recover(&mut self, to: &str, name: &str) -> (Value, u16) {
         let data = self.a.cluster.root.join(name);
         let run = format!("pitr-{name}");
-        let out = self.lazarus(&[
-            "recover",
-            "--to",
-            to,
-            "--reason",
-            "test",
-            "--id",
-            &run,
-            "--json",
-            "--param",
-            "cutover=none",
-            "--param",
-            &format!("data_dir={}", data.display()),
-            "--param",
-            &format!("config={}", self.a.config.display()),
-            "--param",
-            &format!("lazarus={}", self.a.binary.display()),
-            "--param",
-            "database=postgres",
-            "--param",
-            "check_tables=ticks",
-        ]);
+        let args = self.recover_args(to, name);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.lazarus(&refs);
         let report = ok(self.lazarus(&["status", &run, "--json"]), "status");
         let report: Value = serde_json::from_str(&report).unwrap();
         let recover = report["steps"]
@@ -168,6 +210,14 @@ impl Pitr {
         let port = recover["output"]["port"].as_u64().unwrap() as u16;
         (report, port)
     }
+}
+
+fn step_status<'a>(report: &'a Value, id: &str) -> &'a str {
+    report["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["id"] == id))
+        .and_then(|s| s["status"].as_str())
+        .unwrap_or("")
 }
 
 fn ids(port: u16) -> Vec<i32> {
@@ -308,4 +358,82 @@ fn recovers_to_exact_moments_across_three_timelines() {
     let out = p.lazarus(&["pitr", "plan", "--to", "2001-01-01T00:00:00Z"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("before the oldest base backup"), "{err}");
+}
+
+#[test]
+fn resumes_after_kill_9_mid_download_and_mid_replay() {
+    use common::s3::{ACCESS_KEY, Moto, SECRET_KEY, Throttle, create_bucket};
+    // A slow first store (2 MiB/s) makes the download last long enough to be killed in.
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), "wal");
+    let throttle = Throttle::start(format!("127.0.0.1:{}", moto.port).parse().unwrap(), 2 << 20);
+    let slow = format!(
+        "[[stores]]\nname = \"r2\"\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"wal\"\nprefix = \"prod/\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\n",
+        throttle.endpoint()
+    );
+    let mut p = Pitr::with_stores(&slow);
+    let primary = p.a.cluster.port;
+    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY, pad text)");
+    // Some bulk, so the base backup takes seconds to download.
+    psql_at(
+        primary,
+        "CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
+    );
+    let workdir = format!("workdir={}", p.state.path().join("work").display());
+    ok(
+        p.lazarus(&[
+            "run",
+            "base-backup",
+            "--reason",
+            "test",
+            "--param",
+            &workdir,
+        ]),
+        "base backup",
+    );
+    // Many segments to replay: a switch every few commits.
+    let mut commits = Vec::new();
+    for chunk in 0..10 {
+        let from = chunk * 4 + 1;
+        commits.extend(p.commit_rows(primary, from..=from + 3));
+        psql_at(primary, "SELECT pg_switch_wal()");
+    }
+    p.archive_now(primary);
+    let target = commits[32].1.clone();
+
+    let args = p.recover_args(&target, "killed");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = "pitr-killed";
+    let mut child = p.spawn(&refs);
+    p.wait_for(run, "download running", |r| {
+        step_status(r, "download") == "running"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    common::kill9(&mut child);
+    let mut child = p.spawn(&["resume", run]);
+    p.wait_for(run, "recover running", |r| {
+        step_status(r, "recover") == "running"
+    });
+    common::kill9(&mut child);
+    let data = p.a.cluster.root.join("killed");
+    p.restored.push(Restored { data: data.clone() });
+    let out = p.lazarus(&["resume", run]);
+    ok(out, "resume after the kills");
+    let report: Value =
+        serde_json::from_str(&ok(p.lazarus(&["status", run, "--json"]), "status")).unwrap();
+    assert_eq!(report["status"], "succeeded");
+    assert!(
+        step(&report, "download")["attempts"].as_u64().unwrap() >= 2,
+        "killed inside the download"
+    );
+    assert!(
+        step(&report, "recover")["attempts"].as_u64().unwrap() >= 2,
+        "killed inside the replay"
+    );
+    let port = step(&report, "recover")["output"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        ids(port),
+        (1..=33).collect::<Vec<_>>(),
+        "the same result as an uninterrupted recovery"
+    );
 }

@@ -474,7 +474,7 @@ impl Activity for StartRecovery {
             };
             let fetch_state = data.with_extension("lazarus-state");
             let restore_command = format!(
-                "{} --state {}{config} wal fetch --archive {} %f %p",
+                "{} --state {}{config} wal fetch --prefetch 8 --archive {} %f %p",
                 shell_word(&exe),
                 shell_word(&fetch_state.display().to_string()),
                 shell_word(&inputs.archive)

@@ -50,6 +50,23 @@ pub enum WalCommand {
         dest: PathBuf,
         #[command(flatten)]
         archive: ArchiveArg,
+        /// Segments to fetch ahead in the background, into STATE/wal-spool (0: none).
+        #[arg(long, default_value_t = 0)]
+        prefetch: u64,
+    },
+    /// Fetch the segments after FILE into STATE/wal-spool (started by `wal fetch --prefetch`).
+    #[command(hide = true)]
+    Prefetch {
+        /// The segment just handed to PostgreSQL.
+        file: String,
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Segments to fetch ahead.
+        #[arg(long, default_value_t = 8)]
+        count: u64,
+        /// Segment size in bytes.
+        #[arg(long, default_value_t = crate::wal::names::DEFAULT_SEGMENT_SIZE)]
+        segment_size: u64,
     },
     /// List archived files.
     List {
@@ -127,7 +144,30 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             file,
             dest,
             archive,
-        } => fetch(ctx, &file, &dest, &archive.archive).await,
+            prefetch,
+        } => fetch(ctx, &file, &dest, &archive.archive, prefetch).await,
+        WalCommand::Prefetch {
+            file,
+            archive,
+            count,
+            segment_size,
+        } => {
+            let loaded = ctx.loaded_config()?;
+            let stores = loaded.stores(&ctx.state)?;
+            let keys = Keyring::load(loaded.keys_file().as_deref())?;
+            let spool = ctx.state.join("wal-spool");
+            archive::spool::prefetch(
+                &spool,
+                &file,
+                segment_size,
+                count,
+                &stores,
+                &keys,
+                &archive.archive,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         WalCommand::List { archive, json } => {
             let answer = ask(
                 ctx,
@@ -281,7 +321,22 @@ async fn fetch(
     file: &str,
     dest: &std::path::Path,
     archive_name: &str,
+    prefetch: u64,
 ) -> Result<ExitCode> {
+    let spool = ctx.state.join("wal-spool");
+    if prefetch > 0 {
+        // Already prefetched (or being prefetched right now): hand it over at once.
+        let waiting = archive::spool::wait_for(&spool, file, std::time::Duration::from_secs(60));
+        if let Some(ready) = waiting.or_else(|| archive::spool::ready(&spool, file)) {
+            match archive::spool::hand_over(&ready, dest) {
+                Ok(bytes) => {
+                    start_prefetcher(ctx, file, archive_name, prefetch, bytes);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => tracing::warn!(error = %e, "prefetched copy unusable; fetching"),
+            }
+        }
+    }
     let prepared = (|| -> Result<_> {
         let loaded = ctx.loaded_config()?;
         let stores = loaded.stores(&ctx.state)?;
@@ -298,6 +353,9 @@ async fn fetch(
     match archive::fetch(file, dest, &stores, &keys, archive_name).await {
         Ok(outcome) => {
             tracing::info!(file, store = %outcome.store, bytes = outcome.bytes, "fetched");
+            if prefetch > 0 {
+                start_prefetcher(ctx, file, archive_name, prefetch, outcome.bytes);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(ArchiveError::NotFound { .. }) => Ok(ExitCode::from(1)),
@@ -306,6 +364,34 @@ async fn fetch(
             Ok(ExitCode::from(FETCH_UNAVAILABLE))
         }
     }
+}
+
+/// Starts a background prefetcher for the segments after `file` (segments only), detached
+/// from PostgreSQL's restore_command so the handed-over segment replays meanwhile.
+fn start_prefetcher(ctx: &Context, file: &str, archive_name: &str, count: u64, segment_size: u64) {
+    use std::os::unix::process::CommandExt;
+    if archive::classify(file).ok() != Some(archive::FileKind::Segment)
+        || !segment_size.is_power_of_two()
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(config) = &ctx.config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--state")
+        .arg(&ctx.state)
+        .args(["wal", "prefetch", file, "--archive", archive_name])
+        .arg(format!("--count={count}"))
+        .arg(format!("--segment-size={segment_size}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let _ = cmd.spawn();
 }
 
 fn text(v: &Value) -> &str {

@@ -728,3 +728,118 @@ impl WalManifest {
         self.end_lsn.as_deref()?.parse().ok()
     }
 }
+
+/// Prefetched segments wait in a spool directory, so `wal fetch` can hand PostgreSQL the
+/// next segment at once while a background prefetcher decodes the ones after it — replay
+/// and download overlap instead of alternating.
+pub mod spool {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::{ArchiveError, fetch};
+    use crate::crypto::Keyring;
+    use crate::storage::StoreSet;
+    use crate::wal::names::SegmentName;
+
+    /// The lock a running prefetcher holds.
+    const LOCK: &str = ".prefetch.lock";
+
+    /// A complete prefetched copy of `file`, if any.
+    pub fn ready(spool: &Path, file: &str) -> Option<PathBuf> {
+        let path = spool.join(file);
+        path.is_file().then_some(path)
+    }
+
+    /// Whether a prefetcher is working in `spool` right now.
+    pub fn prefetcher_running(spool: &Path) -> bool {
+        let Ok(lock) = std::fs::File::open(spool.join(LOCK)) else {
+            return false;
+        };
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockSharedNonblock).is_err()
+    }
+
+    /// Waits (bounded) for a prefetcher that is writing `file` right now.
+    pub fn wait_for(spool: &Path, file: &str, limit: Duration) -> Option<PathBuf> {
+        let started = Instant::now();
+        let mut part = spool.join(file).into_os_string();
+        part.push(".lazarus-part");
+        while started.elapsed() < limit {
+            if let Some(path) = ready(spool, file) {
+                return Some(path);
+            }
+            if !Path::new(&part).exists() || !prefetcher_running(spool) {
+                return ready(spool, file);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Moves a prefetched file to where PostgreSQL wants it.
+    pub fn hand_over(from: &Path, dest: &Path) -> Result<u64, ArchiveError> {
+        let size = std::fs::metadata(from).map(|m| m.len()).unwrap_or(0);
+        if std::fs::rename(from, dest).is_err() {
+            std::fs::copy(from, dest).map_err(|e| {
+                ArchiveError::Io(format!(
+                    "cannot copy {} to {}: {e}",
+                    from.display(),
+                    dest.display()
+                ))
+            })?;
+            let _ = std::fs::remove_file(from);
+        }
+        Ok(size)
+    }
+
+    /// The segments after `file` on its timeline, `count` of them.
+    pub fn upcoming(file: &str, segment_size: u64, count: u64) -> Vec<String> {
+        let Ok(name) = SegmentName::parse(file, segment_size) else {
+            return Vec::new();
+        };
+        (1..=count)
+            .map(|i| {
+                SegmentName {
+                    timeline: name.timeline,
+                    segno: name.segno + i,
+                }
+                .file_name(segment_size)
+            })
+            .collect()
+    }
+
+    /// Fetches the segments after `file` into `spool`, stopping at the first the archive
+    /// does not have; returns how many it fetched. Only one prefetcher works per spool.
+    pub async fn prefetch(
+        spool: &Path,
+        file: &str,
+        segment_size: u64,
+        count: u64,
+        stores: &StoreSet,
+        keys: &Keyring,
+        archive: &str,
+    ) -> Result<usize, ArchiveError> {
+        std::fs::create_dir_all(spool)
+            .map_err(|e| ArchiveError::Io(format!("cannot create {}: {e}", spool.display())))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(spool.join(LOCK))
+            .map_err(|e| ArchiveError::Io(format!("cannot open the prefetch lock: {e}")))?;
+        let Ok(_held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            return Ok(0);
+        };
+        let mut fetched = 0;
+        for next in upcoming(file, segment_size, count) {
+            if ready(spool, &next).is_some() {
+                continue;
+            }
+            match fetch(&next, &spool.join(&next), stores, keys, archive).await {
+                Ok(_) => fetched += 1,
+                Err(_) => break,
+            }
+        }
+        Ok(fetched)
+    }
+}

@@ -33,6 +33,11 @@ fn chown_postgres(path: &Path) {
 impl Archiving {
     /// initdb, configure archiving through lazarus, start.
     pub fn start(extra: &[&str]) -> Archiving {
+        Self::start_with(extra, "")
+    }
+
+    /// As `start`, with more stores (TOML) in front of the two local ones.
+    pub fn start_with(extra: &[&str], stores_first: &str) -> Archiving {
         let tools = Tools::new(None);
         let cluster = Cluster::create(tools, "wal").unwrap_or_else(|e| {
             panic!("this test needs PostgreSQL's server binaries (Debian: apt-get install postgresql): {e}")
@@ -60,7 +65,7 @@ impl Archiving {
         std::fs::write(
             &config,
             format!(
-                "[keys]\nfile = \"{keys}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n\
+                "[keys]\nfile = \"{keys}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n{stores_first}\
                  [[stores]]\nname = \"primary\"\nkind = \"local\"\npath = \"{a}\"\n\n\
                  [[stores]]\nname = \"secondary\"\nkind = \"local\"\npath = \"{b}\"\n",
                 keys = keys.display(),
@@ -70,6 +75,9 @@ impl Archiving {
             ),
         )
         .unwrap();
+        // Secrets live in it: readable by its owner (the server's user) alone.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         chown_postgres(&home);
         let mut lines = vec![
             "fsync = off".to_string(),
