@@ -277,35 +277,42 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
             }
         }
         let record_lsn = start + pos as u64;
-        match gather(data, &layout, pos, &mut record) {
-            Gathered::Complete(end) => {
-                if !record_is_valid(&record, prev) {
+        // Most records lie within one page: read them in place; gather the others.
+        let page_end = (pos / page_size + 1) * page_size;
+        let in_page = u32_at(data, pos)
+            .map(|t| t as usize)
+            .filter(|&t| (RECORD_HEADER..=page_end - pos).contains(&t));
+        let (rec, end): (&[u8], usize) = match in_page {
+            Some(total) => (&data[pos..pos + total], pos + total),
+            None => match gather(data, &layout, pos, &mut record) {
+                Gathered::Complete(end) => (&record[..], end),
+                Gathered::RunsOff => {
+                    scan.end_lsn = Lsn(start + segment_size);
+                    break;
+                }
+                Gathered::End => {
                     scan.ends_early = true;
                     break;
                 }
-                scan.records += 1;
-                scan.end_lsn = Lsn(start + end as u64);
-                prev = Some(record_lsn);
-                let rmid = record[17];
-                let info = record[16];
-                if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
-                    scan.switched = true;
-                    break;
-                }
-                if rmid == RM_XACT_ID {
-                    note_xact(&mut scan, &record, record_lsn, info, options);
-                }
-                pos = end;
-            }
-            Gathered::RunsOff => {
-                scan.end_lsn = Lsn(start + segment_size);
-                break;
-            }
-            Gathered::End => {
-                scan.ends_early = true;
-                break;
-            }
+            },
+        };
+        if !record_is_valid(rec, prev) {
+            scan.ends_early = true;
+            break;
         }
+        scan.records += 1;
+        scan.end_lsn = Lsn(start + end as u64);
+        prev = Some(record_lsn);
+        let rmid = rec[17];
+        let info = rec[16];
+        if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
+            scan.switched = true;
+            break;
+        }
+        if rmid == RM_XACT_ID {
+            note_xact(&mut scan, rec, record_lsn, info, options);
+        }
+        pos = end;
     }
     Ok(scan)
 }
