@@ -9,7 +9,8 @@
 //! * lazarus: `lazarus recover --to T --param cutover=none` (plan, download, unpack, replay
 //!   with `wal fetch --prefetch`).
 //!
-//! Every segment is archived by all three (one archive_command runs them in turn).
+//! Every segment is archived by all three (one archive_command runs them in turn); restored
+//! servers do not archive (so one round's new timeline does not change the next round).
 //! Run: `cargo bench --bench pitr` (needs pgbackrest; LAZARUS_BENCH_SCALE overrides the scale).
 
 use std::path::{Path, PathBuf};
@@ -330,7 +331,7 @@ fn main() {
         let conf = dir.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
         text.push_str(&format!(
-            "restore_command = 'cp {}/%f %p'\nrecovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
+            "restore_command = 'cp {}/%f %p'\nrecovery_target_time = '{}'\nrecovery_target_action = 'promote'\narchive_mode = off\n",
             root.join("plainwal").display(),
             target.replace('T', " ").replace('Z', "+00")
         ));
@@ -356,6 +357,7 @@ fn main() {
                 "--type=time",
                 &format!("--target={}", target.replace('T', " ").replace('Z', "+00")),
                 "--target-action=promote",
+                "--archive-mode=off",
                 "restore",
             ]),
             "pgbackrest restore",
@@ -383,6 +385,8 @@ fn main() {
                 &run,
                 "--param",
                 "cutover=none",
+                "--param",
+                "archive_mode=off",
                 "--param",
                 &work,
                 "--param",

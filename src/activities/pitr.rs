@@ -333,6 +333,11 @@ static START_SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "longest wait for promotion, seconds (default 86400)",
         },
+        InputSpec {
+            name: "archive_mode",
+            required: false,
+            help: "preserve (default: archive as the backed-up server did) or off",
+        },
     ],
     outputs: &[
         "data_directory",
@@ -362,6 +367,8 @@ struct StartInputs {
     lazarus: Option<String>,
     #[serde(default)]
     wait: Option<String>,
+    #[serde(default)]
+    archive_mode: Option<String>,
 }
 
 fn yes() -> bool {
@@ -484,6 +491,15 @@ impl Activity for StartRecovery {
                 .clone()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "latest".into());
+            let archive_line = match inputs.archive_mode.as_deref().map(str::trim) {
+                None | Some("") | Some("preserve") => None,
+                Some("off") => Some("archive_mode = off".to_string()),
+                Some(other) => {
+                    return Err(ActivityError::permanent(format!(
+                        "archive_mode {other:?}: use preserve or off"
+                    )));
+                }
+            };
             let mut text: String = existing
                 .lines()
                 .filter(|l| !l.ends_with(SETTINGS_MARK))
@@ -502,7 +518,10 @@ impl Activity for StartRecovery {
                 format!("recovery_target_timeline = {}", quote(&timeline)),
                 format!("recovery_target_inclusive = {}", inputs.inclusive),
                 "listen_addresses = '127.0.0.1'".to_string(),
-            ] {
+            ]
+            .into_iter()
+            .chain(archive_line)
+            {
                 text.push_str(&format!("{line} {SETTINGS_MARK}\n"));
             }
             let write = || -> std::io::Result<()> {
