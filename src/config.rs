@@ -103,6 +103,8 @@ pub struct Loaded {
     pub base: PathBuf,
     /// The settings.
     pub config: Config,
+    /// The file it was read from, absolute (none for the embedded default).
+    pub file: Option<PathBuf>,
 }
 
 impl Loaded {
@@ -118,6 +120,7 @@ impl Loaded {
                 source: "embedded default".into(),
                 base: PathBuf::from("."),
                 config: Config::default(),
+                file: None,
             });
         };
         let file = path.display().to_string();
@@ -161,6 +164,7 @@ impl Loaded {
             source: file,
             base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             config,
+            file: std::path::absolute(&path).ok(),
         })
     }
 
@@ -406,6 +410,7 @@ mod tests {
             source: "embedded default".into(),
             base: PathBuf::from("."),
             config: Config::default(),
+            file: None,
         };
         let set = loaded.stores(Path::new("/tmp/st")).unwrap();
         assert_eq!(set.names(), ["local"]);

@@ -473,12 +473,42 @@ impl Activity for StartRecovery {
                         ActivityError::permanent(format!("cannot find the lazarus binary: {e}"))
                     })?,
             };
-            let config = match &inputs.config {
-                Some(c) if !c.is_empty() => format!(" --config {}", shell_word(c)),
-                _ => std::env::var(crate::config::CONFIG_ENV)
-                    .map(|c| format!(" --config {}", shell_word(&c)))
-                    .unwrap_or_default(),
+            // restore_command runs as the server's user, in the server's environment: it
+            // needs a configuration file it can read (the stores and keys of the archive).
+            let config_file = match &inputs.config {
+                Some(c) if !c.is_empty() => Some(PathBuf::from(c)),
+                _ => self.services.config_file.clone(),
             };
+            let Some(config_file) = config_file else {
+                return Err(ActivityError::permanent(
+                    "point-in-time recovery needs a configuration file for restore_command \
+                     (lazarus --config FILE, $LAZARUS_CONFIG, or -p config=FILE): the embedded \
+                     default's store and keys are not visible to the PostgreSQL server",
+                ));
+            };
+            if running_as_root() {
+                for (path, test) in [
+                    (config_file.display().to_string(), "-r"),
+                    (exe.clone(), "-x"),
+                ] {
+                    let usable = std::process::Command::new("runuser")
+                        .args(["-u", "postgres", "--", "test", test, &path])
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    if !usable {
+                        return Err(ActivityError::permanent(format!(
+                            "the server runs restore_command as the postgres user, who cannot {} {path}; \
+                             fix its permissions (and its directories'), or pass -p config=/-p lazarus= paths it can reach",
+                            if test == "-r" { "read" } else { "run" }
+                        )));
+                    }
+                }
+            }
+            let config = format!(
+                " --config {}",
+                shell_word(&config_file.display().to_string())
+            );
             let fetch_state = data.with_extension("lazarus-state");
             let restore_command = format!(
                 "{} --state {}{config} wal fetch --prefetch 8 --archive {} %f %p",

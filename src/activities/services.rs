@@ -21,6 +21,9 @@ pub struct Services {
     pub pg_tools: Tools,
     /// The PostgreSQL server to back up and restore to.
     pub pg_server: Server,
+    /// The configuration file in force (handed to processes PostgreSQL starts, such as
+    /// restore_command), if there is one.
+    pub config_file: Option<PathBuf>,
     catalog: OnceLock<Catalog>,
     wal_catalog: OnceLock<WalCatalog>,
 }
@@ -33,6 +36,12 @@ impl Services {
             keys_file,
             ..Self::default()
         }
+    }
+
+    /// With the configuration file in force.
+    pub fn with_config_file(mut self, file: Option<PathBuf>) -> Self {
+        self.config_file = file;
+        self
     }
 
     /// With this PostgreSQL server and tools.

@@ -148,7 +148,9 @@ impl Context {
         let stores = loaded.stores(&self.state)?;
         let (tools, server) = loaded.postgres()?;
         Ok(Arc::new(
-            Services::new(stores, loaded.keys_file()).with_postgres(tools, server),
+            Services::new(stores, loaded.keys_file())
+                .with_postgres(tools, server)
+                .with_config_file(loaded.file.clone()),
         ))
     }
 

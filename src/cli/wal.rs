@@ -350,7 +350,8 @@ async fn fetch(
             return Ok(ExitCode::from(FETCH_UNAVAILABLE));
         }
     };
-    match archive::fetch(file, dest, &stores, &keys, archive_name).await {
+    let threads = crate::parallel::available_threads();
+    match archive::fetch(file, dest, &stores, &keys, archive_name, threads).await {
         Ok(outcome) => {
             tracing::info!(file, store = %outcome.store, bytes = outcome.bytes, "fetched");
             if prefetch > 0 {
@@ -372,6 +373,7 @@ fn start_prefetcher(ctx: &Context, file: &str, archive_name: &str, count: u64, s
     use std::os::unix::process::CommandExt;
     if archive::classify(file).ok() != Some(archive::FileKind::Segment)
         || !segment_size.is_power_of_two()
+        || archive::spool::prefetcher_running(&ctx.state.join("wal-spool"))
     {
         return;
     }

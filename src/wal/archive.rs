@@ -560,6 +560,7 @@ pub async fn fetch(
     stores: &StoreSet,
     keys: &Keyring,
     archive: &str,
+    threads: usize,
 ) -> Result<FetchOutcome, ArchiveError> {
     classify(file)?;
     let key = object_key(archive, file);
@@ -588,7 +589,7 @@ pub async fn fetch(
         let decoded = tokio::task::spawn_blocking({
             let keys = keys.clone();
             let dest = dest.to_path_buf();
-            move || decode_to(&object, &keys, &dest)
+            move || decode_to(&object, &keys, &dest, threads)
         })
         .await
         .map_err(|e| ArchiveError::Io(format!("decoding task failed: {e}")))?;
@@ -617,7 +618,12 @@ pub async fn fetch(
 }
 
 /// Decrypts a stored object into `dest`, atomically.
-pub fn decode_to(object: &[u8], keys: &Keyring, dest: &Path) -> Result<u64, ArchiveError> {
+pub fn decode_to(
+    object: &[u8],
+    keys: &Keyring,
+    dest: &Path,
+    threads: usize,
+) -> Result<u64, ArchiveError> {
     let memory = in_memory_file(object)?;
     let opened = chunked::open(&memory, keys)?;
     let mut name = dest
@@ -629,7 +635,7 @@ pub fn decode_to(object: &[u8], keys: &Keyring, dest: &Path) -> Result<u64, Arch
     let out =
         std::fs::File::create(&part).map_err(io(format!("cannot create {}", part.display())))?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
-    let threads = crate::parallel::available_threads();
+    let threads = threads.max(1);
     let summary = chunked::decode(
         &memory,
         &opened,
@@ -835,7 +841,9 @@ pub mod spool {
             if ready(spool, &next).is_some() {
                 continue;
             }
-            match fetch(&next, &spool.join(&next), stores, keys, archive).await {
+            // One thread: PostgreSQL's replay needs the other cores more than a segment
+            // that is not due yet needs speed.
+            match fetch(&next, &spool.join(&next), stores, keys, archive, 1).await {
                 Ok(_) => fetched += 1,
                 Err(_) => break,
             }
