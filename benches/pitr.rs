@@ -108,6 +108,16 @@ fn wait_promoted(tools: &Tools, port: u16, data: &Path) {
     }
 }
 
+/// PostgreSQL's own account of the replay: "redo done ... elapsed: X s".
+fn redo_elapsed(data: &Path) -> String {
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    log.lines()
+        .find(|l| l.contains("redo done"))
+        .and_then(|l| l.split("elapsed: ").nth(1))
+        .map(|s| format!("replay {}", s.trim()))
+        .unwrap_or_else(|| "replay ?".into())
+}
+
 fn stop(tools: &Tools, data: &Path) {
     let _ = Cluster::server_command(tools, "pg_ctl")
         .unwrap()
@@ -318,7 +328,7 @@ fn main() {
     let mut pgbr_time = Duration::MAX;
     let mut lz_time = Duration::MAX;
     let mut steps = String::new();
-    for round in 1..=2 {
+    for round in 1..=3 {
         // floor: plain copy + cp restore_command.
         let _ = Command::new("sync").status();
         let dir = root.join(format!("floor-{round}"));
@@ -341,7 +351,11 @@ fn main() {
         start_and_wait_promoted(&tools, &dir, free_port().unwrap());
         let elapsed = t.elapsed();
         stop(&tools, &dir);
-        eprintln!("round {round}: floor {:.1}s", elapsed.as_secs_f64());
+        eprintln!(
+            "round {round}: floor {:.1}s ({})",
+            elapsed.as_secs_f64(),
+            redo_elapsed(&dir)
+        );
         floor = floor.min(elapsed);
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -365,7 +379,11 @@ fn main() {
         start_and_wait_promoted(&tools, &dir, free_port().unwrap());
         let elapsed = t.elapsed();
         stop(&tools, &dir);
-        eprintln!("round {round}: pgbackrest {:.1}s", elapsed.as_secs_f64());
+        eprintln!(
+            "round {round}: pgbackrest {:.1}s ({})",
+            elapsed.as_secs_f64(),
+            redo_elapsed(&dir)
+        );
         pgbr_time = pgbr_time.min(elapsed);
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -398,26 +416,32 @@ fn main() {
         );
         let elapsed = t.elapsed();
         stop(&tools, &dir);
-        eprintln!("round {round}: lazarus {:.1}s", elapsed.as_secs_f64());
+        let out = run_ok(&mut lazarus(&["status", &run, "--json"]), "status");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let these = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:.1}s",
+                    s["id"].as_str().unwrap_or(""),
+                    s["duration_seconds"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!(
+            "round {round}: lazarus {:.1}s ({}; {these})",
+            elapsed.as_secs_f64(),
+            redo_elapsed(&dir)
+        );
         if elapsed < lz_time {
             lz_time = elapsed;
-            let out = run_ok(&mut lazarus(&["status", &run, "--json"]), "status");
-            let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-            steps = report["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} {:.1}s",
-                        s["id"].as_str().unwrap_or(""),
-                        s["duration_seconds"].as_f64().unwrap_or(0.0)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            steps = these;
         }
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("log"));
     }
     println!();
     println!(
