@@ -156,16 +156,7 @@ impl Activity for Restore {
             if !inputs.in_place {
                 // A previous attempt may have left a partial restore: start clean. This is
                 // a database of our own, never the live one (checked above).
-                sql.execute(
-                    "postgres",
-                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&target)),
-                )
-                .map_err(pg_failure)?;
-                sql.execute(
-                    "postgres",
-                    &format!("CREATE DATABASE {} TEMPLATE template0", ident(&target)),
-                )
-                .map_err(pg_failure)?;
+                recreate_database(&sql, &target)?;
             }
             let mut args: Vec<String> = vec![
                 format!("--jobs={jobs}"),
@@ -324,5 +315,30 @@ impl Activity for DropDatabase {
         })
         .map_err(pg_failure)?;
         Ok(json!({ "database": inputs.database, "dropped": existed }))
+    }
+}
+
+/// Drops and creates `target` afresh. A killed earlier attempt may have left its own
+/// `CREATE DATABASE` running (psql outlives its parent): when the name reappears between our
+/// drop and our create, wait for it and drop again.
+fn recreate_database(sql: &Sql, target: &str) -> Result<(), ActivityError> {
+    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target));
+    let create = format!("CREATE DATABASE {} TEMPLATE template0", ident(target));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        sql.execute("postgres", &drop).map_err(pg_failure)?;
+        match sql.execute("postgres", &create) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if tries < 20 && {
+                    let text = e.to_string();
+                    text.contains("already exists") || text.contains("pg_database_datname_index")
+                } =>
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(pg_failure(e)),
+        }
     }
 }

@@ -303,6 +303,11 @@ async fn run_demo(ctx: &Context, root: &Path) -> Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Into pg_restore itself, not just the step's start.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !pg_restore_running() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(runner.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -341,4 +346,20 @@ async fn run_demo(ctx: &Context, root: &Path) -> Result<bool> {
     drop(bouncer);
     cluster.stop()?;
     Ok(same && report.success)
+}
+
+/// Whether a pg_restore process is running on this machine (Linux /proc).
+fn pg_restore_running() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                c.split(|&b| b == 0)
+                    .next()
+                    .is_some_and(|arg0| arg0.ends_with(b"pg_restore"))
+            })
+            .unwrap_or(false)
+    })
 }
