@@ -31,9 +31,10 @@ impl Drop for Restored {
 }
 
 struct Pitr {
+    // Fields drop in order: restored servers stop before the cluster's directory goes.
+    restored: Vec<Restored>,
     a: Archiving,
     state: tempfile::TempDir,
-    restored: Vec<Restored>,
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -57,9 +58,9 @@ impl Pitr {
     fn with_stores(stores_first: &str) -> Pitr {
         let a = Archiving::start_with(&["track_commit_timestamp = on"], stores_first);
         Pitr {
+            restored: Vec::new(),
             a,
             state: tempfile::tempdir().unwrap(),
-            restored: Vec::new(),
         }
     }
 
