@@ -4,28 +4,22 @@
 //! wal push`) holds it, and pg_basebackup waits until the segments the backup needs are
 //! archived before it reports success.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::dump::pg_failure;
+use super::dump::{pg_failure, stream_to_chunked};
 use super::files::{commit, discard, part_path, prepare_dir};
 use super::inputs;
 use super::services::Services;
-use super::supervise::Supervised;
 use crate::catalog::{MANIFEST_VERSION, Manifest, PhysicalInfo, backup_key, new_backup_id, status};
-use crate::crypto::chunked::{self, EncodeOptions};
-use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
 use crate::pg::PgError;
 use crate::pg::sql::Sql;
-use crate::pg::tail_lines;
 use crate::pg::untar::TarTail;
 
 static SPEC: ActivitySpec = ActivitySpec {
@@ -88,36 +82,6 @@ fn wal_range(manifest_tail: &[u8]) -> Option<(String, u32, String)> {
     ))
 }
 
-/// Counts bytes read and stops when the attempt is cancelled.
-struct Watched<'a, R: Read> {
-    inner: R,
-    read: u64,
-    reported: u64,
-    ctx: &'a ActivityContext,
-    tar: &'a mut TarTail,
-}
-
-impl<R: Read> Read for Watched<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.ctx.cancellation().is_cancelled() {
-            return Err(std::io::Error::other("base backup stopped"));
-        }
-        let n = self.inner.read(buf)?;
-        self.tar.feed(&buf[..n]);
-        self.read += n as u64;
-        if self.read >= self.reported + (16 << 20) {
-            self.reported = self.read;
-            self.ctx.progress(Progress {
-                done: self.read,
-                total: None,
-                unit: "bytes".into(),
-                message: Some("pg_basebackup → zstd → encrypted".into()),
-            });
-        }
-        Ok(n)
-    }
-}
-
 #[async_trait]
 impl Activity for BaseBackup {
     fn spec(&self) -> &'static ActivitySpec {
@@ -169,10 +133,13 @@ impl Activity for BaseBackup {
         let part = part_path(&inputs.dest);
         let pg_basebackup = tools.path("pg_basebackup").map_err(pg_failure)?;
         let label = format!("lazarus {id}");
-        let outcome = tokio::task::block_in_place(|| -> Result<_, String> {
-            let mut child = Supervised::spawn(
+        let outcome = tokio::task::block_in_place(|| {
+            // The WAL range is at the end of the backup_manifest in the stream itself.
+            let mut tar = TarTail::new(&["backup_manifest"], 64 << 10);
+            let (summary, stderr) = stream_to_chunked(
+                ctx,
                 &pg_basebackup,
-                [
+                &[
                     "-D",
                     "-",
                     "-Ft",
@@ -184,57 +151,13 @@ impl Activity for BaseBackup {
                     "-l",
                     label.as_str(),
                 ],
-                |cmd| {
-                    server.apply(cmd);
-                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-                },
-            )
-            .map_err(|e| format!("cannot start pg_basebackup: {e}"))?;
-            let stdout = child
-                .child
-                .stdout
-                .take()
-                .ok_or("pg_basebackup has no stdout")?;
-            let mut stderr = child
-                .child
-                .stderr
-                .take()
-                .ok_or("pg_basebackup has no stderr")?;
-            let errors = std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = stderr.read_to_end(&mut text);
-                text
-            });
-            let out = File::create(&part)
-                .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
-            let mut writer = BufWriter::with_capacity(4 << 20, out);
-            let mut tar = TarTail::new(&["backup_manifest"], 64 << 10);
-            let reader = Watched {
-                inner: stdout,
-                read: 0,
-                reported: 0,
-                ctx,
-                tar: &mut tar,
-            };
-            let encoded = chunked::encode(reader, &mut writer, &key, EncodeOptions::default());
-            if encoded.is_err() {
-                child.stop(Duration::from_secs(5));
-            }
-            let status = child
-                .wait()
-                .map_err(|e| format!("waiting for pg_basebackup: {e}"))?;
-            let stderr = errors.join().unwrap_or_default();
-            if !status.success() {
-                return Err(format!(
-                    "pg_basebackup failed ({status}): {}",
-                    tail_lines(&stderr, 4)
-                ));
-            }
-            let summary = encoded.map_err(|e| e.to_string())?;
-            writer
-                .flush()
-                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
-            Ok((
+                server,
+                &part,
+                &key,
+                "pg_basebackup → zstd → encrypted",
+                &mut |bytes| tar.feed(bytes),
+            )?;
+            Ok::<_, String>((
                 summary,
                 wal_range(tar.tail("backup_manifest")),
                 String::from_utf8_lossy(&stderr).to_string(),

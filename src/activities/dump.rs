@@ -103,20 +103,23 @@ pub fn tables(sql: &Sql, database: &str) -> Result<Vec<TableInfo>, PgError> {
         .collect())
 }
 
-/// Counts bytes read and stops when the attempt is cancelled.
+/// Counts bytes read, shows each byte to `tap`, and stops when the attempt is cancelled.
 struct Watched<'a, R: Read> {
     inner: R,
     read: u64,
     reported: u64,
     ctx: &'a ActivityContext,
+    message: &'a str,
+    tap: &'a mut (dyn FnMut(&[u8]) + Send),
 }
 
 impl<R: Read> Read for Watched<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.ctx.cancellation().is_cancelled() {
-            return Err(std::io::Error::other("dump stopped"));
+            return Err(std::io::Error::other("stopped"));
         }
         let n = self.inner.read(buf)?;
+        (self.tap)(&buf[..n]);
         self.read += n as u64;
         if self.read >= self.reported + (16 << 20) {
             self.reported = self.read;
@@ -124,11 +127,80 @@ impl<R: Read> Read for Watched<'_, R> {
                 done: self.read,
                 total: None,
                 unit: "bytes".into(),
-                message: Some("pg_dump → zstd → encrypted".into()),
+                message: Some(self.message.to_string()),
             });
         }
         Ok(n)
     }
+}
+
+/// Runs a PostgreSQL tool that writes a backup to stdout (pg_dump, pg_basebackup) under the
+/// supervisor and streams its output straight into the chunked format at `part`, showing
+/// every byte to `tap` on the way. Returns the encoding summary and the tool's stderr.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stream_to_chunked(
+    ctx: &ActivityContext,
+    program: &std::path::Path,
+    args: &[&str],
+    server: &crate::pg::Server,
+    part: &std::path::Path,
+    key: &crate::crypto::Key,
+    message: &str,
+    tap: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<(chunked::EncodeSummary, Vec<u8>), String> {
+    let tool = program
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut child = Supervised::spawn(program, args, |cmd| {
+        server.apply(cmd);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    })
+    .map_err(|e| format!("cannot start {tool}: {e}"))?;
+    let stdout = child
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| format!("{tool} has no stdout"))?;
+    let mut stderr = child
+        .child
+        .stderr
+        .take()
+        .ok_or_else(|| format!("{tool} has no stderr"))?;
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let out = File::create(part).map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let mut writer = BufWriter::with_capacity(4 << 20, out);
+    let reader = Watched {
+        inner: stdout,
+        read: 0,
+        reported: 0,
+        ctx,
+        message,
+        tap,
+    };
+    let encoded = chunked::encode(reader, &mut writer, key, EncodeOptions::default());
+    if encoded.is_err() {
+        child.stop(Duration::from_secs(5));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {tool}: {e}"))?;
+    let stderr = errors.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!(
+            "{tool} failed ({status}): {}",
+            tail_lines(&stderr, 4)
+        ));
+    }
+    let summary = encoded.map_err(|e| e.to_string())?;
+    writer
+        .flush()
+        .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+    Ok((summary, stderr))
 }
 
 #[async_trait]
@@ -166,52 +238,19 @@ impl Activity for Dump {
         prepare_dir(&inputs.dest)?;
         let part = part_path(&inputs.dest);
         let pg_dump = tools.path("pg_dump").map_err(pg_failure)?;
-        let outcome = tokio::task::block_in_place(|| -> Result<_, String> {
-            let mut dumper = Supervised::spawn(
-                &pg_dump,
-                ["-Fc", "-Z0", "--dbname", inputs.database.as_str()],
-                |cmd| {
-                    server.apply(cmd);
-                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-                },
-            )
-            .map_err(|e| format!("cannot start pg_dump: {e}"))?;
-            let stdout = dumper.child.stdout.take().ok_or("pg_dump has no stdout")?;
-            let mut stderr = dumper.child.stderr.take().ok_or("pg_dump has no stderr")?;
-            let errors = std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = stderr.read_to_end(&mut text);
-                text
-            });
-            let out = File::create(&part)
-                .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
-            let mut writer = BufWriter::with_capacity(4 << 20, out);
-            let reader = Watched {
-                inner: stdout,
-                read: 0,
-                reported: 0,
+        let outcome = tokio::task::block_in_place(|| {
+            stream_to_chunked(
                 ctx,
-            };
-            let encoded = chunked::encode(reader, &mut writer, &key, EncodeOptions::default());
-            if encoded.is_err() {
-                dumper.stop(Duration::from_secs(5));
-            }
-            let status = dumper
-                .wait()
-                .map_err(|e| format!("waiting for pg_dump: {e}"))?;
-            let stderr = errors.join().unwrap_or_default();
-            if !status.success() {
-                return Err(format!(
-                    "pg_dump of {} failed ({status}): {}",
-                    inputs.database,
-                    tail_lines(&stderr, 4)
-                ));
-            }
-            let summary = encoded.map_err(|e| e.to_string())?;
-            writer
-                .flush()
-                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
-            Ok(summary)
+                &pg_dump,
+                &["-Fc", "-Z0", "--dbname", inputs.database.as_str()],
+                server,
+                &part,
+                &key,
+                "pg_dump → zstd → encrypted",
+                &mut |_| {},
+            )
+            .map(|(summary, _)| summary)
+            .map_err(|e| format!("{e} (dump of {})", inputs.database))
         });
         let summary = match outcome {
             Ok(summary) => summary,
