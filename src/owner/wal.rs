@@ -150,10 +150,18 @@ pub async fn answer(services: &Services, query: WalQuery) -> Result<Value, Contr
 pub fn check(catalog: &WalCatalog, archive: &str) -> Result<Value, ControlError> {
     let mut timelines = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    let size = crate::wal::names::DEFAULT_SEGMENT_SIZE;
     let all = catalog.timelines(archive).map_err(refused)?;
     for &tli in &all {
         let runs = catalog.runs(archive, tli).map_err(refused)?;
+        // Names depend on the cluster's segment size, which its manifests record.
+        let size = match runs.first() {
+            Some(run) => catalog
+                .segment(archive, tli, run.first)
+                .map_err(refused)?
+                .and_then(|m| m.segment_size)
+                .unwrap_or(crate::wal::names::DEFAULT_SEGMENT_SIZE),
+            None => crate::wal::names::DEFAULT_SEGMENT_SIZE,
+        };
         let name = |segno| {
             SegmentName {
                 timeline: tli,

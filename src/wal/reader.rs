@@ -579,11 +579,6 @@ pub mod synthetic {
             Some(())
         }
 
-        /// Where the next byte goes, relative to the segment start.
-        pub fn position(&self) -> usize {
-            self.pos
-        }
-
         /// Adds filler records until the next record would start `offset` bytes into a page
         /// (`offset` a multiple of 8, past the page header).
         pub fn pad_to(&mut self, offset: usize) -> Option<()> {
