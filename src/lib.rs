@@ -5,6 +5,7 @@
 //! the last completed step.
 
 pub mod activities;
+pub mod allocator;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         let code = supervise(argv);
         return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1));
     }
+    lazarus::allocator::reuse_large_buffers();
     let cli = Cli::parse();
     let default_level = match cli.verbose {
         0 => "error",

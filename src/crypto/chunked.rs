@@ -425,12 +425,42 @@ pub struct Opened {
     pub file_size: u64,
 }
 
+/// Something a chunked file can be read from by position: a file on disk, or an object
+/// already in memory (a WAL segment fetched whole needs no file around it).
+pub trait Source: Sync {
+    /// Fills `buf` from `offset`; a short source is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Total size in bytes.
+    fn size(&self) -> io::Result<u64>;
+}
+
+impl Source for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl Source for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let part = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(part);
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
 /// Reads and checks a chunked file's header, trailer and index.
-pub fn open(file: &File, ring: &Keyring) -> Result<Opened, CryptoError> {
-    let file_size = file
-        .metadata()
-        .map_err(io_err("reading the file size"))?
-        .len();
+pub fn open<S: Source + ?Sized>(file: &S, ring: &Keyring) -> Result<Opened, CryptoError> {
+    let file_size = file.size().map_err(io_err("reading the file size"))?;
     if file_size < (HEADER_LEN + TRAILER_LEN) as u64 {
         let mut head = vec![0u8; file_size.min(HEADER_LEN as u64) as usize];
         file.read_exact_at(&mut head, 0)
@@ -526,8 +556,8 @@ pub struct DecodeSummary {
 /// With `decompress` the caller gets plaintext; without, the concatenated compressed
 /// payloads (a valid multi-frame zstd or multi-member gzip stream).
 #[allow(clippy::too_many_arguments)]
-pub fn decode<W: Write>(
-    file: &File,
+pub fn decode<S: Source + ?Sized, W: Write>(
+    file: &S,
     opened: &Opened,
     ring: &Keyring,
     from: u64,
@@ -620,7 +650,7 @@ pub fn peek_trailer(file: &mut File) -> Result<Trailer, CryptoError> {
         return Err(CryptoError::Truncated("too short for a trailer".into()));
     }
     let mut tail = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut tail, size - TRAILER_LEN as u64)
+    FileExt::read_exact_at(file, &mut tail, size - TRAILER_LEN as u64)
         .map_err(io_err("reading the trailer"))?;
     Trailer::decode(&tail)
 }

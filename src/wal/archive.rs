@@ -624,8 +624,7 @@ pub fn decode_to(
     dest: &Path,
     threads: usize,
 ) -> Result<u64, ArchiveError> {
-    let memory = in_memory_file(object)?;
-    let opened = chunked::open(&memory, keys)?;
+    let opened = chunked::open(object, keys)?;
     let mut name = dest
         .file_name()
         .map(|n| n.to_os_string())
@@ -637,7 +636,7 @@ pub fn decode_to(
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, out);
     let threads = threads.max(1);
     let summary = chunked::decode(
-        &memory,
+        object,
         &opened,
         keys,
         0,
@@ -668,17 +667,6 @@ pub fn decode_to(
             Err(e)
         }
     }
-}
-
-/// A file descriptor over bytes in memory (the chunked reader reads by position).
-fn in_memory_file(bytes: &[u8]) -> Result<std::fs::File, ArchiveError> {
-    use std::io::Write;
-    let fd = nix::sys::memfd::memfd_create(c"lazarus-wal", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| ArchiveError::Io(format!("cannot create an in-memory file: {e}")))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)
-        .map_err(io("cannot fill an in-memory file".into()))?;
-    Ok(file)
 }
 
 /// The WAL manifests of an archive in one store, except those of files `known` says to skip.
