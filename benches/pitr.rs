@@ -3,8 +3,9 @@
 //! benchmark (pgbench -s 60 + 3 M rows of md5 text) plus 30 s of `pgbench -c 2` after the
 //! base backups:
 //!
-//! * floor: a plain copy of a plain base backup (`cp -a`) and `restore_command = 'cp …'`
-//!   over plain WAL files;
+//! * floor: a plain copy (`cp -a`) of the same base backup Lazarus restores, unpacked to
+//!   plain files beforehand (so both replay the same WAL from the same redo point), and
+//!   `restore_command = 'cp …'` over plain WAL files;
 //! * pgbackrest: `pgbackrest restore --type=time` (zst + aes-256-cbc repository), then start;
 //! * lazarus: `lazarus recover --to T --param cutover=none` (plan, download, unpack, replay
 //!   with `wal fetch --prefetch`).
@@ -247,25 +248,6 @@ fn main() {
         "lazarus base backup",
     );
     run_ok(&mut pgbr(&["--type=full", "backup"]), "pgbackrest backup");
-    let plain_base = root.join("plain-base");
-    let mut basebackup = Cluster::server_command(&tools, "pg_basebackup").unwrap();
-    basebackup
-        .arg("-D")
-        .arg(&plain_base)
-        .args([
-            "-Fp",
-            "-X",
-            "none",
-            "-c",
-            "fast",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-        ])
-        .arg(port.to_string());
-    run_ok(&mut basebackup, "pg_basebackup (plain)");
 
     eprintln!("30 s of pgbench -c 2");
     let mut bench = Command::new(tools.path("pgbench").unwrap());
@@ -306,6 +288,43 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    cluster.stop().unwrap();
+    // The floor restores the very base backup Lazarus restores, as plain files: both replay
+    // the same WAL from the same redo point (a separate pg_basebackup taken later would start
+    // later and replay less). Unpacked by Lazarus's own runbook, halted before recovery.
+    let plain_base = root.join("plain-base");
+    // Its own state directory: the halted run keeps its lock on the PITR target.
+    let halted = Command::new(lz)
+        .current_dir(&root)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state")
+        .arg(root.join("plain-state"))
+        .args([
+            "recover",
+            "--to",
+            &target,
+            "--reason",
+            "benchmark: the floor's plain base backup",
+            "--id",
+            "bench-plain-base",
+            "--halt-before",
+            "recover",
+            "--param",
+            "cutover=none",
+            "--param",
+            &work,
+            "--param",
+            &format!("data_dir={}", plain_base.display()),
+        ])
+        .env_remove("LAZARUS_KEYS")
+        .output()
+        .expect("lazarus recover --halt-before recover");
+    assert!(
+        plain_base.join("backup_label").is_file(),
+        "unpacking the plain base backup failed: {}",
+        String::from_utf8_lossy(&halted.stderr)
+    );
     let base_start = run_ok(
         Command::new("sh").arg("-c").arg(format!(
             "grep 'START WAL LOCATION' {}/backup_label | cut -d' ' -f6 | tr -d ')'",
@@ -321,7 +340,6 @@ fn main() {
             n.len() == 24 && n.as_str() >= base_start.trim() && n.as_str() <= last.as_str()
         })
         .count();
-    cluster.stop().unwrap();
     eprintln!("target {target}; {segments} segments from the base backups to the target");
 
     let mut floor = Duration::MAX;
