@@ -320,3 +320,64 @@ fn wal_push_archives_and_fetch_restores_with_failover() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn async_push_archives_the_waiting_segments_ahead_of_the_archiver() {
+    // The archiver fails at first, so finished segments wait as `.ready` in pg_wal.
+    let a = Archiving::start(&["archive_command = '/bin/false'"]);
+    let mut segments = Vec::new();
+    for _ in 0..6 {
+        workload(&a, 2);
+        segments.push(a.psql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        a.psql("SELECT pg_switch_wal()");
+    }
+    let status = a.pg_wal().join("archive_status");
+    for segment in &segments {
+        assert!(
+            status.join(format!("{segment}.ready")).exists(),
+            "{segment} is not waiting"
+        );
+    }
+    let state = a.home.join("state");
+    a.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{} --config {} --state {} wal push --async %p'",
+        a.binary.display(),
+        a.config.display(),
+        state.display()
+    ));
+    a.psql("SELECT pg_reload_conf()");
+    a.wait_archived(segments.last().unwrap());
+
+    // The background pusher ran beside the archiver...
+    assert!(
+        state.join("wal-push/.push.lock").exists(),
+        "the background pusher never started"
+    );
+    // ...and every waiting segment is in both stores, readable.
+    let work = tempfile::tempdir().unwrap();
+    for segment in &segments {
+        for store in ["store-a", "store-b"] {
+            let object = lazarus::wal::archive::object_key("main", segment);
+            assert!(
+                a.home.join(store).join(&object).is_file(),
+                "{segment} missing from {store}"
+            );
+        }
+        let dest = work.path().join(segment);
+        let out = a
+            .lazarus(&work.path().join("state"))
+            .args(["wal", "fetch", segment])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(a.pg_wal().join(segment)).unwrap(),
+            "{segment} fetched differs from pg_wal's"
+        );
+    }
+}

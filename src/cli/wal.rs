@@ -12,6 +12,7 @@ use super::Context;
 use crate::crypto::Keyring;
 use crate::engine::duration::parse_duration;
 use crate::owner::wal::WalQuery;
+use crate::wal::ahead;
 use crate::wal::archive::{self, ArchiveError, PushOptions};
 
 /// The archive name when none is given: one archive per cluster.
@@ -35,6 +36,25 @@ pub enum WalCommand {
         #[command(flatten)]
         archive: ArchiveArg,
         /// Stores that must take the file (default: all configured).
+        #[arg(long)]
+        min_copies: Option<usize>,
+        /// zstd level.
+        #[arg(long, default_value_t = 1)]
+        level: i32,
+        /// Also archive the segments already waiting in pg_wal (`.ready`) in the background,
+        /// several at once, so PostgreSQL's next calls return at once (pgBackRest's
+        /// archive-async). Acknowledgements live in STATE/wal-push.
+        #[arg(long = "async")]
+        asynchronous: bool,
+    },
+    /// Archive the segments waiting after PATH (started by `wal push --async`).
+    #[command(hide = true)]
+    PushAhead {
+        /// The file the foreground call archived.
+        path: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Stores that must take each file (default: all configured).
         #[arg(long)]
         min_copies: Option<usize>,
         /// zstd level.
@@ -139,7 +159,49 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             archive,
             min_copies,
             level,
-        } => push(ctx, path, archive.archive, min_copies, level).await,
+            asynchronous,
+        } => {
+            let options = PushOptions {
+                archive: archive.archive,
+                min_copies,
+                level,
+                threads: crate::parallel::available_threads(),
+            };
+            push(ctx, path, options, asynchronous).await
+        }
+        WalCommand::PushAhead {
+            path,
+            archive,
+            min_copies,
+            level,
+        } => {
+            let loaded = ctx.loaded_config()?;
+            let stores = loaded.stores(&ctx.state)?;
+            let keys = Keyring::load(loaded.keys_file().as_deref())?;
+            let key = keys
+                .primary()
+                .context("wal push encrypts with the first configured key")?;
+            let options = PushOptions {
+                archive: archive.archive,
+                min_copies,
+                level,
+                threads: 1,
+            };
+            let file = file_name(&path)?;
+            let pg_wal = path.parent().unwrap_or(std::path::Path::new("."));
+            let pusher = ahead::Pusher {
+                spool: &ctx.state.join(PUSH_SPOOL),
+                pg_wal,
+                stores: &stores,
+                key,
+                options: &options,
+                parallel: crate::parallel::available_threads(),
+                batch: 64,
+            };
+            let pushed = pusher.run(&file).await?;
+            tracing::info!(pushed, "archived ahead");
+            Ok(ExitCode::SUCCESS)
+        }
         WalCommand::Fetch {
             file,
             dest,
@@ -287,25 +349,38 @@ async fn ask(ctx: &Context, query: WalQuery) -> Result<Value> {
     Ok(answer)
 }
 
+/// Where `wal push --async` keeps its acknowledgements, under the state directory.
+const PUSH_SPOOL: &str = "wal-push";
+
+fn file_name(path: &std::path::Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no file name", path.display()))
+}
+
 async fn push(
     ctx: &Context,
     path: PathBuf,
-    archive: String,
-    min_copies: Option<usize>,
-    level: i32,
+    options: PushOptions,
+    asynchronous: bool,
 ) -> Result<ExitCode> {
+    let spool = ctx.state.join(PUSH_SPOOL);
+    if asynchronous {
+        let file = file_name(&path)?;
+        ahead::wait_while_pushing(&spool, &file, std::time::Duration::from_secs(60));
+        if ahead::acknowledged(&spool, &path) {
+            tracing::info!(file, "archived ahead");
+            start_pusher(ctx, &path, &options);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let loaded = ctx.loaded_config()?;
     let stores = loaded.stores(&ctx.state)?;
     let keys = Keyring::load(loaded.keys_file().as_deref())?;
     let key = keys
         .primary()
         .context("wal push encrypts with the first configured key")?;
-    let options = PushOptions {
-        archive,
-        min_copies,
-        level,
-        threads: crate::parallel::available_threads(),
-    };
     let outcome = archive::push(&path, &stores, key, &options).await?;
     tracing::info!(
         file = %outcome.manifest.file,
@@ -313,7 +388,40 @@ async fn push(
         copies = %outcome.copies.join(","),
         "archived"
     );
+    if asynchronous {
+        start_pusher(ctx, &path, &options);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the background pusher for the segments waiting after `path`, detached from
+/// PostgreSQL's archiver, unless one is running.
+fn start_pusher(ctx: &Context, path: &std::path::Path, options: &PushOptions) {
+    use std::os::unix::process::CommandExt;
+    if ahead::pusher_running(&ctx.state.join(PUSH_SPOOL)) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(config) = &ctx.config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--state")
+        .arg(&ctx.state)
+        .args(["wal", "push-ahead"])
+        .arg(path)
+        .args(["--archive", &options.archive])
+        .arg(format!("--level={}", options.level));
+    if let Some(n) = options.min_copies {
+        cmd.arg(format!("--min-copies={n}"));
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let _ = cmd.spawn();
 }
 
 async fn fetch(

@@ -1,6 +1,7 @@
 //! Point-in-time recovery's foundations: WAL names and positions, Lazarus's own WAL reader,
 //! the archive (push and fetch), the segment catalog and PITR planning.
 
+pub mod ahead;
 pub mod archive;
 pub mod catalog;
 pub mod names;
