@@ -1,8 +1,10 @@
 //! The WAL archive, measured:
 //!
-//! 1. `lazarus wal push` segments per second against `pgbackrest archive-push` (Debian's
-//!    pgBackRest, zst + aes-256-cbc) and against `cp` and `cp` + `sync`, on the same 32 real
-//!    segments, one process per segment as PostgreSQL calls `archive_command`.
+//! 1. `lazarus wal push` (and `--async`) segments per second against `pgbackrest
+//!    archive-push` (Debian's pgBackRest, zst + aes-256-cbc; as documented, and with
+//!    `archive-async` and two processes) and against `cp` and `cp` + `sync`, on the same 32
+//!    real segments, one process per segment as PostgreSQL calls `archive_command`, with the
+//!    archiver's `.ready`/`.done` files in `archive_status` as PostgreSQL keeps them.
 //! 2. `pitr plan` over a synthetic catalog of 150,000 segments (30 days at 5,120 a day).
 //!
 //! Run: `cargo bench --bench wal` (needs pgbackrest: `apt-get install pgbackrest`).
@@ -32,13 +34,42 @@ fn run_ok(cmd: &mut Command, what: &str) {
     );
 }
 
-/// Seconds to run `each` once per segment, one process at a time.
+/// Seconds to run `each` once per segment, one process at a time, as PostgreSQL's archiver
+/// does: every segment starts `.ready` in `archive_status`, and each success turns its
+/// `.ready` into `.done` before the next call.
 fn per_segment(segments: &[PathBuf], mut each: impl FnMut(&Path) -> Command) -> Duration {
+    for seg in segments {
+        let (ready, done) = status_files(seg);
+        let _ = std::fs::remove_file(&done);
+        std::fs::write(&ready, b"").unwrap();
+    }
+    if running_as_root()
+        && let Some(status) = segments
+            .first()
+            .and_then(|s| status_files(s).0.parent().map(Path::to_path_buf))
+    {
+        chown_to_postgres(&status).unwrap();
+        for seg in segments {
+            chown_to_postgres(&status_files(seg).0).unwrap();
+        }
+    }
     let started = Instant::now();
     for seg in segments {
         run_ok(&mut each(seg), &format!("{}", seg.display()));
+        let (ready, done) = status_files(seg);
+        std::fs::rename(ready, done).unwrap();
     }
     started.elapsed()
+}
+
+/// A segment's `.ready` and `.done` files in `archive_status` beside it.
+fn status_files(segment: &Path) -> (PathBuf, PathBuf) {
+    let status = segment.with_file_name("archive_status");
+    let name = segment.file_name().unwrap().to_string_lossy().to_string();
+    (
+        status.join(format!("{name}.ready")),
+        status.join(format!("{name}.done")),
+    )
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -109,8 +140,17 @@ fn main() {
         "only {} complete segments",
         names.len()
     );
-    let source = root.join("segments");
-    std::fs::create_dir_all(&source).unwrap();
+    // A copy of pg_wal (and pg_control, which pgBackRest reads) where the archiver's
+    // `.ready` files can be replayed for every tool.
+    let fake_data = root.join("pgdata");
+    let source = fake_data.join("pg_wal");
+    std::fs::create_dir_all(source.join("archive_status")).unwrap();
+    std::fs::create_dir_all(fake_data.join("global")).unwrap();
+    std::fs::copy(
+        cluster.data.join("global/pg_control"),
+        fake_data.join("global/pg_control"),
+    )
+    .unwrap();
     let segments: Vec<PathBuf> = names[names.len() - SEGMENTS..]
         .iter()
         .map(|n| {
@@ -159,18 +199,35 @@ fn main() {
         std::fs::create_dir_all(&cp_dir).unwrap();
         std::fs::create_dir_all(&cp_sync_dir).unwrap();
         // pgBackRest with zst and aes-256-cbc, its repository beside ours.
-        let conf = dir.join("pgbackrest.conf");
+        let async_config = dir.join("lazarus-async.toml");
         std::fs::write(
-            &conf,
+            &async_config,
             format!(
-                "[global]\nrepo1-path={repo}\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=benchmark-passphrase\ncompress-type=zst\nlog-level-console=warn\nlog-level-file=off\nlock-path={dir}/lock\nspool-path={dir}/spool\n\n[bench]\npg1-path={data}\npg1-port={port}\npg1-socket-path={socket}\n",
-                repo = dir.join("pgbr").display(),
-                dir = dir.display(),
-                data = cluster.data.display(),
-                socket = cluster.root.display(),
+                "[keys]\nfile = \"{}\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"{}\"\n",
+                keys.display(),
+                dir.join("store-async").display()
             ),
         )
         .unwrap();
+        // pgBackRest as documented, and with its own asynchronous mode (two processes), each
+        // with its own repository.
+        let pgbr_conf = |name: &str, extra: &str| {
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "[global]\nrepo1-path={repo}\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=benchmark-passphrase\ncompress-type=zst\nlog-level-console=warn\nlog-level-file=off\nlock-path={dir}/lock-{name}\nspool-path={dir}/spool-{name}\n{extra}\n[bench]\npg1-path={data}\npg1-port={port}\npg1-socket-path={socket}\n",
+                    repo = dir.join(name).display(),
+                    dir = dir.display(),
+                    data = cluster.data.display(),
+                    socket = cluster.root.display(),
+                ),
+            )
+            .unwrap();
+            conf
+        };
+        let conf = pgbr_conf("pgbr", "");
+        let conf_async = pgbr_conf("pgbr-async", "archive-async=y\nprocess-max=2\n");
         if running_as_root() {
             run_ok(
                 Command::new("chown")
@@ -179,12 +236,14 @@ fn main() {
                 "chown",
             );
         }
-        run_ok(
-            as_postgres(&pgbackrest)
-                .arg(format!("--config={}", conf.display()))
-                .args(["--stanza=bench", "stanza-create"]),
-            "pgbackrest stanza-create",
-        );
+        for conf in [&conf, &conf_async] {
+            run_ok(
+                as_postgres(&pgbackrest)
+                    .arg(format!("--config={}", conf.display()))
+                    .args(["--stanza=bench", "stanza-create"]),
+                "pgbackrest stanza-create",
+            );
+        }
         let cp = per_segment(&segments, |seg| {
             let mut c = Command::new("cp");
             c.arg(seg).arg(&cp_dir);
@@ -209,6 +268,16 @@ fn main() {
                 .arg(seg);
             c
         });
+        let lazarus_async = per_segment(&segments, |seg| {
+            let mut c = Command::new(lz);
+            c.arg("--config")
+                .arg(&async_config)
+                .arg("--state")
+                .arg(dir.join("state-async"))
+                .args(["wal", "push", "--async"])
+                .arg(seg);
+            c
+        });
         let pgbr = per_segment(&segments, |seg| {
             let mut c = as_postgres(&pgbackrest);
             c.arg(format!("--config={}", conf.display()))
@@ -216,24 +285,43 @@ fn main() {
                 .arg(seg);
             c
         });
+        let pgbr_async = per_segment(&segments, |seg| {
+            let mut c = as_postgres(&pgbackrest);
+            c.arg(format!("--config={}", conf_async.display()))
+                .arg(format!("--pg1-path={}", fake_data.display()))
+                .args(["--stanza=bench", "archive-push"])
+                .arg(seg);
+            c
+        });
         eprintln!(
-            "round {round}: cp {:.2}s, cp+sync {:.2}s, lazarus {:.2}s, pgbackrest {:.2}s",
+            "round {round}: cp {:.2}s, cp+sync {:.2}s, lazarus {:.2}s, lazarus --async {:.2}s, pgbackrest {:.2}s, pgbackrest async {:.2}s",
             cp.as_secs_f64(),
             cp_sync.as_secs_f64(),
             lazarus.as_secs_f64(),
-            pgbr.as_secs_f64()
+            lazarus_async.as_secs_f64(),
+            pgbr.as_secs_f64(),
+            pgbr_async.as_secs_f64()
         );
         for (name, t) in [
             ("cp", cp),
             ("cp+sync", cp_sync),
             ("lazarus", lazarus),
+            ("lazarus --async", lazarus_async),
             ("pgbackrest", pgbr),
+            ("pgbackrest async", pgbr_async),
         ] {
             match results.iter_mut().find(|(n, _)| n == name) {
                 Some((_, best)) => *best = (*best).min(t),
                 None => results.push((name.to_string(), t)),
             }
         }
+    }
+    for store in ["store", "store-async"] {
+        let objects = count_objects(&root.join("round2").join(store));
+        assert_eq!(
+            objects, SEGMENTS,
+            "{store}: {objects} segments archived of {SEGMENTS}"
+        );
     }
     let stored: u64 = walk_size(&root.join("round2/store"));
     let rate = |name: &str| {
@@ -248,17 +336,47 @@ fn main() {
     println!(
         "wal push: {SEGMENTS} segments of 16 MiB, one process per segment (best of 2 rounds):"
     );
-    for name in ["cp", "cp+sync", "pgbackrest", "lazarus"] {
-        println!("  {name:<12} {:>7.1} segments/s", rate(name));
+    for name in [
+        "cp",
+        "cp+sync",
+        "pgbackrest",
+        "pgbackrest async",
+        "lazarus",
+        "lazarus --async",
+    ] {
+        println!("  {name:<18} {:>7.1} segments/s", rate(name));
     }
     println!(
-        "  lazarus / pgbackrest: {:.2}x (goal >= 2x); lazarus stored {:.1} MiB for {} MiB of WAL",
+        "  lazarus --async / pgbackrest: {:.2}x (goal >= 2x); lazarus --async / pgbackrest async: {:.2}x; lazarus / pgbackrest (both synchronous): {:.2}x",
+        rate("lazarus --async") / rate("pgbackrest"),
+        rate("lazarus --async") / rate("pgbackrest async"),
         rate("lazarus") / rate("pgbackrest"),
+    );
+    println!(
+        "  lazarus stored {:.1} MiB for {} MiB of WAL",
         stored as f64 / (1 << 20) as f64,
         SEGMENTS * 16
     );
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Archived segment objects (`.lzr`) under a store.
+fn count_objects(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_objects(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "lzr"))
+            }
+        })
+        .sum()
 }
 
 fn walk_size(dir: &Path) -> u64 {
