@@ -262,8 +262,12 @@ fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
             "the run is interrupted, not finished"
         );
     }
-    let out = w.lz(&["resume", "k9"]);
-    assert!(out.status.success(), "{}", text(&out));
+    // The last point kills after the cut-over; the steps after it (report, cleanup) take
+    // milliseconds and may finish before the kill lands — then there is nothing to resume.
+    if w.sb.status("k9")["status"] != "succeeded" {
+        let out = w.lz(&["resume", "k9"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
     let report = w.sb.status("k9");
     assert_eq!(report["status"], "succeeded");
     assert!(
