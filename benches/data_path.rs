@@ -10,11 +10,13 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+mod common;
+
+use common::{measure, mib};
 use lazarus::crypto::Keyring;
 use lazarus::crypto::chunked::{self, EncodeOptions};
 
@@ -71,30 +73,9 @@ impl Rows {
 /// (freed guest pages are handed back to the host), and inputs are warm in the page cache
 /// for every pipeline alike.
 fn run(cmd: &mut Command) -> (Duration, u64) {
-    let (t1, m1) = run_once(cmd);
-    let (t2, m2) = run_once(cmd);
+    let (t1, m1) = measure(cmd);
+    let (t2, m2) = measure(cmd);
     (t1.min(t2), m1.max(m2))
-}
-
-fn run_once(cmd: &mut Command) -> (Duration, u64) {
-    let started = Instant::now();
-    // Reaped below with wait4, which also reports the child's peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid pointers.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let took = started.elapsed();
-    assert_eq!(waited, pid, "wait4 failed");
-    let exit = std::process::ExitStatus::from_raw(status);
-    assert!(exit.success(), "{cmd:?} failed: {exit}");
-    (took, usage.ru_maxrss as u64 * 1024)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 struct DataSet {
@@ -251,7 +232,7 @@ fn lazarus(root: &Path, state: &Path, data: &DataSet, out: &Path, run_id: &str) 
     for attempt in 1..=2 {
         let _ = std::fs::remove_file(out);
         let _ = std::fs::remove_file(&fetched);
-        let measured = run_once(
+        let measured = measure(
             Command::new(env!("CARGO_BIN_EXE_lazarus"))
                 .current_dir(root)
                 .env("LAZARUS_KEYS", &keys)

@@ -15,36 +15,15 @@
 //! Run: `cargo bench --bench pitr` (needs pgbackrest; LAZARUS_BENCH_SCALE overrides the scale).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{as_postgres, run_ok, which};
 use lazarus::pg::cluster::{Cluster, free_port};
 use lazarus::pg::sql::Sql;
 use lazarus::pg::{Server, Tools, running_as_root};
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn as_postgres(program: &str) -> Command {
-    if running_as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--", program]);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
 
 fn chown(path: &Path) {
     if running_as_root() {
@@ -55,13 +34,6 @@ fn chown(path: &Path) {
             "chown",
         );
     }
-}
-
-fn which(program: &str) -> Option<String> {
-    std::env::var("PATH").ok()?.split(':').find_map(|dir| {
-        let p = Path::new(dir).join(program);
-        p.is_file().then(|| p.display().to_string())
-    })
 }
 
 /// Starts a restored data directory on a new port and waits until it is promoted.

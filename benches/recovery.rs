@@ -11,37 +11,18 @@
 //!
 //! Run: `cargo bench --bench recovery` (LAZARUS_BENCH_SCALE overrides the pgbench scale).
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{measure, mib};
 use lazarus::pg::Tools;
 use lazarus::pg::cluster::Cluster;
 use lazarus::pg::sql::Sql;
 
 const DB: &str = "bench";
-
-fn measure(cmd: &mut Command) -> (Duration, u64) {
-    let started = Instant::now();
-    // Reaped below with wait4, which also reports the child's peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.stdout(Stdio::null()).spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid pointers.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let took = started.elapsed();
-    assert_eq!(waited, pid, "wait4 failed");
-    let exit = std::process::ExitStatus::from_raw(status);
-    assert!(exit.success(), "{cmd:?} failed: {exit}");
-    (took, usage.ru_maxrss as u64 * 1024)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
 
 fn env(cmd: &mut Command, port: u16) -> &mut Command {
     cmd.env("PGHOST", "127.0.0.1")

@@ -10,9 +10,12 @@
 //! Run: `cargo bench --bench wal` (needs pgbackrest: `apt-get install pgbackrest`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{as_postgres, run_ok, which};
 use lazarus::pg::cluster::{Cluster, chown_to_postgres};
 use lazarus::pg::sql::Sql;
 use lazarus::pg::{Tools, running_as_root};
@@ -20,19 +23,6 @@ use lazarus::wal::catalog::WalCatalog;
 use lazarus::wal::plan::{TimelineChoice, plan, synthetic_archive};
 
 const SEGMENTS: usize = 32;
-
-fn run_ok(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Seconds to run `each` once per segment, one process at a time, as PostgreSQL's archiver
 /// does: every segment starts `.ready` in `archive_status`, and each success turns its
@@ -70,16 +60,6 @@ fn status_files(segment: &Path) -> (PathBuf, PathBuf) {
         status.join(format!("{name}.ready")),
         status.join(format!("{name}.done")),
     )
-}
-
-fn as_postgres(program: &str) -> Command {
-    if running_as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--", program]);
-        cmd
-    } else {
-        Command::new(program)
-    }
 }
 
 fn main() {
@@ -394,13 +374,6 @@ fn walk_size(dir: &Path) -> u64 {
             }
         })
         .sum()
-}
-
-fn which(program: &str) -> Option<String> {
-    std::env::var("PATH").ok()?.split(':').find_map(|dir| {
-        let p = Path::new(dir).join(program);
-        p.is_file().then(|| p.display().to_string())
-    })
 }
 
 /// `pitr plan` over 30 days of segments at the seed's rate.
