@@ -9,7 +9,7 @@
 //! — PostgreSQL 16) are touched; others are left exactly as they are.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -55,6 +55,19 @@ impl Reader {
     }
 
     fn int(&mut self) -> std::io::Result<i64> {
+        // Fast path: the whole integer is in the buffer (one per row chunk: millions).
+        let width = 1 + self.int_size;
+        if let Some(bytes) = self.inner.buffer().get(..width) {
+            let negative = bytes[0] != 0;
+            let value = bytes[1..]
+                .iter()
+                .take(8)
+                .enumerate()
+                .fold(0i64, |v, (i, &b)| v | (i64::from(b) << (i * 8)));
+            self.inner.consume(width);
+            self.pos += width as u64;
+            return Ok(if negative { -value } else { value });
+        }
         let negative = self.need()? != 0;
         let mut value: i64 = 0;
         for i in 0..self.int_size {
