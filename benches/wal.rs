@@ -341,38 +341,34 @@ fn main() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// Archived segment objects (`.lzr`) under a store.
-fn count_objects(dir: &Path) -> usize {
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return Vec::new();
     };
     entries
         .filter_map(|e| e.ok())
-        .map(|e| {
+        .flat_map(|e| {
             let p = e.path();
-            if p.is_dir() {
-                count_objects(&p)
-            } else {
-                usize::from(p.extension().is_some_and(|x| x == "lzr"))
-            }
+            if p.is_dir() { files_under(&p) } else { vec![p] }
         })
-        .sum()
+        .collect()
 }
 
+/// Archived segment objects (`.lzr`) under a store.
+fn count_objects(dir: &Path) -> usize {
+    files_under(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "lzr"))
+        .count()
+}
+
+/// Bytes of all files under `dir`.
 fn walk_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_size(&p)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
         .sum()
 }
 

@@ -397,10 +397,22 @@ async fn push(
 /// Starts the background pusher for the segments waiting after `path`, detached from
 /// PostgreSQL's archiver, unless one is running.
 fn start_pusher(ctx: &Context, path: &std::path::Path, options: &PushOptions) {
-    use std::os::unix::process::CommandExt;
     if ahead::pusher_running(&ctx.state.join(PUSH_SPOOL)) {
         return;
     }
+    let mut args: Vec<std::ffi::OsString> = vec!["wal".into(), "push-ahead".into(), path.into()];
+    args.push(format!("--archive={}", options.archive).into());
+    args.push(format!("--level={}", options.level).into());
+    if let Some(n) = options.min_copies {
+        args.push(format!("--min-copies={n}").into());
+    }
+    spawn_detached(ctx, &args);
+}
+
+/// Runs this binary with the same configuration and state directory in the background, in
+/// its own process group (PostgreSQL's stop does not reach it) and with no output.
+fn spawn_detached(ctx: &Context, args: &[std::ffi::OsString]) {
+    use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -408,20 +420,15 @@ fn start_pusher(ctx: &Context, path: &std::path::Path, options: &PushOptions) {
     if let Some(config) = &ctx.config {
         cmd.arg("--config").arg(config);
     }
-    cmd.arg("--state")
+    let _ = cmd
+        .arg("--state")
         .arg(&ctx.state)
-        .args(["wal", "push-ahead"])
-        .arg(path)
-        .args(["--archive", &options.archive])
-        .arg(format!("--level={}", options.level));
-    if let Some(n) = options.min_copies {
-        cmd.arg(format!("--min-copies={n}"));
-    }
-    cmd.stdin(std::process::Stdio::null())
+        .args(args)
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .process_group(0);
-    let _ = cmd.spawn();
+        .process_group(0)
+        .spawn();
 }
 
 async fn fetch(
@@ -478,30 +485,24 @@ async fn fetch(
 /// Starts a background prefetcher for the segments after `file` (segments only), detached
 /// from PostgreSQL's restore_command so the handed-over segment replays meanwhile.
 fn start_prefetcher(ctx: &Context, file: &str, archive_name: &str, count: u64, segment_size: u64) {
-    use std::os::unix::process::CommandExt;
     if archive::classify(file).ok() != Some(archive::FileKind::Segment)
         || !segment_size.is_power_of_two()
         || archive::spool::prefetcher_running(&ctx.state.join("wal-spool"))
     {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(config) = &ctx.config {
-        cmd.arg("--config").arg(config);
-    }
-    cmd.arg("--state")
-        .arg(&ctx.state)
-        .args(["wal", "prefetch", file, "--archive", archive_name])
-        .arg(format!("--count={count}"))
-        .arg(format!("--segment-size={segment_size}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    let _ = cmd.spawn();
+    let args: Vec<std::ffi::OsString> = [
+        "wal".to_string(),
+        "prefetch".into(),
+        file.into(),
+        format!("--archive={archive_name}"),
+        format!("--count={count}"),
+        format!("--segment-size={segment_size}"),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    spawn_detached(ctx, &args);
 }
 
 fn text(v: &Value) -> &str {

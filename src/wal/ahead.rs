@@ -47,10 +47,7 @@ pub fn acknowledged(spool: &Path, path: &Path) -> bool {
 
 /// Whether a pusher is working in `spool` right now.
 pub fn pusher_running(spool: &Path) -> bool {
-    let Ok(lock) = std::fs::File::open(spool.join(LOCK)) else {
-        return false;
-    };
-    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockSharedNonblock).is_err()
+    archive::spool::lock_held(spool, LOCK)
 }
 
 /// Waits (bounded) while the pusher is archiving `file`, so the foreground does not archive
@@ -105,16 +102,7 @@ impl Pusher<'_> {
     /// acknowledgement for each; returns how many. Only one pusher works per spool.
     pub async fn run(&self, file: &str) -> Result<usize, ArchiveError> {
         let spool = self.spool;
-        std::fs::create_dir_all(spool)
-            .map_err(|e| ArchiveError::Io(format!("cannot create {}: {e}", spool.display())))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(spool.join(LOCK))
-            .map_err(|e| ArchiveError::Io(format!("cannot open the push lock: {e}")))?;
-        let Ok(_held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        else {
+        let Some(_held) = archive::spool::take_lock(spool, LOCK)? else {
             return Ok(0);
         };
         self.forget_before(file);

@@ -746,10 +746,32 @@ pub mod spool {
 
     /// Whether a prefetcher is working in `spool` right now.
     pub fn prefetcher_running(spool: &Path) -> bool {
-        let Ok(lock) = std::fs::File::open(spool.join(LOCK)) else {
+        lock_held(spool, LOCK)
+    }
+
+    /// Whether some process holds the lock file `name` in `spool` right now.
+    pub fn lock_held(spool: &Path, name: &str) -> bool {
+        let Ok(lock) = std::fs::File::open(spool.join(name)) else {
             return false;
         };
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockSharedNonblock).is_err()
+    }
+
+    /// Takes the lock file `name` in `spool` (created, with the directory, if missing) for as
+    /// long as the returned guard lives; `None` when another process holds it.
+    pub fn take_lock(
+        spool: &Path,
+        name: &str,
+    ) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ArchiveError> {
+        std::fs::create_dir_all(spool)
+            .map_err(|e| ArchiveError::Io(format!("cannot create {}: {e}", spool.display())))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(spool.join(name))
+            .map_err(|e| ArchiveError::Io(format!("cannot open the lock {name}: {e}")))?;
+        Ok(nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
     }
 
     /// Waits (bounded) for a prefetcher that is writing `file` right now.
@@ -812,16 +834,7 @@ pub mod spool {
         keys: &Keyring,
         archive: &str,
     ) -> Result<usize, ArchiveError> {
-        std::fs::create_dir_all(spool)
-            .map_err(|e| ArchiveError::Io(format!("cannot create {}: {e}", spool.display())))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(spool.join(LOCK))
-            .map_err(|e| ArchiveError::Io(format!("cannot open the prefetch lock: {e}")))?;
-        let Ok(_held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        else {
+        let Some(_held) = take_lock(spool, LOCK)? else {
             return Ok(0);
         };
         let mut fetched = 0;
