@@ -366,32 +366,51 @@ async fn push(
     asynchronous: bool,
 ) -> Result<ExitCode> {
     let spool = ctx.state.join(PUSH_SPOOL);
+    let mut claimed = None;
     if asynchronous {
         let file = file_name(&path)?;
-        ahead::wait_while_pushing(&spool, &file, std::time::Duration::from_secs(60));
-        if ahead::acknowledged(&spool, &path) {
-            tracing::info!(file, "archived ahead");
-            start_pusher(ctx, &path, &options);
-            return Ok(ExitCode::SUCCESS);
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            // The pusher may be archiving this very file: wait for it, then take its word.
+            ahead::wait_while_claimed(&spool, &file, std::time::Duration::from_secs(60));
+            if ahead::acknowledged(&spool, &path) {
+                tracing::info!(file, "archived ahead");
+                start_pusher(ctx, &path, &options);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if ahead::claim(&spool, &file) || std::time::Instant::now() > limit {
+                break;
+            }
         }
+        claimed = Some(file);
     }
+    let pushed = push_now(ctx, &path, &options).await;
+    if let Some(file) = &claimed {
+        ahead::release(&spool, file);
+    }
+    pushed?;
+    if asynchronous {
+        start_pusher(ctx, &path, &options);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Archives `path` in the foreground.
+async fn push_now(ctx: &Context, path: &std::path::Path, options: &PushOptions) -> Result<()> {
     let loaded = ctx.loaded_config()?;
     let stores = loaded.stores(&ctx.state)?;
     let keys = Keyring::load(loaded.keys_file().as_deref())?;
     let key = keys
         .primary()
         .context("wal push encrypts with the first configured key")?;
-    let outcome = archive::push(&path, &stores, key, &options).await?;
+    let outcome = archive::push(path, &stores, key, options).await?;
     tracing::info!(
         file = %outcome.manifest.file,
         already = outcome.already_archived,
         copies = %outcome.copies.join(","),
         "archived"
     );
-    if asynchronous {
-        start_pusher(ctx, &path, &options);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Starts the background pusher for the segments waiting after `path`, detached from

@@ -50,12 +50,67 @@ pub fn pusher_running(spool: &Path) -> bool {
     archive::spool::lock_held(spool, LOCK)
 }
 
-/// Waits (bounded) while the pusher is archiving `file`, so the foreground does not archive
-/// it a second time beside it.
-pub fn wait_while_pushing(spool: &Path, file: &str, limit: Duration) {
+/// The live process, other than this one, archiving `file` right now (its claim).
+fn claimed_by_other(spool: &Path, file: &str) -> Option<i32> {
     let marker = spool.join(format!("{file}{PUSHING}"));
+    let pid: i32 = std::fs::read_to_string(marker).ok()?.trim().parse().ok()?;
+    // EPERM: alive, but another user's.
+    let alive = pid > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+    (alive && pid != std::process::id() as i32).then_some(pid)
+}
+
+/// Claims `file` for this process to archive: the foreground and the pusher never archive
+/// the same file at once. False when another live process holds the claim; a claim left by
+/// a process that died is taken over.
+pub fn claim(spool: &Path, file: &str) -> bool {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(spool);
+    let marker = spool.join(format!("{file}{PUSHING}"));
+    let me = std::process::id().to_string();
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
+        Ok(mut created) => {
+            let _ = created.write_all(me.as_bytes());
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A claim is written right after it is created: give an empty one a moment.
+            for _ in 0..20 {
+                if std::fs::read_to_string(&marker).is_ok_and(|t| !t.trim().is_empty()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if claimed_by_other(spool, file).is_some() {
+                return false;
+            }
+            let _ = std::fs::write(&marker, me.as_bytes());
+            true
+        }
+        // No marker can be made: archive anyway (at worst the file is archived twice).
+        Err(_) => true,
+    }
+}
+
+/// Gives up this process's claim on `file`.
+pub fn release(spool: &Path, file: &str) {
+    let marker = spool.join(format!("{file}{PUSHING}"));
+    if std::fs::read_to_string(&marker).is_ok_and(|t| t.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
+/// Waits (bounded) while another live process archives `file`.
+pub fn wait_while_claimed(spool: &Path, file: &str, limit: Duration) {
     let started = Instant::now();
-    while marker.exists() && pusher_running(spool) && started.elapsed() < limit {
+    while claimed_by_other(spool, file).is_some() && started.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -135,12 +190,13 @@ impl Pusher<'_> {
         }
     }
 
-    /// Archives one segment and acknowledges it; a failure leaves no acknowledgement (the
-    /// foreground archives it and reports the error).
+    /// Archives one segment and acknowledges it; a failure, or a segment the foreground is
+    /// archiving itself, leaves no acknowledgement (the foreground archives it and reports
+    /// any error).
     async fn push_one(&self, name: &str, options: &PushOptions) -> bool {
         let path = self.pg_wal.join(name);
-        let marker = self.spool.join(format!("{name}{PUSHING}"));
-        if std::fs::write(&marker, b"").is_err() {
+        if !claim(self.spool, name) {
+            // The archiver is archiving it itself.
             return false;
         }
         let before = identity(&path);
@@ -155,7 +211,7 @@ impl Pusher<'_> {
                 false
             }
         };
-        let _ = std::fs::remove_file(&marker);
+        release(self.spool, name);
         ok
     }
 
@@ -211,6 +267,36 @@ mod tests {
             vec![segment(3), segment(5)]
         );
         assert_eq!(waiting(dir.path(), &segment(1), 1), vec![segment(3)]);
+    }
+
+    #[test]
+    fn a_claim_excludes_other_live_processes_and_outlives_no_dead_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path();
+        let file = segment(9);
+        let marker = spool.join(format!("{file}{PUSHING}"));
+        assert!(claim(spool, &file));
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            std::process::id().to_string()
+        );
+        release(spool, &file);
+        assert!(!marker.exists());
+        // Held by another live process (init): not ours to take.
+        std::fs::write(&marker, "1").unwrap();
+        assert!(!claim(spool, &file));
+        release(spool, &file);
+        assert!(marker.exists(), "released someone else's claim");
+        // Left by a process that has exited: taken over.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(&marker, dead.to_string()).unwrap();
+        assert!(claim(spool, &file));
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            std::process::id().to_string()
+        );
     }
 
     #[test]
