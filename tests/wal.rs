@@ -22,6 +22,22 @@ fn workload(a: &Archiving, rounds: usize) {
     }
 }
 
+/// `lazarus wal fetch SEGMENT DEST`, which must succeed; the fetched bytes.
+fn fetched(a: &Archiving, state: &Path, segment: &str, dest: &Path) -> Vec<u8> {
+    let out = a
+        .lazarus(state)
+        .args(["wal", "fetch", segment])
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wal fetch {segment}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dest).unwrap()
+}
+
 /// (lsn, kind, time in µs) of every commit/abort pg_waldump finds in one segment file.
 fn waldump_xacts(file: &Path) -> Vec<(String, String, i64)> {
     let out = Command::new(
@@ -182,39 +198,15 @@ fn wal_push_archives_and_fetch_restores_with_failover() {
     );
 
     // fetch: byte-identical.
-    let dest = work.path().join("fetched");
-    let out = a
-        .lazarus(&state)
-        .args(["wal", "fetch", &segment])
-        .arg(&dest)
-        .output()
-        .unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        std::fs::read(&dest).unwrap() == original,
+        fetched(&a, &state, &segment, &work.path().join("fetched")) == original,
         "fetched segment differs"
     );
 
     // failover: the first store lost it, the second still serves it.
     let object = lazarus::wal::archive::object_key("main", &segment);
     std::fs::remove_file(a.home.join("store-a").join(&object)).unwrap();
-    let dest2 = work.path().join("fetched2");
-    let out = a
-        .lazarus(&state)
-        .args(["wal", "fetch", &segment])
-        .arg(&dest2)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(std::fs::read(&dest2).unwrap() == original);
+    assert!(fetched(&a, &state, &segment, &work.path().join("fetched2")) == original);
 
     // re-push of the same content: success, and the missing copy is repaired.
     let copy = work.path().join(&segment);
@@ -249,15 +241,8 @@ fn wal_push_archives_and_fetch_restores_with_failover() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("different content"), "{err}");
-    let out = a
-        .lazarus(&state)
-        .args(["wal", "fetch", &segment])
-        .arg(&dest2)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     assert!(
-        std::fs::read(&dest2).unwrap() == original,
+        fetched(&a, &state, &segment, &work.path().join("fetched3")) == original,
         "the archived copy must not change"
     );
 
@@ -363,20 +348,10 @@ fn async_push_archives_the_waiting_segments_ahead_of_the_archiver() {
                 "{segment} missing from {store}"
             );
         }
-        let dest = work.path().join(segment);
-        let out = a
-            .lazarus(&work.path().join("state"))
-            .args(["wal", "fetch", segment])
-            .arg(&dest)
-            .output()
-            .unwrap();
+        let state = work.path().join("state");
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            std::fs::read(&dest).unwrap() == std::fs::read(a.pg_wal().join(segment)).unwrap(),
+            fetched(&a, &state, segment, &work.path().join(segment))
+                == std::fs::read(a.pg_wal().join(segment)).unwrap(),
             "{segment} fetched differs from pg_wal's"
         );
     }

@@ -26,6 +26,30 @@ pub struct ArchiveArg {
     pub archive: String,
 }
 
+/// How files are archived: the same for the foreground call and the background pusher.
+#[derive(Debug, Clone, Args)]
+pub struct PushSettings {
+    #[command(flatten)]
+    archive: ArchiveArg,
+    /// Stores that must take each file (default: all configured).
+    #[arg(long)]
+    min_copies: Option<usize>,
+    /// zstd level.
+    #[arg(long, default_value_t = 1)]
+    level: i32,
+}
+
+impl PushSettings {
+    fn options(self, threads: usize) -> PushOptions {
+        PushOptions {
+            archive: self.archive.archive,
+            min_copies: self.min_copies,
+            level: self.level,
+            threads,
+        }
+    }
+}
+
 /// WAL subcommands.
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
@@ -34,13 +58,7 @@ pub enum WalCommand {
         /// The file PostgreSQL hands over (%p).
         path: PathBuf,
         #[command(flatten)]
-        archive: ArchiveArg,
-        /// Stores that must take the file (default: all configured).
-        #[arg(long)]
-        min_copies: Option<usize>,
-        /// zstd level.
-        #[arg(long, default_value_t = 1)]
-        level: i32,
+        settings: PushSettings,
         /// Also archive the segments already waiting in pg_wal (`.ready`) in the background,
         /// several at once, so PostgreSQL's next calls return at once (pgBackRest's
         /// archive-async). Acknowledgements live in STATE/wal-push.
@@ -53,13 +71,7 @@ pub enum WalCommand {
         /// The file the foreground call archived.
         path: PathBuf,
         #[command(flatten)]
-        archive: ArchiveArg,
-        /// Stores that must take each file (default: all configured).
-        #[arg(long)]
-        min_copies: Option<usize>,
-        /// zstd level.
-        #[arg(long, default_value_t = 1)]
-        level: i32,
+        settings: PushSettings,
     },
     /// Restore one file (`restore_command = 'lazarus wal fetch %f %p'`): exit 1 when the
     /// archive does not have it, 255 (PostgreSQL stops recovery) when it cannot be read.
@@ -156,44 +168,22 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
     match command {
         WalCommand::Push {
             path,
-            archive,
-            min_copies,
-            level,
+            settings,
             asynchronous,
         } => {
-            let options = PushOptions {
-                archive: archive.archive,
-                min_copies,
-                level,
-                threads: crate::parallel::available_threads(),
-            };
+            let options = settings.options(crate::parallel::available_threads());
             push(ctx, path, options, asynchronous).await
         }
-        WalCommand::PushAhead {
-            path,
-            archive,
-            min_copies,
-            level,
-        } => {
-            let loaded = ctx.loaded_config()?;
-            let stores = loaded.stores(&ctx.state)?;
-            let keys = Keyring::load(loaded.keys_file().as_deref())?;
-            let key = keys
-                .primary()
-                .context("wal push encrypts with the first configured key")?;
-            let options = PushOptions {
-                archive: archive.archive,
-                min_copies,
-                level,
-                threads: 1,
-            };
+        WalCommand::PushAhead { path, settings } => {
+            let (stores, keys) = stores_and_keys(ctx)?;
+            let options = settings.options(1);
             let file = file_name(&path)?;
             let pg_wal = path.parent().unwrap_or(std::path::Path::new("."));
             let pusher = ahead::Pusher {
                 spool: &ctx.state.join(PUSH_SPOOL),
                 pg_wal,
                 stores: &stores,
-                key,
+                key: primary_key(&keys)?,
                 options: &options,
                 parallel: crate::parallel::available_threads(),
                 batch: 64,
@@ -214,9 +204,7 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             count,
             segment_size,
         } => {
-            let loaded = ctx.loaded_config()?;
-            let stores = loaded.stores(&ctx.state)?;
-            let keys = Keyring::load(loaded.keys_file().as_deref())?;
+            let (stores, keys) = stores_and_keys(ctx)?;
             let spool = ctx.state.join("wal-spool");
             archive::spool::prefetch(
                 &spool,
@@ -349,6 +337,20 @@ async fn ask(ctx: &Context, query: WalQuery) -> Result<Value> {
     Ok(answer)
 }
 
+/// The configured stores and keys.
+fn stores_and_keys(ctx: &Context) -> Result<(crate::storage::StoreSet, Keyring)> {
+    let loaded = ctx.loaded_config()?;
+    let stores = loaded.stores(&ctx.state)?;
+    let keys = Keyring::load(loaded.keys_file().as_deref())?;
+    Ok((stores, keys))
+}
+
+/// The key archived files are encrypted with.
+fn primary_key(keys: &Keyring) -> Result<&crate::crypto::keys::Key> {
+    keys.primary()
+        .context("wal push encrypts with the first configured key; configure one under [keys]")
+}
+
 /// Where `wal push --async` keeps its acknowledgements, under the state directory.
 const PUSH_SPOOL: &str = "wal-push";
 
@@ -397,13 +399,8 @@ async fn push(
 
 /// Archives `path` in the foreground.
 async fn push_now(ctx: &Context, path: &std::path::Path, options: &PushOptions) -> Result<()> {
-    let loaded = ctx.loaded_config()?;
-    let stores = loaded.stores(&ctx.state)?;
-    let keys = Keyring::load(loaded.keys_file().as_deref())?;
-    let key = keys
-        .primary()
-        .context("wal push encrypts with the first configured key")?;
-    let outcome = archive::push(path, &stores, key, options).await?;
+    let (stores, keys) = stores_and_keys(ctx)?;
+    let outcome = archive::push(path, &stores, primary_key(&keys)?, options).await?;
     tracing::info!(
         file = %outcome.manifest.file,
         already = outcome.already_archived,
@@ -471,13 +468,7 @@ async fn fetch(
             }
         }
     }
-    let prepared = (|| -> Result<_> {
-        let loaded = ctx.loaded_config()?;
-        let stores = loaded.stores(&ctx.state)?;
-        let keys = Keyring::load(loaded.keys_file().as_deref())?;
-        Ok((stores, keys))
-    })();
-    let (stores, keys) = match prepared {
+    let (stores, keys) = match stores_and_keys(ctx) {
         Ok(ready) => ready,
         Err(e) => {
             eprintln!("lazarus wal fetch {file}: {e:#}");
