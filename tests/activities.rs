@@ -314,3 +314,27 @@ with = { shell = 'sleep 433.25', timeout = "500ms" }
     );
     assert!(!process_with("sleep 433.25"));
 }
+
+#[test]
+fn restore_refuses_an_unflushed_archive_from_before_a_restart() {
+    let sb = Sandbox::new();
+    sb.write("archive.dump", "PGDMP and whatever followed");
+    sb.write(
+        "restore.toml",
+        r#"
+name = "restore"
+[[steps]]
+id = "restore"
+activity = "restore"
+with = { file = "archive.dump", database = "scratch", unflushed_in_boot = "00000000-0000-0000-0000-000000000000" }
+"#,
+    );
+    let out = sb.run(&["run", "restore.toml", "--id", "r1", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(3));
+    let error = sb.status("r1")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("archive.dump was written just before this machine restarted"),
+        "{error}"
+    );
+    assert!(error.contains("Start a new recovery"), "{error}");
+}

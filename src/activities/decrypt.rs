@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::files::{WriteBehind, commit, discard, part_path, prepare_dir};
+use super::files::{
+    WriteBehind, boot_id, commit, commit_unflushed, discard, part_path, prepare_dir,
+};
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
 use crate::codec::{self, Compression};
@@ -22,6 +24,7 @@ use crate::crypto::chunked::{self, Opened};
 use crate::crypto::{CryptoError, Keyring, legacy};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 use crate::parallel::available_threads;
+use crate::pg::archive_layout::{self, ArchiveLayout, LayoutError};
 use crate::storage::verify::Format;
 
 /// Chunks between durable checkpoints.
@@ -47,6 +50,16 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "also decompress, in the same pass (default false)",
         },
         InputSpec {
+            name: "parallel_restore",
+            required: false,
+            help: "with decompress: lay a pg_dump -Fc archive out for pg_restore --jobs — data offsets filled in, big tables cut into parts that load in parallel (default false)",
+        },
+        InputSpec {
+            name: "part_size",
+            required: false,
+            help: "with parallel_restore: bytes per table part (default: 64 MiB, more for archives over 64 GiB)",
+        },
+        InputSpec {
             name: "threads",
             required: false,
             help: "worker threads (default: all cores)",
@@ -61,6 +74,9 @@ static SPEC: ActivitySpec = ActivitySpec {
         "plaintext_sha256",
         "seconds",
         "reused",
+        "split_tables",
+        "table_parts",
+        "unflushed_in_boot",
     ],
 };
 
@@ -71,6 +87,10 @@ struct Inputs {
     dest: PathBuf,
     #[serde(default, deserialize_with = "lenient_bool")]
     decompress: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    parallel_restore: bool,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    part_size: Option<u64>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     threads: Option<u64>,
 }
@@ -170,6 +190,58 @@ fn decode_chunked(
         .flush()
         .map_err(|e| CryptoError::Io(format!("cannot write {}: {e}", part.display())))?;
     Ok(written)
+}
+
+/// Decodes a chunked file into a pg_dump archive laid out for `pg_restore --jobs`
+/// ([`ArchiveLayout`]). Not resumable part-way: the layout's state lives in memory, so a
+/// killed decode starts over (it runs at the speed of decompression). Nor is it flushed:
+/// pg_restore reads it from the page cache right away, and the restore step flushes it
+/// while pg_restore runs (a machine restart before that is detected by the boot id).
+/// Returns the output's size, and how many tables were cut into how many parts.
+#[allow(clippy::too_many_arguments)]
+fn decode_for_restore(
+    file: &File,
+    opened: &Opened,
+    keys: &Keyring,
+    part: &Path,
+    part_bytes: u64,
+    threads: usize,
+    mut on_progress: impl FnMut(u64, u64) -> Result<(), CryptoError>,
+) -> Result<(u64, usize, usize), CryptoError> {
+    let io = |what: &str, e: std::io::Error| {
+        CryptoError::Io(format!("cannot {what} {}: {e}", part.display()))
+    };
+    let out = File::create(part).map_err(|e| io("create", e))?;
+    let writer = BufWriter::with_capacity(4 << 20, out.try_clone().map_err(|e| io("open", e))?);
+    let mut layout = ArchiveLayout::new(writer, part_bytes);
+    let decoded = chunked::decode(
+        file,
+        opened,
+        keys,
+        0,
+        true,
+        threads,
+        &mut layout,
+        &mut |chunks, plain| on_progress(chunks, plain),
+    );
+    if let Some(damage) = layout.damage() {
+        return Err(CryptoError::Malformed(format!(
+            "{damage} (to restore it as it is, without cutting tables into parts, run with --param split_tables=false)"
+        )));
+    }
+    decoded?;
+    let (mut writer, finished) = layout.finish().map_err(|e| match e {
+        LayoutError::Io(e) => io("write", e),
+        damaged => CryptoError::Malformed(damaged.to_string()),
+    })?;
+    writer.flush().map_err(|e| io("write", e))?;
+    drop(writer);
+    if let Some(toc) = &finished.toc {
+        use std::os::unix::fs::FileExt;
+        out.write_all_at(toc, 0).map_err(|e| io("write", e))?;
+    }
+    let size = out.metadata().map_err(|e| io("stat", e))?.len();
+    Ok((size, finished.split_tables, finished.parts_added))
 }
 
 struct CountingWriter<W: Write> {
@@ -349,6 +421,59 @@ impl Activity for Decrypt {
                 } else {
                     opened.header.compression
                 };
+                if inputs.decompress && inputs.parallel_restore {
+                    let total_plain = opened.index.plaintext_size;
+                    let total_chunks = opened.index.entries.len() as u64;
+                    let part_bytes = inputs
+                        .part_size
+                        .unwrap_or_else(|| archive_layout::part_size_for(total_plain));
+                    let decoded = tokio::task::block_in_place(|| {
+                        decode_for_restore(
+                            &file,
+                            &opened,
+                            &keys,
+                            &part,
+                            part_bytes,
+                            threads,
+                            |chunks, plain| {
+                                if ctx.cancellation().is_cancelled() {
+                                    return Err(CryptoError::Io("decryption stopped".into()));
+                                }
+                                ctx.progress(Progress {
+                                    done: plain,
+                                    total: Some(total_plain),
+                                    unit: "bytes".into(),
+                                    message: Some(format!("chunk {chunks}/{total_chunks}")),
+                                });
+                                Ok(())
+                            },
+                        )
+                    });
+                    let (size, split_tables, table_parts) = match decoded {
+                        Ok(done) => done,
+                        Err(_) if ctx.cancellation().is_cancelled() => {
+                            discard(&part);
+                            return Err(ActivityError::cancelled("decryption stopped"));
+                        }
+                        Err(e) => {
+                            discard(&part);
+                            return Err(crypto_error(e));
+                        }
+                    };
+                    // Without a boot id to detect a restart by, flush as every other output.
+                    let boot = boot_id();
+                    match boot {
+                        Some(_) => commit_unflushed(&part, &inputs.dest)?,
+                        None => commit(&part, &inputs.dest)?,
+                    }
+                    return Ok(json!({
+                        "path": inputs.dest, "size": size, "format": Format::Chunked,
+                        "compression": Compression::None, "key_id": opened.trailer.key_id,
+                        "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
+                        "reused": false, "split_tables": split_tables, "table_parts": table_parts,
+                        "unflushed_in_boot": boot.unwrap_or_default(),
+                    }));
+                }
                 // Idempotent: plaintext already in place and matching the index is reused.
                 if inputs.decompress
                     && std::fs::metadata(&inputs.dest)
@@ -359,7 +484,7 @@ impl Activity for Decrypt {
                         "path": inputs.dest, "size": opened.index.plaintext_size, "format": Format::Chunked,
                         "compression": compression, "key_id": opened.trailer.key_id,
                         "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
-                        "reused": true,
+                        "reused": true, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
                     }));
                 }
                 let src_size = opened.file_size;
@@ -439,7 +564,7 @@ impl Activity for Decrypt {
                     "path": inputs.dest, "size": written, "format": Format::Chunked,
                     "compression": compression, "key_id": opened.trailer.key_id,
                     "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
-                    "reused": false,
+                    "reused": false, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
                 }))
             }
             Format::LegacyFernet => {
@@ -462,7 +587,7 @@ impl Activity for Decrypt {
                     "path": inputs.dest, "size": written, "format": Format::LegacyFernet,
                     "compression": if decompress { Compression::None } else { compression },
                     "key_id": key_id, "plaintext_sha256": null,
-                    "seconds": started.elapsed().as_secs_f64(), "reused": false,
+                    "seconds": started.elapsed().as_secs_f64(), "reused": false, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
                 }))
             }
             Format::Raw => Err(ActivityError::permanent(format!(

@@ -42,6 +42,24 @@ pub fn commit(part: &Path, dest: &Path) -> Result<(), ActivityError> {
     Ok(())
 }
 
+/// Renames `part` to `dest` without flushing either: for scratch outputs whose loss in a
+/// machine restart is detected (see [`boot_id`]) rather than prevented, because flushing
+/// them costs the recovery time and they are cheap to make again.
+pub fn commit_unflushed(part: &Path, dest: &Path) -> Result<(), ActivityError> {
+    std::fs::rename(part, dest).map_err(|e| {
+        ActivityError::retryable(format!("cannot rename into {}: {e}", dest.display()))
+    })
+}
+
+/// This boot of the machine (Linux's random boot id): a file written without a flush in
+/// the same boot is intact; one written in an earlier boot may not be.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// Removes a temporary output, ignoring absence.
 pub fn discard(part: &Path) {
     let _ = std::fs::remove_file(part);

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::dump::pg_failure;
+use super::files::boot_id;
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
 use super::supervise::Supervised;
@@ -59,6 +60,11 @@ static RESTORE: ActivitySpec = ActivitySpec {
             required: false,
             help: "with in_place: the live database's name, typed again",
         },
+        InputSpec {
+            name: "unflushed_in_boot",
+            required: false,
+            help: "the boot the file was written in without a flush (decrypt's output): flushed here while pg_restore runs, refused after a restart",
+        },
     ],
     outputs: &[
         "database",
@@ -83,6 +89,14 @@ struct RestoreInputs {
     #[serde(default, deserialize_with = "lenient_bool")]
     in_place: bool,
     confirm: Option<String>,
+    unflushed_in_boot: Option<String>,
+}
+
+/// Journaled once the archive has reached disk: from then on a machine restart cannot have
+/// damaged it.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchiveFlushed {
+    flushed: bool,
 }
 
 /// The `restore` activity.
@@ -141,6 +155,27 @@ impl Activity for Restore {
                 inputs.file.display()
             )));
         }
+        // An archive left unflushed by the step before is flushed beside pg_restore; after
+        // a machine restart it is trusted only if that flush was journaled.
+        let flushed = ctx
+            .last_checkpoint::<ArchiveFlushed>()
+            .is_some_and(|c| c.flushed);
+        let unflushed = inputs
+            .unflushed_in_boot
+            .as_deref()
+            .filter(|b| !b.is_empty() && !flushed);
+        if let Some(then) = unflushed
+            && boot_id().as_deref() != Some(then)
+        {
+            return Err(ActivityError::permanent(format!(
+                "{} was written just before this machine restarted and had not reached disk: it cannot be trusted, and nothing was restored from it. Start a new recovery (the backup is downloaded and decrypted again)",
+                inputs.file.display()
+            )));
+        }
+        let mut flush = unflushed.map(|_| {
+            let file = inputs.file.clone();
+            std::thread::spawn(move || std::fs::File::open(&file).and_then(|f| f.sync_data()))
+        });
         let tools = &self.services.pg_tools;
         let server = &self.services.pg_server;
         let sql = Sql::new(tools, server);
@@ -192,7 +227,22 @@ impl Activity for Restore {
                 }
                 text
             });
+            let runtime = tokio::runtime::Handle::current();
+            let mut last_progress: Option<Instant> = None;
             let status = loop {
+                if flush.as_ref().is_some_and(|f| f.is_finished())
+                    && let Some(done) = flush.take()
+                {
+                    match done.join() {
+                        Ok(Ok(())) => {
+                            runtime
+                                .block_on(ctx.checkpoint(&ArchiveFlushed { flushed: true }))
+                                .map_err(|e| ActivityError::retryable(e.message))?;
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush the archive"),
+                        Err(_) => tracing::warn!("the archive flush panicked"),
+                    }
+                }
                 if ctx.cancellation().is_cancelled() {
                     child.stop(Duration::from_secs(5));
                     return Err(ActivityError::cancelled("pg_restore stopped"));
@@ -200,13 +250,18 @@ impl Activity for Restore {
                 match child.child.try_wait() {
                     Ok(Some(status)) => break status,
                     Ok(None) => {
-                        ctx.progress(Progress {
-                            done: started.elapsed().as_secs(),
-                            total: None,
-                            unit: "seconds".into(),
-                            message: Some(format!("pg_restore --jobs {jobs} into {target}")),
-                        });
-                        std::thread::sleep(Duration::from_millis(200));
+                        if last_progress.is_none_or(|at| at.elapsed() >= Duration::from_millis(500))
+                        {
+                            ctx.progress(Progress {
+                                done: started.elapsed().as_secs(),
+                                total: None,
+                                unit: "seconds".into(),
+                                message: Some(format!("pg_restore --jobs {jobs} into {target}")),
+                            });
+                            last_progress = Some(Instant::now());
+                        }
+                        // Short: the run waits this long, on average half, after pg_restore.
+                        std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => {
                         return Err(ActivityError::retryable(format!(

@@ -2,6 +2,7 @@
 //! Lazarus talks to PostgreSQL the way an operator would, so libpq's settings (PGHOST,
 //! PGPORT, PGUSER, PGPASSWORD, sslmode, .pgpass) all apply unchanged.
 
+pub mod archive_layout;
 pub mod cluster;
 pub mod dump_toc;
 pub mod sql;

@@ -1,0 +1,1028 @@
+//! Lays a `pg_dump -Fc` archive out for `pg_restore --jobs` as it streams past: every data
+//! block's offset in the table of contents, and each big table's data cut into parts that
+//! load side by side.
+//!
+//! `pg_restore --jobs` loads one table with one COPY on one connection, so a database whose
+//! biggest table holds most of the data restores at the speed of that one COPY while the
+//! other jobs sit idle (measured in benches/recovery.rs: the largest table's COPY and its
+//! primary key were 9.5 s of a 9.7 s restore). Cut at row boundaries into parts, each its own
+//! table-of-contents entry, the table loads on every job, scheduled by pg_restore itself; the
+//! table's indexes, constraints and other post-data entries are made to wait for every part.
+//!
+//! The parts are entries of type `TABLE DATA PART`, not `TABLE DATA`: pg_restore wraps the
+//! COPY of the `TABLE DATA` entry of a table it has just created in a transaction that starts
+//! with TRUNCATE, which would erase the parts loaded beside it. Only uncompressed archives
+//! (`pg_dump -Z0`, what Lazarus takes) of the versions this module knows (1.14 — PostgreSQL
+//! 15 — and 1.15 — PostgreSQL 16) are laid out; anything else passes through unchanged.
+//!
+//! The output holds the header and table of contents (known only at the end, and written
+//! then, at offset 0: [`Finished::toc`]), room reserved for the entries added, then the data
+//! blocks.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+const MAGIC: &[u8; 5] = b"PGDMP";
+const OFFSET_NOT_SET: u8 = 1;
+const OFFSET_SET: u8 = 2;
+const OFFSET_NO_DATA: u8 = 3;
+const BLOCK_DATA: u8 = 1;
+const BLOCK_BLOBS: u8 = 3;
+const SECTION_DATA: i64 = 3;
+const SECTION_POST_DATA: i64 = 4;
+const TABLE_DATA: &[u8] = b"TABLE DATA";
+/// The type of the entries a split table's data is listed under.
+pub const TABLE_DATA_PART: &[u8] = b"TABLE DATA PART";
+/// Most parts a whole archive is cut into (bounds the room reserved for their entries).
+pub const MAX_PARTS: u64 = 1024;
+/// Smallest part: below this a COPY is quick enough on its own.
+pub const MIN_PART_BYTES: u64 = 64 << 20;
+/// A table of contents still incomplete after this many bytes is not one this module reads.
+const HEAD_LIMIT: usize = 256 << 20;
+
+/// Why a laid-out archive could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// Writing the output failed.
+    #[error("cannot write the restore archive: {0}")]
+    Io(#[from] std::io::Error),
+    /// The archive's structure is not what its table of contents promised.
+    #[error("the pg_dump archive is damaged: {0}; take a new backup, or restore an older one")]
+    Damaged(String),
+}
+
+/// The part size for an archive of `total` bytes: at least [`MIN_PART_BYTES`], and few
+/// enough parts that their entries fit the room reserved.
+pub fn part_size_for(total: u64) -> u64 {
+    (total / MAX_PARTS).max(MIN_PART_BYTES)
+}
+
+/// What a finished layout produced.
+#[derive(Debug)]
+pub struct Finished {
+    /// The header and table of contents, to be written at offset 0 of the output (within
+    /// the room reserved there); `None` when the archive passed through unchanged.
+    pub toc: Option<Vec<u8>>,
+    /// Tables whose data was cut into parts.
+    pub split_tables: usize,
+    /// Parts added to the table of contents.
+    pub parts_added: usize,
+}
+
+/// One table-of-contents entry, kept field by field so it can be written back changed.
+#[derive(Debug, Clone)]
+struct Entry {
+    dump_id: i64,
+    had_dumper: i64,
+    /// tableoid, oid, tag, desc.
+    names: [Option<Vec<u8>>; 4],
+    section: i64,
+    /// defn, drop, copy, namespace, tablespace, table AM, owner, with-oids.
+    rest: Vec<Option<Vec<u8>>>,
+    deps: Vec<Vec<u8>>,
+    flag: u8,
+    offset: Vec<u8>,
+}
+
+impl Entry {
+    fn desc(&self) -> &[u8] {
+        self.names[3].as_deref().unwrap_or_default()
+    }
+}
+
+/// The parsed header and table of contents.
+#[derive(Debug)]
+struct Toc {
+    /// Everything before the entry count, byte for byte.
+    prefix: Vec<u8>,
+    int_size: usize,
+    off_size: usize,
+    entries: Vec<Entry>,
+}
+
+/// A table whose data may be cut into parts.
+#[derive(Debug)]
+struct Candidate {
+    entry: usize,
+    /// Post-data entries that must wait for all of the table's data.
+    dependents: Vec<usize>,
+    /// Ids of the parts after the first (which keeps the entry's own id).
+    parts: Vec<i64>,
+}
+
+/// Where the byte stream is, between data blocks or inside one.
+#[derive(Debug)]
+enum State {
+    Head(Vec<u8>),
+    Passthrough,
+    BlockKind,
+    BlockId { kind: u8 },
+    BlobOid,
+    ChunkLen { blobs: bool },
+    ChunkData { remaining: u64, blobs: bool },
+}
+
+/// The current data block, when it belongs to a table that may be split.
+#[derive(Debug)]
+struct Splitting {
+    data_id: i64,
+    part_bytes: u64,
+    last_byte: u8,
+}
+
+/// A writer that takes a custom-format archive's bytes in order and writes them laid out
+/// for parallel restore to `out`; [`ArchiveLayout::finish`] hands back the table of contents.
+pub struct ArchiveLayout<W: Write> {
+    out: W,
+    part_bytes: u64,
+    state: State,
+    toc: Option<Toc>,
+    candidates: HashMap<i64, Candidate>,
+    offsets: HashMap<i64, u64>,
+    written: u64,
+    reserved: u64,
+    toc_len: u64,
+    next_id: i64,
+    pending: Vec<u8>,
+    splitting: Option<Splitting>,
+    damage: Option<String>,
+}
+
+impl<W: Write> ArchiveLayout<W> {
+    /// Lays the archive out into `out`, cutting table data into parts of about `part_bytes`.
+    pub fn new(out: W, part_bytes: u64) -> Self {
+        Self {
+            out,
+            part_bytes: part_bytes.max(1),
+            state: State::Head(Vec::new()),
+            toc: None,
+            candidates: HashMap::new(),
+            offsets: HashMap::new(),
+            written: 0,
+            reserved: 0,
+            toc_len: 0,
+            next_id: 0,
+            pending: Vec::new(),
+            splitting: None,
+            damage: None,
+        }
+    }
+
+    /// Why the archive could not be laid out, once a write has failed on its contents.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn int_size(&self) -> usize {
+        self.toc.as_ref().map_or(4, |t| t.int_size)
+    }
+
+    fn encode_int(&self, value: i64) -> Vec<u8> {
+        encode_int(value, self.int_size())
+    }
+
+    /// Collects the bytes of one integer; `Some` once it is complete.
+    fn take_int(&mut self, buf: &mut &[u8]) -> Option<i64> {
+        let width = 1 + self.int_size();
+        let need = width - self.pending.len();
+        let take = need.min(buf.len());
+        self.pending.extend_from_slice(&buf[..take]);
+        *buf = &buf[take..];
+        if self.pending.len() < width {
+            return None;
+        }
+        let value = decode_int(&self.pending);
+        self.pending.clear();
+        Some(value)
+    }
+
+    /// Starts the data region once the table of contents is known.
+    fn begin(&mut self, toc: Toc) -> std::io::Result<()> {
+        let len = toc_len(&toc);
+        self.next_id = toc.entries.iter().map(|e| e.dump_id).max().unwrap_or(0) + 1;
+        for (index, entry) in toc.entries.iter().enumerate() {
+            if !is_copy_data(entry) {
+                continue;
+            }
+            let table = entry.deps.first().cloned();
+            let own = entry.dump_id.to_string().into_bytes();
+            let dependents = toc
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.section == SECTION_POST_DATA
+                        && e.deps
+                            .iter()
+                            .any(|d| Some(d) == table.as_ref() || *d == own)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            self.candidates.insert(
+                entry.dump_id,
+                Candidate {
+                    entry: index,
+                    dependents,
+                    parts: Vec::new(),
+                },
+            );
+        }
+        // Room for MAX_PARTS more entries like the largest candidate, each also named by
+        // every dependent.
+        let per_part = self
+            .candidates
+            .values()
+            .map(|c| {
+                let entry = &toc.entries[c.entry];
+                entry_len(entry, toc.int_size, toc.off_size)
+                    + (TABLE_DATA_PART.len()
+                        + 2 * (c.dependents.len() + 1) * (1 + toc.int_size + 20))
+                        as u64
+            })
+            .max()
+            .unwrap_or(0);
+        self.toc_len = len;
+        self.reserved = len + (MAX_PARTS * per_part).clamp(64 << 10, 256 << 20);
+        self.toc = Some(toc);
+        let zeros = vec![0u8; 64 << 10];
+        let mut left = self.reserved;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.emit(&zeros[..n])?;
+            left -= n as u64;
+        }
+        self.state = State::BlockKind;
+        Ok(())
+    }
+
+    /// The bytes the table of contents grows by when `data_id`'s table gets one more part.
+    fn growth_for_part(&self, data_id: i64, part_id: i64) -> u64 {
+        let (Some(toc), Some(candidate)) = (self.toc.as_ref(), self.candidates.get(&data_id))
+        else {
+            return u64::MAX;
+        };
+        let entry = &toc.entries[candidate.entry];
+        let dep_len = |id: i64| (1 + toc.int_size + id.to_string().len()) as u64;
+        let mut part = entry.clone();
+        part.dump_id = part_id;
+        part.names[3] = Some(TABLE_DATA_PART.to_vec());
+        let mut growth = entry_len(&part, toc.int_size, toc.off_size)
+            + candidate.dependents.len() as u64 * dep_len(part_id);
+        if candidate.parts.is_empty() {
+            // The first cut also renames the entry itself and makes the dependents wait
+            // for it by id.
+            growth += (TABLE_DATA_PART.len() - TABLE_DATA.len()) as u64
+                + candidate.dependents.len() as u64 * dep_len(data_id);
+        }
+        growth
+    }
+
+    /// Ends the current part and starts the next, under a new id.
+    fn cut(&mut self, data_id: i64) -> std::io::Result<()> {
+        let part_id = self.next_id;
+        self.next_id += 1;
+        self.toc_len += self.growth_for_part(data_id, part_id);
+        if let Some(candidate) = self.candidates.get_mut(&data_id) {
+            candidate.parts.push(part_id);
+        }
+        let end = self.encode_int(0);
+        self.emit(&end)?;
+        self.offsets.insert(part_id, self.written);
+        let id = self.encode_int(part_id);
+        self.emit(&[BLOCK_DATA])?;
+        self.emit(&id)?;
+        Ok(())
+    }
+
+    /// The common case, millions of times per archive: whole row chunks that pass through
+    /// unchanged, copied as one run. Stops before anything else (a block's end, a chunk cut
+    /// off by the end of `buf`, a place to cut); returns the bytes consumed.
+    fn copy_whole_chunks(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let width = 1 + self.int_size();
+        let mut at = 0;
+        while buf.len() - at > width {
+            let len = decode_int(&buf[at..at + width]);
+            let Ok(len) = usize::try_from(len) else { break };
+            if len == 0 || buf.len() - at - width < len {
+                break;
+            }
+            if let Some(s) = self.splitting.as_mut() {
+                if s.part_bytes >= self.part_bytes && s.last_byte == b'\n' {
+                    break;
+                }
+                s.part_bytes += len as u64;
+                s.last_byte = buf[at + width + len - 1];
+            }
+            at += width + len;
+        }
+        if at > 0 {
+            self.emit(&buf[..at])?;
+        }
+        Ok(at)
+    }
+
+    fn feed(&mut self, mut buf: &[u8]) -> Result<(), LayoutError> {
+        while !buf.is_empty() {
+            if matches!(self.state, State::ChunkLen { .. }) && self.pending.is_empty() {
+                let copied = self.copy_whole_chunks(buf)?;
+                buf = &buf[copied..];
+                if buf.is_empty() {
+                    break;
+                }
+            }
+            match &mut self.state {
+                State::Head(head) => {
+                    head.extend_from_slice(buf);
+                    buf = &[];
+                    match parse_head(head) {
+                        Ok(Some((toc, used))) => {
+                            let rest = head.split_off(used);
+                            self.begin(toc)?;
+                            self.feed(&rest)?;
+                        }
+                        Ok(None) if head.len() < HEAD_LIMIT => {}
+                        _ => {
+                            let head = std::mem::take(head);
+                            self.state = State::Passthrough;
+                            self.emit(&head)?;
+                        }
+                    }
+                }
+                State::Passthrough => {
+                    self.emit(buf)?;
+                    buf = &[];
+                }
+                State::BlockKind => {
+                    let kind = buf[0];
+                    buf = &buf[1..];
+                    if kind != BLOCK_DATA && kind != BLOCK_BLOBS {
+                        return Err(LayoutError::Damaged(format!(
+                            "unknown data block type {kind} at byte {} of the data",
+                            self.written - self.reserved
+                        )));
+                    }
+                    self.state = State::BlockId { kind };
+                }
+                State::BlockId { kind } => {
+                    let kind = *kind;
+                    let Some(id) = self.take_int(&mut buf) else {
+                        continue;
+                    };
+                    if self.offsets.insert(id, self.written).is_some() {
+                        return Err(LayoutError::Damaged(format!(
+                            "data for entry {id} appears twice"
+                        )));
+                    }
+                    let encoded = self.encode_int(id);
+                    self.emit(&[kind])?;
+                    self.emit(&encoded)?;
+                    self.splitting = (kind == BLOCK_DATA && self.candidates.contains_key(&id))
+                        .then_some(Splitting {
+                            data_id: id,
+                            part_bytes: 0,
+                            last_byte: 0,
+                        });
+                    self.state = if kind == BLOCK_BLOBS {
+                        State::BlobOid
+                    } else {
+                        State::ChunkLen { blobs: false }
+                    };
+                }
+                State::BlobOid => {
+                    let Some(oid) = self.take_int(&mut buf) else {
+                        continue;
+                    };
+                    let encoded = self.encode_int(oid);
+                    self.emit(&encoded)?;
+                    self.state = if oid == 0 {
+                        State::BlockKind
+                    } else {
+                        State::ChunkLen { blobs: true }
+                    };
+                }
+                State::ChunkLen { blobs } => {
+                    let blobs = *blobs;
+                    let Some(len) = self.take_int(&mut buf) else {
+                        continue;
+                    };
+                    if len < 0 {
+                        return Err(LayoutError::Damaged(format!("negative chunk length {len}")));
+                    }
+                    if len == 0 {
+                        self.splitting = None;
+                        let end = self.encode_int(0);
+                        self.emit(&end)?;
+                        self.state = if blobs {
+                            State::BlobOid
+                        } else {
+                            State::BlockKind
+                        };
+                        continue;
+                    }
+                    // A row ends at the end of the previous chunk: the next one may start
+                    // a new part, if the table of contents still has room for it.
+                    let cut_here = self.splitting.as_ref().and_then(|s| {
+                        (s.part_bytes >= self.part_bytes && s.last_byte == b'\n')
+                            .then_some(s.data_id)
+                    });
+                    if let Some(data_id) = cut_here {
+                        if self.toc_len + self.growth_for_part(data_id, self.next_id)
+                            <= self.reserved
+                        {
+                            self.cut(data_id)?;
+                            if let Some(s) = self.splitting.as_mut() {
+                                s.part_bytes = 0;
+                            }
+                        } else {
+                            // No room left for another entry: the rest stays in this part.
+                            self.splitting = None;
+                        }
+                    }
+                    let encoded = self.encode_int(len);
+                    self.emit(&encoded)?;
+                    self.state = State::ChunkData {
+                        remaining: len as u64,
+                        blobs,
+                    };
+                }
+                State::ChunkData { remaining, blobs } => {
+                    let take = (*remaining).min(buf.len() as u64) as usize;
+                    *remaining -= take as u64;
+                    let (done, blobs) = (*remaining == 0, *blobs);
+                    let (piece, rest) = buf.split_at(take);
+                    buf = rest;
+                    if let Some(s) = self.splitting.as_mut()
+                        && let Some(&last) = piece.last()
+                    {
+                        s.part_bytes += take as u64;
+                        s.last_byte = last;
+                    }
+                    self.emit(piece)?;
+                    if done {
+                        self.state = State::ChunkLen { blobs };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the layout: checks the archive ended between blocks and builds the final
+    /// table of contents. Returns the output writer (not flushed) and what to write at 0.
+    pub fn finish(mut self) -> Result<(W, Finished), LayoutError> {
+        match std::mem::replace(&mut self.state, State::Passthrough) {
+            State::Head(head) => {
+                self.emit(&head)?;
+                return Ok((self.out, passthrough()));
+            }
+            State::Passthrough => return Ok((self.out, passthrough())),
+            State::BlockKind => {}
+            _ => {
+                return Err(LayoutError::Damaged(
+                    "the archive ends inside a data block".into(),
+                ));
+            }
+        }
+        let Some(toc) = self.toc.take() else {
+            return Ok((self.out, passthrough()));
+        };
+        let split: HashMap<usize, &Candidate> = self
+            .candidates
+            .values()
+            .filter(|c| !c.parts.is_empty())
+            .map(|c| (c.entry, c))
+            .collect();
+        let mut waits: HashMap<usize, Vec<i64>> = HashMap::new();
+        for candidate in split.values() {
+            let own = toc.entries[candidate.entry].dump_id;
+            for &dependent in &candidate.dependents {
+                let list = waits.entry(dependent).or_default();
+                list.push(own);
+                list.extend(&candidate.parts);
+            }
+        }
+        let mut entries = Vec::with_capacity(toc.entries.len() + self.offsets.len());
+        for (index, entry) in toc.entries.iter().enumerate() {
+            let mut entry = entry.clone();
+            if let Some(ids) = waits.get(&index) {
+                for id in ids {
+                    let dep = id.to_string().into_bytes();
+                    if !entry.deps.contains(&dep) {
+                        entry.deps.push(dep);
+                    }
+                }
+            }
+            if entry.flag != OFFSET_NO_DATA {
+                let Some(&at) = self.offsets.get(&entry.dump_id) else {
+                    return Err(LayoutError::Damaged(format!(
+                        "the table of contents lists data for entry {} ({} {}) but the archive holds none",
+                        entry.dump_id,
+                        String::from_utf8_lossy(entry.desc()),
+                        String::from_utf8_lossy(entry.names[2].as_deref().unwrap_or_default())
+                    )));
+                };
+                entry.flag = OFFSET_SET;
+                entry.offset = encode_offset(at, toc.off_size);
+            }
+            let parts = split.get(&index).map(|c| c.parts.clone());
+            if parts.is_some() {
+                entry.names[3] = Some(TABLE_DATA_PART.to_vec());
+            }
+            let template = entry.clone();
+            entries.push(entry);
+            for id in parts.unwrap_or_default() {
+                let mut part = template.clone();
+                part.dump_id = id;
+                part.offset =
+                    encode_offset(self.offsets.get(&id).copied().unwrap_or(0), toc.off_size);
+                entries.push(part);
+            }
+        }
+        let parts_added = entries.len() - toc.entries.len();
+        let bytes = encode_toc(&toc, &entries);
+        if bytes.len() as u64 > self.reserved {
+            return Err(LayoutError::Damaged(format!(
+                "the new table of contents ({} bytes) outgrew the room kept for it ({})",
+                bytes.len(),
+                self.reserved
+            )));
+        }
+        Ok((
+            self.out,
+            Finished {
+                toc: Some(bytes),
+                split_tables: split.len(),
+                parts_added,
+            },
+        ))
+    }
+}
+
+impl<W: Write> Write for ArchiveLayout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(damage) = &self.damage {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                damage.clone(),
+            ));
+        }
+        self.feed(buf).map_err(|e| match e {
+            LayoutError::Io(e) => e,
+            other => {
+                self.damage = Some(other.to_string());
+                std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())
+            }
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn passthrough() -> Finished {
+    Finished {
+        toc: None,
+        split_tables: 0,
+        parts_added: 0,
+    }
+}
+
+/// A COPY block of a table, which may be cut between rows.
+fn is_copy_data(entry: &Entry) -> bool {
+    let copy = entry
+        .rest
+        .get(2)
+        .and_then(|c| c.as_deref())
+        .unwrap_or_default();
+    entry.desc() == TABLE_DATA
+        && entry.section == SECTION_DATA
+        && entry.had_dumper != 0
+        && entry.flag != OFFSET_NO_DATA
+        && !entry.deps.is_empty()
+        && copy.starts_with(b"COPY ")
+        && copy.windows(10).any(|w| w == b"FROM stdin")
+        && !copy.windows(6).any(|w| w.eq_ignore_ascii_case(b"binary"))
+}
+
+/// A sign byte, then the magnitude's bytes, least significant first (pg_dump's `WriteInt`).
+fn decode_int(bytes: &[u8]) -> i64 {
+    let mut le = [0u8; 8];
+    let n = (bytes.len() - 1).min(8);
+    le[..n].copy_from_slice(&bytes[1..=n]);
+    let value = i64::from_le_bytes(le);
+    if bytes[0] != 0 { -value } else { value }
+}
+
+fn encode_int(value: i64, int_size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + int_size);
+    out.push(u8::from(value < 0));
+    let magnitude = value.unsigned_abs();
+    for i in 0..int_size {
+        out.push(if i < 8 {
+            (magnitude >> (i * 8)) as u8
+        } else {
+            0
+        });
+    }
+    out
+}
+
+fn encode_offset(at: u64, off_size: usize) -> Vec<u8> {
+    (0..off_size)
+        .map(|i| if i < 8 { (at >> (i * 8)) as u8 } else { 0 })
+        .collect()
+}
+
+fn string_len(s: &Option<Vec<u8>>, int_size: usize) -> u64 {
+    (1 + int_size + s.as_ref().map_or(0, Vec::len)) as u64
+}
+
+fn entry_len(e: &Entry, int_size: usize, off_size: usize) -> u64 {
+    let int = (1 + int_size) as u64;
+    int * 3
+        + e.names.iter().map(|s| string_len(s, int_size)).sum::<u64>()
+        + e.rest.iter().map(|s| string_len(s, int_size)).sum::<u64>()
+        + e.deps
+            .iter()
+            .map(|d| (1 + int_size + d.len()) as u64)
+            .sum::<u64>()
+        + int
+        + 1
+        + off_size as u64
+}
+
+fn toc_len(toc: &Toc) -> u64 {
+    toc.prefix.len() as u64
+        + (1 + toc.int_size) as u64
+        + toc
+            .entries
+            .iter()
+            .map(|e| entry_len(e, toc.int_size, toc.off_size))
+            .sum::<u64>()
+}
+
+fn encode_toc(toc: &Toc, entries: &[Entry]) -> Vec<u8> {
+    let int = |v: i64| encode_int(v, toc.int_size);
+    let string = |out: &mut Vec<u8>, s: &Option<Vec<u8>>| match s {
+        Some(bytes) => {
+            out.extend(int(bytes.len() as i64));
+            out.extend_from_slice(bytes);
+        }
+        None => out.extend(int(-1)),
+    };
+    let mut out = toc.prefix.clone();
+    out.extend(int(entries.len() as i64));
+    for e in entries {
+        out.extend(int(e.dump_id));
+        out.extend(int(e.had_dumper));
+        for s in &e.names {
+            string(&mut out, s);
+        }
+        out.extend(int(e.section));
+        for s in &e.rest {
+            string(&mut out, s);
+        }
+        for d in &e.deps {
+            string(&mut out, &Some(d.clone()));
+        }
+        string(&mut out, &None);
+        out.push(e.flag);
+        out.extend_from_slice(&e.offset);
+    }
+    out
+}
+
+/// Reads the header and table of contents from the start of an archive: `Ok(None)` while
+/// more bytes are needed, `Err` when it is not an archive this module lays out.
+fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
+    if bytes.len() < 11 {
+        return if MAGIC.starts_with(&bytes[..bytes.len().min(5)]) {
+            Ok(None)
+        } else {
+            Err(())
+        };
+    }
+    let (major, minor) = (bytes[5], bytes[6]);
+    let int_size = bytes[8] as usize;
+    let off_size = bytes[9] as usize;
+    if &bytes[..5] != MAGIC
+        || major != 1
+        || !(14..=15).contains(&minor)
+        || bytes[10] != 1
+        || !(4..=8).contains(&int_size)
+        || !(4..=8).contains(&off_size)
+    {
+        return Err(());
+    }
+    let mut r = Cursor {
+        bytes,
+        pos: 11,
+        int_size,
+    };
+    let parsed = (|| -> Option<Result<(Toc, usize), ()>> {
+        let compressed = if minor >= 15 {
+            r.byte()? != 0
+        } else {
+            r.int()? != 0
+        };
+        if compressed {
+            return Some(Err(()));
+        }
+        for _ in 0..7 {
+            r.int()?;
+        }
+        for _ in 0..3 {
+            r.string()?;
+        }
+        let prefix = bytes[..r.pos].to_vec();
+        let count = r.int()?;
+        if !(0..=10_000_000).contains(&count) {
+            return Some(Err(()));
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let dump_id = r.int()?;
+            let had_dumper = r.int()?;
+            let names = [r.string()?, r.string()?, r.string()?, r.string()?];
+            let section = r.int()?;
+            let mut rest = Vec::with_capacity(8);
+            for _ in 0..8 {
+                rest.push(r.string()?);
+            }
+            let mut deps = Vec::new();
+            while let Some(dep) = r.string()? {
+                deps.push(dep);
+            }
+            let flag = r.byte()?;
+            let offset = r.take(off_size)?.to_vec();
+            if !matches!(flag, OFFSET_NOT_SET | OFFSET_SET | OFFSET_NO_DATA) {
+                return Some(Err(()));
+            }
+            entries.push(Entry {
+                dump_id,
+                had_dumper,
+                names,
+                section,
+                rest,
+                deps,
+                flag,
+                offset,
+            });
+        }
+        Some(Ok((
+            Toc {
+                prefix,
+                int_size,
+                off_size,
+                entries,
+            },
+            r.pos,
+        )))
+    })();
+    match parsed {
+        None => Ok(None),
+        Some(Ok(done)) => Ok(Some(done)),
+        Some(Err(())) => Err(()),
+    }
+}
+
+/// Reads from a buffer that may end early (`None`: need more bytes).
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    int_size: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let slice = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(slice)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        let width = 1 + self.int_size;
+        self.take(width).map(decode_int)
+    }
+
+    /// `Some(None)` is a NULL string.
+    fn string(&mut self) -> Option<Option<Vec<u8>>> {
+        let len = self.int()?;
+        if len < 0 {
+            return Some(None);
+        }
+        let len = usize::try_from(len).ok()?.min(HEAD_LIMIT + 1);
+        self.take(len).map(|s| Some(s.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INT: usize = 4;
+    const OFF: usize = 8;
+
+    fn int(v: i64) -> Vec<u8> {
+        encode_int(v, INT)
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut out = int(s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    fn entry(id: i64, desc: &str, section: i64, copy: &str, deps: &[i64], flag: u8) -> Vec<u8> {
+        let mut out = int(id);
+        out.extend(int(i64::from(flag != OFFSET_NO_DATA)));
+        for s in ["0", "0", "t", desc] {
+            out.extend(string(s));
+        }
+        out.extend(int(section));
+        for s in ["", "", copy, "public", "", "heap", "postgres", "false"] {
+            out.extend(string(s));
+        }
+        for d in deps {
+            out.extend(string(&d.to_string()));
+        }
+        out.extend(int(-1));
+        out.push(flag);
+        out.extend([0u8; OFF]);
+        out
+    }
+
+    /// A version 1.14 archive: table 1, its data 2 (`rows` rows, one chunk each), its primary
+    /// key 3, and a sequence value 4 with no dependency on the table.
+    fn archive(rows: usize, compression: i64) -> Vec<u8> {
+        let mut out = b"PGDMP".to_vec();
+        out.extend([1, 14, 0, INT as u8, OFF as u8, 1]);
+        out.extend(int(compression));
+        for v in [0, 0, 0, 1, 0, 124, 0] {
+            out.extend(int(v));
+        }
+        for s in ["db", "15.0", "15.0"] {
+            out.extend(string(s));
+        }
+        out.extend(int(4));
+        out.extend(entry(1, "TABLE", 2, "", &[], OFFSET_NO_DATA));
+        out.extend(entry(
+            2,
+            "TABLE DATA",
+            SECTION_DATA,
+            "COPY public.t (a) FROM stdin;\n",
+            &[1],
+            OFFSET_NOT_SET,
+        ));
+        out.extend(entry(
+            3,
+            "CONSTRAINT",
+            SECTION_POST_DATA,
+            "",
+            &[1],
+            OFFSET_NO_DATA,
+        ));
+        out.extend(entry(
+            4,
+            "SEQUENCE SET",
+            SECTION_DATA,
+            "",
+            &[],
+            OFFSET_NOT_SET,
+        ));
+        out.push(BLOCK_DATA);
+        out.extend(int(2));
+        for row in 0..rows {
+            let text = format!("{row}\n");
+            out.extend(int(text.len() as i64));
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend(int(6));
+        out.extend_from_slice(b"\\.\n\n\n\n");
+        out.extend(int(0));
+        out.push(BLOCK_DATA);
+        out.extend(int(4));
+        out.extend(string("SELECT 1;\n"));
+        out.extend(int(0));
+        out
+    }
+
+    fn lay_out(input: &[u8], part: u64, piece: usize) -> Result<(Vec<u8>, Finished), LayoutError> {
+        let mut layout = ArchiveLayout::new(Vec::new(), part);
+        for chunk in input.chunks(piece) {
+            layout.feed(chunk)?;
+        }
+        let (mut out, finished) = layout.finish()?;
+        if let Some(toc) = &finished.toc {
+            out[..toc.len()].copy_from_slice(toc);
+        }
+        Ok((out, finished))
+    }
+
+    /// The data of the block at `at`: its id and the concatenated chunks.
+    fn block_at(out: &[u8], at: u64) -> (i64, Vec<u8>) {
+        let mut pos = at as usize;
+        assert_eq!(out[pos], BLOCK_DATA);
+        let id = decode_int(&out[pos + 1..pos + 2 + INT]);
+        pos += 2 + INT;
+        let mut data = Vec::new();
+        loop {
+            let len = decode_int(&out[pos..pos + 1 + INT]) as usize;
+            pos += 1 + INT;
+            if len == 0 {
+                return (id, data);
+            }
+            data.extend_from_slice(&out[pos..pos + len]);
+            pos += len;
+        }
+    }
+
+    fn offset(e: &Entry) -> u64 {
+        e.offset
+            .iter()
+            .enumerate()
+            .fold(0u64, |v, (i, &b)| v | (u64::from(b) << (i * 8)))
+    }
+
+    #[test]
+    fn big_table_is_cut_into_parts_at_row_boundaries_that_its_key_waits_for() {
+        let input = archive(1000, 0);
+        let expected: Vec<u8> = (0..1000)
+            .flat_map(|r| format!("{r}\n").into_bytes())
+            .chain(b"\\.\n\n\n\n".iter().copied())
+            .collect();
+        for piece in [1, 7, 4096, usize::MAX] {
+            let (out, finished) = lay_out(&input, 1000, piece).unwrap();
+            let (toc, _) = parse_head(&out).unwrap().unwrap();
+            let parts: Vec<&Entry> = toc
+                .entries
+                .iter()
+                .filter(|e| e.desc() == TABLE_DATA_PART)
+                .collect();
+            assert_eq!(finished.split_tables, 1);
+            assert_eq!(finished.parts_added, parts.len() - 1);
+            assert!(parts.len() >= 3, "{} parts", parts.len());
+            assert_eq!(parts[0].dump_id, 2, "the first part keeps the entry's id");
+            let mut data = Vec::new();
+            for part in &parts {
+                assert_eq!(part.flag, OFFSET_SET);
+                assert_eq!(part.deps, vec![b"1".to_vec()]);
+                let (id, bytes) = block_at(&out, offset(part));
+                assert_eq!(id, part.dump_id);
+                assert!(bytes.ends_with(b"\n"), "a part ends inside a row");
+                data.extend(bytes);
+            }
+            assert_eq!(data, expected, "rows lost or reordered (pieces of {piece})");
+            let key = toc.entries.iter().find(|e| e.dump_id == 3).unwrap();
+            for part in &parts {
+                assert!(key.deps.contains(&part.dump_id.to_string().into_bytes()));
+            }
+            let sequence = toc.entries.iter().find(|e| e.dump_id == 4).unwrap();
+            assert_eq!(block_at(&out, offset(sequence)).1, b"SELECT 1;\n");
+        }
+    }
+
+    #[test]
+    fn small_table_keeps_one_entry_and_gets_its_offset() {
+        let (out, finished) = lay_out(&archive(10, 0), 1 << 20, 3).unwrap();
+        assert_eq!((finished.split_tables, finished.parts_added), (0, 0));
+        let (toc, _) = parse_head(&out).unwrap().unwrap();
+        assert_eq!(toc.entries.len(), 4);
+        let data = toc.entries.iter().find(|e| e.dump_id == 2).unwrap();
+        assert_eq!(data.desc(), TABLE_DATA);
+        assert_eq!(data.flag, OFFSET_SET);
+        assert_eq!(block_at(&out, offset(data)).0, 2);
+    }
+
+    #[test]
+    fn compressed_or_foreign_input_passes_through_unchanged() {
+        let compressed = archive(100, -1);
+        let (out, finished) = lay_out(&compressed, 10, 5).unwrap();
+        assert!(finished.toc.is_none());
+        assert_eq!(out, compressed);
+        let text = b"-- a plain SQL dump\nSELECT 1;\n".to_vec();
+        let (out, finished) = lay_out(&text, 10, 4).unwrap();
+        assert!(finished.toc.is_none());
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn archive_cut_short_inside_a_block_is_an_error() {
+        let input = archive(100, 0);
+        let cut = &input[..input.len() - 20];
+        let err = lay_out(cut, 100, 64).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+}
