@@ -206,24 +206,28 @@ impl<W: Write> ArchiveLayout<W> {
     fn begin(&mut self, toc: Toc) -> std::io::Result<()> {
         let len = toc_len(&toc);
         self.next_id = toc.entries.iter().map(|e| e.dump_id).max().unwrap_or(0) + 1;
+        // Post-data entries by what they depend on: one pass, not one per table.
+        let mut post_data_by_dep: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for (index, entry) in toc.entries.iter().enumerate() {
+            if entry.section == SECTION_POST_DATA {
+                for dep in &entry.deps {
+                    post_data_by_dep.entry(dep).or_default().push(index);
+                }
+            }
+        }
         for (index, entry) in toc.entries.iter().enumerate() {
             if !is_copy_data(entry) {
                 continue;
             }
-            let table = entry.deps.first().cloned();
             let own = entry.dump_id.to_string().into_bytes();
-            let dependents = toc
-                .entries
+            let mut dependents: Vec<usize> = [entry.deps[0].as_slice(), own.as_slice()]
                 .iter()
-                .enumerate()
-                .filter(|(_, e)| {
-                    e.section == SECTION_POST_DATA
-                        && e.deps
-                            .iter()
-                            .any(|d| Some(d) == table.as_ref() || *d == own)
-                })
-                .map(|(i, _)| i)
+                .filter_map(|dep| post_data_by_dep.get(dep))
+                .flatten()
+                .copied()
                 .collect();
+            dependents.sort_unstable();
+            dependents.dedup();
             self.candidates.insert(
                 entry.dump_id,
                 Candidate {
