@@ -9,6 +9,8 @@
 //! * seed: Python `Fernet.decrypt` + `gzip.decompress` of its `*.dump.gz.enc`, then
 //!   `pg_restore -j4`.
 //!
+//! Five interleaved rounds; best and median of each.
+//!
 //! Run: `cargo bench --bench recovery` (LAZARUS_BENCH_SCALE overrides the pgbench scale).
 
 use std::path::PathBuf;
@@ -193,7 +195,12 @@ fn main() {
         let _ = Command::new("sync").status();
     };
 
-    // Three rounds, interleaved, best of each: this VM's disk and memory swing by seconds.
+    // Five rounds, interleaved; best and median of each: this VM's disk and memory swing by
+    // seconds between runs.
+    let mut raw_all = Vec::new();
+    let mut raw4_all = Vec::new();
+    let mut lz_all = Vec::new();
+    let mut seed_all = Vec::new();
     let mut raw = Duration::MAX;
     let mut raw4 = Duration::MAX;
     let mut lz_time = Duration::MAX;
@@ -202,7 +209,7 @@ fn main() {
     let mut seed_rss = 0u64;
     let mut steps: Vec<(String, f64)> = Vec::new();
     let seed_out = root.join("seed-restored.dump");
-    for round in 1..=3 {
+    for round in 1..=5 {
         // raw: pg_restore --jobs 2 of the plain archive already on disk.
         fresh("raw");
         let started = Instant::now();
@@ -218,6 +225,7 @@ fn main() {
         ));
         eprintln!("round {round}: raw {:.1}s", started.elapsed().as_secs_f64());
         raw = raw.min(started.elapsed());
+        raw_all.push(started.elapsed());
         fresh("raw");
 
         // raw with Lazarus's job count.
@@ -237,6 +245,7 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
         raw4 = raw4.min(started.elapsed());
+        raw4_all.push(started.elapsed());
         fresh("raw");
 
         // lazarus: the whole runbook, cut-over aside.
@@ -259,6 +268,7 @@ fn main() {
             "check_tables=pgbench_accounts",
         ]));
         lz_rss = lz_rss.max(rss);
+        lz_all.push(t);
         let out = lazarus(&["status", &run_id, "--json"]).output().unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let inner = report["steps"]
@@ -320,6 +330,7 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
         seed_time = seed_time.min(started.elapsed());
+        seed_all.push(started.elapsed());
         seed_rss = seed_rss.max(rss).max(restore_rss);
         fresh("seed");
         let _ = std::fs::remove_file(&seed_out);
@@ -333,40 +344,61 @@ fn main() {
         mib(backup["size"].as_u64().unwrap_or(0)),
         mib(seed_size)
     );
-    println!("  {:<58} {:>8} {:>10}", "pipeline", "seconds", "peak RSS");
+    let median = |all: &mut Vec<Duration>| {
+        all.sort();
+        all[all.len() / 2].as_secs_f64()
+    };
+    let (raw_med, raw4_med, lz_med, seed_med) = (
+        median(&mut raw_all),
+        median(&mut raw4_all),
+        median(&mut lz_all),
+        median(&mut seed_all),
+    );
     println!(
-        "  {:<58} {:>8.1} {:>10}",
+        "  {:<58} {:>6} {:>7} {:>10}",
+        "pipeline", "best", "median", "peak RSS"
+    );
+    println!(
+        "  {:<58} {:>6.1} {:>7.1} {:>10}",
         "raw: pg_restore --jobs 2 of the plain archive on disk",
         raw.as_secs_f64(),
+        raw_med,
         "-"
     );
     println!(
-        "  {:<58} {:>8.1} {:>10}",
+        "  {:<58} {:>6.1} {:>7.1} {:>10}",
         "raw: pg_restore --jobs 4 of the plain archive on disk",
         raw4.as_secs_f64(),
+        raw4_med,
         "-"
     );
     println!(
-        "  {:<58} {:>8.1} {:>6.0} MiB",
+        "  {:<58} {:>6.1} {:>7.1} {:>6.0} MiB",
         "lazarus recover (default jobs: 4, cutover=none), local store",
         lz_time.as_secs_f64(),
+        lz_med,
         mib(lz_rss)
     );
     println!(
-        "  {:<58} {:>8.1} {:>6.0} MiB",
+        "  {:<58} {:>6.1} {:>7.1} {:>6.0} MiB",
         "seed: python decrypt+gunzip, then pg_restore -j4",
         seed_time.as_secs_f64(),
+        seed_med,
         mib(seed_rss)
     );
     println!(
-        "  lazarus / raw -j4 (same jobs: the pipeline's own cost): {:.3}x",
-        lz_time.as_secs_f64() / raw4.as_secs_f64()
+        "  lazarus / raw -j4 (same jobs: the pipeline's own cost): best {:.3}x, median {:.3}x",
+        lz_time.as_secs_f64() / raw4.as_secs_f64(),
+        lz_med / raw4_med
     );
     println!(
-        "  lazarus / raw -j2: {:.3}x (goal <= 1.10x); seed / raw: {:.3}x; lazarus is {:.2}x faster than the seed (goal >= 1.3x)",
+        "  lazarus / raw -j2: best {:.3}x, median {:.3}x (goal <= 1.10x); seed / raw: best {:.3}x, median {:.3}x; lazarus is {:.2}x (best) / {:.2}x (median) faster than the seed (goal >= 1.3x)",
         lz_time.as_secs_f64() / raw.as_secs_f64(),
+        lz_med / raw_med,
         seed_time.as_secs_f64() / raw.as_secs_f64(),
-        seed_time.as_secs_f64() / lz_time.as_secs_f64()
+        seed_med / raw_med,
+        seed_time.as_secs_f64() / lz_time.as_secs_f64(),
+        seed_med / lz_med
     );
     println!(
         "  lazarus steps: {}",

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::files::{commit, discard, part_path, prepare_dir};
+use super::files::{PieceWriter, WRITE_PIECE, commit, discard, part_path, prepare_dir};
 use super::inputs;
 use crate::codec::{self, Compression};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
@@ -100,7 +100,7 @@ impl Activity for Decompress {
             let out = File::create(&part)
                 .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
             let mut counting = Counting {
-                inner: BufWriter::with_capacity(4 << 20, out),
+                inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter(out)),
                 written: 0,
                 reported: 0,
                 ctx,

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::files::{
-    WriteBehind, boot_id, commit, commit_unflushed, discard, part_path, prepare_dir,
+    PieceWriter, WRITE_PIECE, WriteBehind, boot_id, commit, commit_unflushed, discard, part_path,
+    prepare_dir,
 };
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
@@ -162,7 +163,7 @@ fn decode_chunked(
     std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(written_before))
         .map_err(|e| CryptoError::Io(format!("cannot seek in {}: {e}", part.display())))?;
     let counter = CountingWriter {
-        inner: BufWriter::with_capacity(4 << 20, WriteBehind::new(out, written_before)),
+        inner: BufWriter::with_capacity(WRITE_PIECE, WriteBehind::new(out, written_before)),
         written: written_before,
     };
     let shared = std::sync::Mutex::new(counter);
@@ -212,7 +213,10 @@ fn decode_for_restore(
         CryptoError::Io(format!("cannot {what} {}: {e}", part.display()))
     };
     let out = File::create(part).map_err(|e| io("create", e))?;
-    let writer = BufWriter::with_capacity(4 << 20, out.try_clone().map_err(|e| io("open", e))?);
+    let writer = BufWriter::with_capacity(
+        WRITE_PIECE,
+        PieceWriter(out.try_clone().map_err(|e| io("open", e))?),
+    );
     let mut layout = ArchiveLayout::new(writer, part_bytes);
     let decoded = chunked::decode(
         file,
@@ -315,7 +319,7 @@ fn decrypt_legacy(
     let out = File::create(part)
         .map_err(|e| CryptoError::Io(format!("cannot create {}: {e}", part.display())))?;
     let mut out = CountingWriter {
-        inner: BufWriter::with_capacity(4 << 20, out),
+        inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter(out)),
         written: 0,
     };
     let write_err =

@@ -172,10 +172,7 @@ impl Activity for Restore {
                 inputs.file.display()
             )));
         }
-        let mut flush = unflushed.map(|_| {
-            let file = inputs.file.clone();
-            std::thread::spawn(move || std::fs::File::open(&file).and_then(|f| f.sync_data()))
-        });
+        let flush_file = unflushed.map(|_| inputs.file.clone());
         let tools = &self.services.pg_tools;
         let server = &self.services.pg_server;
         let sql = Sql::new(tools, server);
@@ -219,6 +216,10 @@ impl Activity for Restore {
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());
             })
             .map_err(|e| ActivityError::retryable(format!("cannot start pg_restore: {e}")))?;
+            // Flushed once pg_restore has started, so the disk's work does not delay it.
+            let mut flush = flush_file.map(|file| {
+                std::thread::spawn(move || std::fs::File::open(&file).and_then(|f| f.sync_data()))
+            });
             let mut stderr = child.child.stderr.take();
             let errors = std::thread::spawn(move || {
                 let mut text = Vec::new();
