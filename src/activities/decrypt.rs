@@ -196,8 +196,8 @@ fn decode_chunked(
 /// Decodes a chunked file into a pg_dump archive laid out for `pg_restore --jobs`
 /// ([`ArchiveLayout`]). Not resumable part-way: the layout's state lives in memory, so a
 /// killed decode starts over (it runs at the speed of decompression). Nor is it flushed:
-/// pg_restore reads it from the page cache right away, and the restore step flushes it
-/// while pg_restore runs (a machine restart before that is detected by the boot id).
+/// pg_restore reads it from the page cache right away, and the restore step flushes it once
+/// pg_restore has run 30 s (a machine restart before that is detected by the boot id).
 /// Returns the output's size, and how many tables were cut into how many parts.
 #[allow(clippy::too_many_arguments)]
 fn decode_for_restore(

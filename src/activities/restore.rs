@@ -92,6 +92,13 @@ struct RestoreInputs {
     unflushed_in_boot: Option<String>,
 }
 
+/// How long pg_restore runs before the unflushed archive is flushed beside it. A restore
+/// shorter than this never pays for writing the archive to disk (the cleanup deletes it from
+/// the page cache); a power loss in this window costs the download and decrypt again (the
+/// restore itself starts over after a restart in any case). The kernel would write it back
+/// after 30 s on its own.
+const FLUSH_AFTER: Duration = Duration::from_secs(30);
+
 /// Journaled once the archive has reached disk: from then on a machine restart cannot have
 /// damaged it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -155,8 +162,9 @@ impl Activity for Restore {
                 inputs.file.display()
             )));
         }
-        // An archive left unflushed by the step before is flushed beside pg_restore; after
-        // a machine restart it is trusted only if that flush was journaled.
+        // An archive left unflushed by the step before is flushed beside pg_restore once it
+        // has run FLUSH_AFTER; after a machine restart it is trusted only if that flush was
+        // journaled.
         let flushed = ctx
             .last_checkpoint::<ArchiveFlushed>()
             .is_some_and(|c| c.flushed);
@@ -216,10 +224,8 @@ impl Activity for Restore {
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());
             })
             .map_err(|e| ActivityError::retryable(format!("cannot start pg_restore: {e}")))?;
-            // Flushed once pg_restore has started, so the disk's work does not delay it.
-            let mut flush = flush_file.map(|file| {
-                std::thread::spawn(move || std::fs::File::open(&file).and_then(|f| f.sync_data()))
-            });
+            let mut flush_file = flush_file;
+            let mut flush: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
             let mut stderr = child.child.stderr.take();
             let errors = std::thread::spawn(move || {
                 let mut text = Vec::new();
@@ -231,6 +237,13 @@ impl Activity for Restore {
             let runtime = tokio::runtime::Handle::current();
             let mut last_progress: Option<Instant> = None;
             let status = loop {
+                if restore_started.elapsed() >= FLUSH_AFTER
+                    && let Some(file) = flush_file.take()
+                {
+                    flush = Some(std::thread::spawn(move || {
+                        std::fs::File::open(&file).and_then(|f| f.sync_data())
+                    }));
+                }
                 if flush.as_ref().is_some_and(|f| f.is_finished())
                     && let Some(done) = flush.take()
                 {
