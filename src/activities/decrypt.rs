@@ -208,9 +208,9 @@ fn decode_for_restore(
     part_bytes: u64,
     threads: usize,
     mut on_progress: impl FnMut(u64, u64) -> Result<(), CryptoError>,
-) -> Result<(u64, usize, usize), CryptoError> {
+) -> Result<(u64, usize, usize), ActivityError> {
     let io = |what: &str, e: std::io::Error| {
-        CryptoError::Io(format!("cannot {what} {}: {e}", part.display()))
+        ActivityError::retryable(format!("cannot {what} {}: {e}", part.display()))
     };
     let out = File::create(part).map_err(|e| io("create", e))?;
     let writer = BufWriter::with_capacity(
@@ -229,17 +229,20 @@ fn decode_for_restore(
         &mut |chunks, plain| on_progress(chunks, plain),
     );
     if let Some(damage) = layout.damage() {
-        return Err(CryptoError::Malformed(format!(
-            "{damage} (to restore it as it is, without cutting tables into parts, run with --param split_tables=false)"
-        )));
+        return Err(ActivityError::permanent(damage));
     }
-    decoded?;
+    decoded.map_err(crypto_error)?;
     let (mut writer, finished) = layout.finish().map_err(|e| match e {
         LayoutError::Io(e) => io("write", e),
-        damaged => CryptoError::Malformed(damaged.to_string()),
+        damaged => ActivityError::permanent(damaged.to_string()),
     })?;
     writer.flush().map_err(|e| io("write", e))?;
     drop(writer);
+    if finished.toc.is_none() {
+        tracing::info!(
+            "the archive is not an uncompressed pg_dump -Fc of a version this build lays out: written as it is"
+        );
+    }
     if let Some(toc) = &finished.toc {
         use std::os::unix::fs::FileExt;
         out.write_all_at(toc, 0).map_err(|e| io("write", e))?;
@@ -461,7 +464,7 @@ impl Activity for Decrypt {
                         }
                         Err(e) => {
                             discard(&part);
-                            return Err(crypto_error(e));
+                            return Err(e);
                         }
                     };
                     // Without a boot id to detect a restart by, flush as every other output.

@@ -103,7 +103,8 @@ const FLUSH_AFTER: Duration = Duration::from_secs(30);
 /// damaged it.
 #[derive(Debug, Serialize, Deserialize)]
 struct ArchiveFlushed {
-    flushed: bool,
+    /// The boot the flushed archive was written in (a later decrypt's file is another).
+    boot: String,
 }
 
 /// The `restore` activity.
@@ -165,13 +166,11 @@ impl Activity for Restore {
         // An archive left unflushed by the step before is flushed beside pg_restore once it
         // has run FLUSH_AFTER; after a machine restart it is trusted only if that flush was
         // journaled.
-        let flushed = ctx
-            .last_checkpoint::<ArchiveFlushed>()
-            .is_some_and(|c| c.flushed);
+        let flushed = ctx.last_checkpoint::<ArchiveFlushed>().map(|c| c.boot);
         let unflushed = inputs
             .unflushed_in_boot
             .as_deref()
-            .filter(|b| !b.is_empty() && !flushed);
+            .filter(|b| !b.is_empty() && flushed.as_deref() != Some(*b));
         if let Some(then) = unflushed
             && boot_id().as_deref() != Some(then)
         {
@@ -180,7 +179,7 @@ impl Activity for Restore {
                 inputs.file.display()
             )));
         }
-        let flush_file = unflushed.map(|_| inputs.file.clone());
+        let flush_file = unflushed.map(|boot| (inputs.file.clone(), boot.to_string()));
         let tools = &self.services.pg_tools;
         let server = &self.services.pg_server;
         let sql = Sql::new(tools, server);
@@ -193,6 +192,19 @@ impl Activity for Restore {
         };
         let pg_restore = tools.path("pg_restore").map_err(pg_failure)?;
         let outcome = tokio::task::block_in_place(|| -> Result<(usize, f64), ActivityError> {
+            let mut flush_file = flush_file;
+            // Over the live database, nothing is dropped before the archive is on disk.
+            if inputs.in_place
+                && let Some((file, boot)) = flush_file.take()
+            {
+                flush_with_its_name(&file).map_err(|e| {
+                    ActivityError::retryable(format!("cannot flush {}: {e}", file.display()))
+                })?;
+                let runtime = tokio::runtime::Handle::current();
+                runtime
+                    .block_on(ctx.checkpoint(&ArchiveFlushed { boot }))
+                    .map_err(|e| ActivityError::retryable(e.message))?;
+            }
             if !inputs.in_place {
                 // A previous attempt may have left a partial restore: start clean. This is
                 // a database of our own, never the live one (checked above).
@@ -224,8 +236,7 @@ impl Activity for Restore {
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());
             })
             .map_err(|e| ActivityError::retryable(format!("cannot start pg_restore: {e}")))?;
-            let mut flush_file = flush_file;
-            let mut flush: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
+            let mut flush: Option<std::thread::JoinHandle<std::io::Result<String>>> = None;
             let mut stderr = child.child.stderr.take();
             let errors = std::thread::spawn(move || {
                 let mut text = Vec::new();
@@ -238,22 +249,34 @@ impl Activity for Restore {
             let mut last_progress: Option<Instant> = None;
             let status = loop {
                 if restore_started.elapsed() >= FLUSH_AFTER
-                    && let Some(file) = flush_file.take()
+                    && let Some((file, boot)) = flush_file.take()
                 {
                     flush = Some(std::thread::spawn(move || {
-                        std::fs::File::open(&file).and_then(|f| f.sync_data())
+                        flush_with_its_name(&file).map(|()| boot)
                     }));
                 }
                 if flush.as_ref().is_some_and(|f| f.is_finished())
                     && let Some(done) = flush.take()
                 {
                     match done.join() {
-                        Ok(Ok(())) => {
-                            runtime
-                                .block_on(ctx.checkpoint(&ArchiveFlushed { flushed: true }))
-                                .map_err(|e| ActivityError::retryable(e.message))?;
+                        Ok(Ok(boot)) => {
+                            // Only a later resume after a restart needs this: failing to
+                            // journal it must not stop a healthy pg_restore.
+                            if let Err(e) =
+                                runtime.block_on(ctx.checkpoint(&ArchiveFlushed { boot }))
+                            {
+                                tracing::warn!(error = %e.message, "cannot journal the archive flush");
+                            }
                         }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush the archive"),
+                        Ok(Err(e)) => {
+                            // After a failed flush the kernel may have dropped the pages it
+                            // could not write: what pg_restore reads next cannot be trusted.
+                            child.stop(Duration::from_secs(5));
+                            return Err(ActivityError::permanent(format!(
+                                "cannot flush {} to disk ({e}): the archive may no longer read back as written; check the disk, then start a new recovery",
+                                inputs.file.display()
+                            )));
+                        }
                         Err(_) => tracing::warn!("the archive flush panicked"),
                     }
                 }
@@ -390,6 +413,15 @@ impl Activity for DropDatabase {
 /// Drops and creates `target` afresh. A killed earlier attempt may have left its own
 /// `CREATE DATABASE` running (psql outlives its parent): when the name reappears between our
 /// drop and our create, wait for it and drop again.
+/// Flushes a file and the directory entry that names it.
+fn flush_with_its_name(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_data()?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn recreate_database(sql: &Sql, target: &str) -> Result<(), ActivityError> {
     let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target));
     let create = format!("CREATE DATABASE {} TEMPLATE template0", ident(target));

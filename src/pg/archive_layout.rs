@@ -47,7 +47,9 @@ pub enum LayoutError {
     #[error("cannot write the restore archive: {0}")]
     Io(#[from] std::io::Error),
     /// The archive's structure is not what its table of contents promised.
-    #[error("the pg_dump archive is damaged: {0}; take a new backup, or restore an older one")]
+    #[error(
+        "the pg_dump archive in the backup cannot be laid out for parallel restore: {0}; restore it as pg_dump wrote it (--param split_tables=false)"
+    )]
     Damaged(String),
 }
 
@@ -146,6 +148,7 @@ pub struct ArchiveLayout<W: Write> {
     pending: Vec<u8>,
     splitting: Option<Splitting>,
     damage: Option<String>,
+    poisoned: bool,
 }
 
 impl<W: Write> ArchiveLayout<W> {
@@ -165,6 +168,7 @@ impl<W: Write> ArchiveLayout<W> {
             pending: Vec::new(),
             splitting: None,
             damage: None,
+            poisoned: false,
         }
     }
 
@@ -367,8 +371,8 @@ impl<W: Write> ArchiveLayout<W> {
                     buf = &buf[1..];
                     if kind != BLOCK_DATA && kind != BLOCK_BLOBS {
                         return Err(LayoutError::Damaged(format!(
-                            "unknown data block type {kind} at byte {} of the data",
-                            self.written - self.reserved
+                            "unknown data block type {kind} at byte {} of the laid-out output",
+                            self.written
                         )));
                     }
                     self.state = State::BlockId { kind };
@@ -570,17 +574,22 @@ impl<W: Write> ArchiveLayout<W> {
 
 impl<W: Write> Write for ArchiveLayout<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(damage) = &self.damage {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                damage.clone(),
+        // After any failure the state may be half updated: nothing more is taken.
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                self.damage
+                    .clone()
+                    .unwrap_or_else(|| "an earlier write failed".into()),
             ));
         }
-        self.feed(buf).map_err(|e| match e {
-            LayoutError::Io(e) => e,
-            other => {
-                self.damage = Some(other.to_string());
-                std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())
+        self.feed(buf).map_err(|e| {
+            self.poisoned = true;
+            match e {
+                LayoutError::Io(e) => e,
+                other => {
+                    self.damage = Some(other.to_string());
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())
+                }
             }
         })?;
         Ok(buf.len())
@@ -613,7 +622,6 @@ fn is_copy_data(entry: &Entry) -> bool {
         && !entry.deps.is_empty()
         && copy.starts_with(b"COPY ")
         && copy.windows(10).any(|w| w == b"FROM stdin")
-        && !copy.windows(6).any(|w| w.eq_ignore_ascii_case(b"binary"))
 }
 
 /// A sign byte, then the magnitude's bytes, least significant first (pg_dump's `WriteInt`).
@@ -622,7 +630,11 @@ fn decode_int(bytes: &[u8]) -> i64 {
     let n = (bytes.len() - 1).min(8);
     le[..n].copy_from_slice(&bytes[1..=n]);
     let value = i64::from_le_bytes(le);
-    if bytes[0] != 0 { -value } else { value }
+    if bytes[0] != 0 {
+        value.wrapping_neg()
+    } else {
+        value
+    }
 }
 
 fn encode_int(value: i64, int_size: usize) -> Vec<u8> {
@@ -751,7 +763,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
         if !(0..=10_000_000).contains(&count) {
             return Some(Err(()));
         }
-        let mut entries = Vec::with_capacity(count as usize);
+        // Capacity from what is buffered, not from a count the input claims.
+        let mut entries = Vec::with_capacity((count as usize).min(bytes.len() / 64));
         for _ in 0..count {
             let dump_id = r.int()?;
             let had_dumper = r.int()?;
@@ -1027,6 +1040,9 @@ mod tests {
         let input = archive(100, 0);
         let cut = &input[..input.len() - 20];
         let err = lay_out(cut, 100, 64).unwrap_err();
-        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(
+            err.to_string().contains("ends inside a data block"),
+            "{err}"
+        );
     }
 }
