@@ -10,6 +10,23 @@ use lazarus::pg::Tools;
 use lazarus::pg::archive_layout::ArchiveLayout;
 use lazarus::pg::dump_toc::fill_data_offsets;
 
+/// `pg_dump -Fc -Z0` written to a pipe, as Lazarus's backups take it.
+fn streamed_dump(pg: &Pg, database: &str) -> Vec<u8> {
+    let mut cmd = Command::new(Tools::new(None).path("pg_dump").unwrap());
+    pg.env(&mut cmd);
+    let out = cmd
+        .args(["-Fc", "-Z0", database])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn streamed_dump_gets_the_offsets_pg_dump_writes_to_a_file() {
     let pg = Pg::start();
@@ -28,15 +45,7 @@ fn streamed_dump_gets_the_offsets_pg_dump_writes_to_a_file() {
             .unwrap()
             .success()
     );
-    let mut cmd = Command::new(tools.path("pg_dump").unwrap());
-    pg.env(&mut cmd);
-    let out = cmd
-        .args(["-Fc", "-Z0", "shop"])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(&streamed, &out.stdout).unwrap();
+    std::fs::write(&streamed, streamed_dump(&pg, "shop")).unwrap();
 
     let filled = fill_data_offsets(&streamed).unwrap();
     assert!(filled >= 4, "filled {filled}");
@@ -108,19 +117,12 @@ fn big_tables_cut_into_parts_restore_identically_with_their_keys_and_indexes() {
          UPDATE pgbench_accounts SET filler = E'line\\nbreak\\ttab' WHERE aid % 1000 = 0",
     );
     let tools = Tools::new(None);
-    let mut cmd = Command::new(tools.path("pg_dump").unwrap());
-    pg.env(&mut cmd);
-    let out = cmd
-        .args(["-Fc", "-Z0", "shop"])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let dump = streamed_dump(&pg, "shop");
     // Parts of 1 MiB: pgbench_accounts (200,000 rows, ~20 MB) becomes many.
     let dir = tempfile::tempdir().unwrap();
     let laid_out = dir.path().join("parts.dump");
     let mut layout = ArchiveLayout::new(std::fs::File::create(&laid_out).unwrap(), 1 << 20);
-    for piece in out.stdout.chunks(100_003) {
+    for piece in dump.chunks(100_003) {
         std::io::Write::write_all(&mut layout, piece).unwrap();
     }
     let (file, finished) = layout.finish().unwrap();

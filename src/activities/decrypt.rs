@@ -123,6 +123,26 @@ fn crypto_error(e: CryptoError) -> ActivityError {
     }
 }
 
+/// Reports decoding progress; stops the decode once the step is cancelled.
+fn report_progress(
+    ctx: &ActivityContext,
+    chunks: u64,
+    plain: u64,
+    total_plain: u64,
+    total_chunks: u64,
+) -> Result<(), CryptoError> {
+    if ctx.cancellation().is_cancelled() {
+        return Err(CryptoError::Io("decryption stopped".into()));
+    }
+    ctx.progress(Progress {
+        done: plain,
+        total: Some(total_plain),
+        unit: "bytes".into(),
+        message: Some(format!("chunk {chunks}/{total_chunks}")),
+    });
+    Ok(())
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let mut hash = Sha256::new();
@@ -443,16 +463,7 @@ impl Activity for Decrypt {
                             part_bytes,
                             threads,
                             |chunks, plain| {
-                                if ctx.cancellation().is_cancelled() {
-                                    return Err(CryptoError::Io("decryption stopped".into()));
-                                }
-                                ctx.progress(Progress {
-                                    done: plain,
-                                    total: Some(total_plain),
-                                    unit: "bytes".into(),
-                                    message: Some(format!("chunk {chunks}/{total_chunks}")),
-                                });
-                                Ok(())
+                                report_progress(ctx, chunks, plain, total_plain, total_chunks)
                             },
                         )
                     });
@@ -523,16 +534,7 @@ impl Activity for Decrypt {
                         decompress,
                         threads,
                         |chunks, plain, _written| {
-                            if ctx.cancellation().is_cancelled() {
-                                return Err(CryptoError::Io("decryption stopped".into()));
-                            }
-                            ctx.progress(Progress {
-                                done: plain,
-                                total: Some(total_plain),
-                                unit: "bytes".into(),
-                                message: Some(format!("chunk {chunks}/{total_chunks}")),
-                            });
-                            Ok(())
+                            report_progress(ctx, chunks, plain, total_plain, total_chunks)
                         },
                         |writer: &WriterRef<'_>, chunks: u64, written: u64| {
                             if chunks < last_checkpoint + CHECKPOINT_CHUNKS {

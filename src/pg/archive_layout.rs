@@ -22,12 +22,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-const MAGIC: &[u8; 5] = b"PGDMP";
-const OFFSET_NOT_SET: u8 = 1;
-const OFFSET_SET: u8 = 2;
-const OFFSET_NO_DATA: u8 = 3;
-const BLOCK_DATA: u8 = 1;
-const BLOCK_BLOBS: u8 = 3;
+use super::dump_toc::{
+    BLOCK_BLOBS, BLOCK_DATA, MAGIC, OFFSET_NO_DATA, OFFSET_NOT_SET, OFFSET_SET, decode_int,
+};
+
 const SECTION_DATA: i64 = 3;
 const SECTION_POST_DATA: i64 = 4;
 const TABLE_DATA: &[u8] = b"TABLE DATA";
@@ -622,19 +620,6 @@ fn is_copy_data(entry: &Entry) -> bool {
         && !entry.deps.is_empty()
         && copy.starts_with(b"COPY ")
         && copy.windows(10).any(|w| w == b"FROM stdin")
-}
-
-/// A sign byte, then the magnitude's bytes, least significant first (pg_dump's `WriteInt`).
-fn decode_int(bytes: &[u8]) -> i64 {
-    let mut le = [0u8; 8];
-    let n = (bytes.len() - 1).min(8);
-    le[..n].copy_from_slice(&bytes[1..=n]);
-    let value = i64::from_le_bytes(le);
-    if bytes[0] != 0 {
-        value.wrapping_neg()
-    } else {
-        value
-    }
 }
 
 fn encode_int(value: i64, int_size: usize) -> Vec<u8> {

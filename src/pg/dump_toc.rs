@@ -13,12 +13,29 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const MAGIC: &[u8; 5] = b"PGDMP";
-const OFFSET_NOT_SET: u8 = 1;
-const OFFSET_SET: u8 = 2;
-const OFFSET_NO_DATA: u8 = 3;
-const BLOCK_DATA: u8 = 1;
-const BLOCK_BLOBS: u8 = 3;
+/// The custom format's magic bytes.
+pub(crate) const MAGIC: &[u8; 5] = b"PGDMP";
+/// Offset flags of a table-of-contents entry.
+pub(crate) const OFFSET_NOT_SET: u8 = 1;
+pub(crate) const OFFSET_SET: u8 = 2;
+pub(crate) const OFFSET_NO_DATA: u8 = 3;
+/// Data block types.
+pub(crate) const BLOCK_DATA: u8 = 1;
+pub(crate) const BLOCK_BLOBS: u8 = 3;
+
+/// An integer as pg_dump's `WriteInt` writes it: a sign byte, then the magnitude's bytes,
+/// least significant first.
+pub(crate) fn decode_int(bytes: &[u8]) -> i64 {
+    let mut le = [0u8; 8];
+    let n = (bytes.len() - 1).min(8);
+    le[..n].copy_from_slice(&bytes[1..=n]);
+    let value = i64::from_le_bytes(le);
+    if bytes[0] != 0 {
+        value.wrapping_neg()
+    } else {
+        value
+    }
+}
 
 /// Why the offsets could not be filled (the archive is then left untouched).
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +75,10 @@ impl Reader {
         // Fast path: the whole integer is in the buffer (one per row chunk: millions).
         let width = 1 + self.int_size;
         if let Some(bytes) = self.inner.buffer().get(..width) {
-            let negative = bytes[0] != 0;
-            let value = bytes[1..]
-                .iter()
-                .take(8)
-                .enumerate()
-                .fold(0i64, |v, (i, &b)| v | (i64::from(b) << (i * 8)));
+            let value = decode_int(bytes);
             self.inner.consume(width);
             self.pos += width as u64;
-            return Ok(if negative { -value } else { value });
+            return Ok(value);
         }
         let negative = self.need()? != 0;
         let mut value: i64 = 0;
