@@ -563,10 +563,60 @@ pub fn decode<S: Source + ?Sized, W: Write>(
     from: u64,
     decompress: bool,
     threads: usize,
+    out: W,
+    progress: ProgressFn<'_>,
+) -> Result<DecodeSummary, CryptoError> {
+    let all = opened.index.entries.len() as u64;
+    decode_range(
+        file,
+        opened,
+        ring,
+        from..all,
+        decompress,
+        threads,
+        out,
+        progress,
+    )
+}
+
+/// The chunks holding plaintext bytes `start..end` of an opened file, and the plaintext
+/// offset of the first of them: what a reader of one part of the plaintext decodes.
+pub fn chunks_covering(opened: &Opened, start: u64, end: u64) -> (std::ops::Range<u64>, u64) {
+    let mut at = 0u64;
+    let mut first: Option<(u64, u64)> = None;
+    for (no, entry) in opened.index.entries.iter().enumerate() {
+        let next = at + u64::from(entry.plain_len);
+        if first.is_none() && next > start {
+            first = Some((no as u64, at));
+        }
+        if let Some((from, from_at)) = first
+            && next >= end
+        {
+            return (from..no as u64 + 1, from_at);
+        }
+        at = next;
+    }
+    let all = opened.index.entries.len() as u64;
+    let (from, from_at) = first.unwrap_or((all, at));
+    (from..all, from_at)
+}
+
+/// Like [`decode`], for chunks `chunks` only: one part of the plaintext, authenticated
+/// chunk by chunk as the whole file is.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_range<S: Source + ?Sized, W: Write>(
+    file: &S,
+    opened: &Opened,
+    ring: &Keyring,
+    chunks: std::ops::Range<u64>,
+    decompress: bool,
+    threads: usize,
     mut out: W,
     progress: ProgressFn<'_>,
 ) -> Result<DecodeSummary, CryptoError> {
     let entries = &opened.index.entries;
+    let from = chunks.start;
+    let end = (chunks.end as usize).min(entries.len());
     let mut next = from as usize;
     let file_id = opened.header.file_id;
     let key_hint = opened.trailer.key_id.as_str();
@@ -579,7 +629,7 @@ pub fn decode<S: Source + ?Sized, W: Write>(
     let mut count = 0u64;
     parallel::ordered(
         || {
-            let Some(entry) = entries.get(next) else {
+            let Some(entry) = entries.get(next).filter(|_| next < end) else {
                 return Ok(None);
             };
             let no = next as u64;
@@ -763,6 +813,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, &plain[300_000..]);
+    }
+
+    #[test]
+    fn any_byte_range_decodes_from_the_chunks_covering_it() {
+        let ring = ring();
+        let plain = data(500_000);
+        let (file, _) = encode_to_file(&plain, &ring, 100_000);
+        let opened = open(file.as_file(), &ring).unwrap();
+        for (start, end) in [
+            (0, 1),
+            (0, 100_000),
+            (99_999, 100_001),
+            (150_000, 420_000),
+            (400_000, 500_000),
+        ] {
+            let (chunks, first_at) = chunks_covering(&opened, start, end);
+            let mut out = Vec::new();
+            decode_range(
+                file.as_file(),
+                &opened,
+                &ring,
+                chunks.clone(),
+                true,
+                1,
+                &mut out,
+                &mut |_, _| Ok(()),
+            )
+            .unwrap();
+            let skip = (start - first_at) as usize;
+            assert_eq!(
+                &out[skip..skip + (end - start) as usize],
+                &plain[start as usize..end as usize],
+                "{start}..{end} from chunks {chunks:?}"
+            );
+            assert!(out.len() - skip - ((end - start) as usize) < 100_000);
+        }
     }
 
     #[test]

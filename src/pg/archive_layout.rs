@@ -22,21 +22,18 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use super::dump_toc::{
-    BLOCK_BLOBS, BLOCK_DATA, MAGIC, OFFSET_NO_DATA, OFFSET_NOT_SET, OFFSET_SET, decode_int,
+use super::dump_format::{
+    BLOCK_BLOBS, BLOCK_DATA, Entry, HEAD_LIMIT, OFFSET_NO_DATA, OFFSET_SET, SECTION_DATA,
+    SECTION_POST_DATA, TABLE_DATA, Toc, decode_int, encode_int, encode_offset, encode_toc,
+    entry_len, parse_head, toc_len,
 };
 
-const SECTION_DATA: i64 = 3;
-const SECTION_POST_DATA: i64 = 4;
-const TABLE_DATA: &[u8] = b"TABLE DATA";
 /// The type of the entries a split table's data is listed under.
 pub const TABLE_DATA_PART: &[u8] = b"TABLE DATA PART";
 /// Most parts a whole archive is cut into (bounds the room reserved for their entries).
 pub const MAX_PARTS: u64 = 1024;
 /// Smallest part: below this a COPY is quick enough on its own.
 pub const MIN_PART_BYTES: u64 = 64 << 20;
-/// A table of contents still incomplete after this many bytes is not one this module reads.
-const HEAD_LIMIT: usize = 256 << 20;
 
 /// Why a laid-out archive could not be completed.
 #[derive(Debug, thiserror::Error)]
@@ -67,37 +64,6 @@ pub struct Finished {
     pub split_tables: usize,
     /// Parts added to the table of contents.
     pub parts_added: usize,
-}
-
-/// One table-of-contents entry, kept field by field so it can be written back changed.
-#[derive(Debug, Clone)]
-struct Entry {
-    dump_id: i64,
-    had_dumper: i64,
-    /// tableoid, oid, tag, desc.
-    names: [Option<Vec<u8>>; 4],
-    section: i64,
-    /// defn, drop, copy, namespace, tablespace, table AM, owner, with-oids.
-    rest: Vec<Option<Vec<u8>>>,
-    deps: Vec<Vec<u8>>,
-    flag: u8,
-    offset: Vec<u8>,
-}
-
-impl Entry {
-    fn desc(&self) -> &[u8] {
-        self.names[3].as_deref().unwrap_or_default()
-    }
-}
-
-/// The parsed header and table of contents.
-#[derive(Debug)]
-struct Toc {
-    /// Everything before the entry count, byte for byte.
-    prefix: Vec<u8>,
-    int_size: usize,
-    off_size: usize,
-    entries: Vec<Entry>,
 }
 
 /// A table whose data may be cut into parts.
@@ -622,217 +588,10 @@ fn is_copy_data(entry: &Entry) -> bool {
         && copy.windows(10).any(|w| w == b"FROM stdin")
 }
 
-fn encode_int(value: i64, int_size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + int_size);
-    out.push(u8::from(value < 0));
-    let magnitude = value.unsigned_abs();
-    for i in 0..int_size {
-        out.push(if i < 8 {
-            (magnitude >> (i * 8)) as u8
-        } else {
-            0
-        });
-    }
-    out
-}
-
-fn encode_offset(at: u64, off_size: usize) -> Vec<u8> {
-    (0..off_size)
-        .map(|i| if i < 8 { (at >> (i * 8)) as u8 } else { 0 })
-        .collect()
-}
-
-fn string_len(s: &Option<Vec<u8>>, int_size: usize) -> u64 {
-    (1 + int_size + s.as_ref().map_or(0, Vec::len)) as u64
-}
-
-fn entry_len(e: &Entry, int_size: usize, off_size: usize) -> u64 {
-    let int = (1 + int_size) as u64;
-    int * 3
-        + e.names.iter().map(|s| string_len(s, int_size)).sum::<u64>()
-        + e.rest.iter().map(|s| string_len(s, int_size)).sum::<u64>()
-        + e.deps
-            .iter()
-            .map(|d| (1 + int_size + d.len()) as u64)
-            .sum::<u64>()
-        + int
-        + 1
-        + off_size as u64
-}
-
-fn toc_len(toc: &Toc) -> u64 {
-    toc.prefix.len() as u64
-        + (1 + toc.int_size) as u64
-        + toc
-            .entries
-            .iter()
-            .map(|e| entry_len(e, toc.int_size, toc.off_size))
-            .sum::<u64>()
-}
-
-fn encode_toc(toc: &Toc, entries: &[Entry]) -> Vec<u8> {
-    let int = |v: i64| encode_int(v, toc.int_size);
-    let string = |out: &mut Vec<u8>, s: &Option<Vec<u8>>| match s {
-        Some(bytes) => {
-            out.extend(int(bytes.len() as i64));
-            out.extend_from_slice(bytes);
-        }
-        None => out.extend(int(-1)),
-    };
-    let mut out = toc.prefix.clone();
-    out.extend(int(entries.len() as i64));
-    for e in entries {
-        out.extend(int(e.dump_id));
-        out.extend(int(e.had_dumper));
-        for s in &e.names {
-            string(&mut out, s);
-        }
-        out.extend(int(e.section));
-        for s in &e.rest {
-            string(&mut out, s);
-        }
-        for d in &e.deps {
-            string(&mut out, &Some(d.clone()));
-        }
-        string(&mut out, &None);
-        out.push(e.flag);
-        out.extend_from_slice(&e.offset);
-    }
-    out
-}
-
-/// Reads the header and table of contents from the start of an archive: `Ok(None)` while
-/// more bytes are needed, `Err` when it is not an archive this module lays out.
-fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
-    if bytes.len() < 11 {
-        return if MAGIC.starts_with(&bytes[..bytes.len().min(5)]) {
-            Ok(None)
-        } else {
-            Err(())
-        };
-    }
-    let (major, minor) = (bytes[5], bytes[6]);
-    let int_size = bytes[8] as usize;
-    let off_size = bytes[9] as usize;
-    if &bytes[..5] != MAGIC
-        || major != 1
-        || !(14..=15).contains(&minor)
-        || bytes[10] != 1
-        || !(4..=8).contains(&int_size)
-        || !(4..=8).contains(&off_size)
-    {
-        return Err(());
-    }
-    let mut r = Cursor {
-        bytes,
-        pos: 11,
-        int_size,
-    };
-    let parsed = (|| -> Option<Result<(Toc, usize), ()>> {
-        let compressed = if minor >= 15 {
-            r.byte()? != 0
-        } else {
-            r.int()? != 0
-        };
-        if compressed {
-            return Some(Err(()));
-        }
-        for _ in 0..7 {
-            r.int()?;
-        }
-        for _ in 0..3 {
-            r.string()?;
-        }
-        let prefix = bytes[..r.pos].to_vec();
-        let count = r.int()?;
-        if !(0..=10_000_000).contains(&count) {
-            return Some(Err(()));
-        }
-        // Capacity from what is buffered, not from a count the input claims.
-        let mut entries = Vec::with_capacity((count as usize).min(bytes.len() / 64));
-        for _ in 0..count {
-            let dump_id = r.int()?;
-            let had_dumper = r.int()?;
-            let names = [r.string()?, r.string()?, r.string()?, r.string()?];
-            let section = r.int()?;
-            let mut rest = Vec::with_capacity(8);
-            for _ in 0..8 {
-                rest.push(r.string()?);
-            }
-            let mut deps = Vec::new();
-            while let Some(dep) = r.string()? {
-                deps.push(dep);
-            }
-            let flag = r.byte()?;
-            let offset = r.take(off_size)?.to_vec();
-            if !matches!(flag, OFFSET_NOT_SET | OFFSET_SET | OFFSET_NO_DATA) {
-                return Some(Err(()));
-            }
-            entries.push(Entry {
-                dump_id,
-                had_dumper,
-                names,
-                section,
-                rest,
-                deps,
-                flag,
-                offset,
-            });
-        }
-        Some(Ok((
-            Toc {
-                prefix,
-                int_size,
-                off_size,
-                entries,
-            },
-            r.pos,
-        )))
-    })();
-    match parsed {
-        None => Ok(None),
-        Some(Ok(done)) => Ok(Some(done)),
-        Some(Err(())) => Err(()),
-    }
-}
-
-/// Reads from a buffer that may end early (`None`: need more bytes).
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    int_size: usize,
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let slice = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(slice)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn int(&mut self) -> Option<i64> {
-        let width = 1 + self.int_size;
-        self.take(width).map(decode_int)
-    }
-
-    /// `Some(None)` is a NULL string.
-    fn string(&mut self) -> Option<Option<Vec<u8>>> {
-        let len = self.int()?;
-        if len < 0 {
-            return Some(None);
-        }
-        let len = usize::try_from(len).ok()?.min(HEAD_LIMIT + 1);
-        self.take(len).map(|s| Some(s.to_vec()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::dump_format::OFFSET_NOT_SET;
 
     const INT: usize = 4;
     const OFF: usize = 8;

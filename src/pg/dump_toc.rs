@@ -13,29 +13,9 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// The custom format's magic bytes.
-pub(crate) const MAGIC: &[u8; 5] = b"PGDMP";
-/// Offset flags of a table-of-contents entry.
-pub(crate) const OFFSET_NOT_SET: u8 = 1;
-pub(crate) const OFFSET_SET: u8 = 2;
-pub(crate) const OFFSET_NO_DATA: u8 = 3;
-/// Data block types.
-pub(crate) const BLOCK_DATA: u8 = 1;
-pub(crate) const BLOCK_BLOBS: u8 = 3;
-
-/// An integer as pg_dump's `WriteInt` writes it: a sign byte, then the magnitude's bytes,
-/// least significant first.
-pub(crate) fn decode_int(bytes: &[u8]) -> i64 {
-    let mut le = [0u8; 8];
-    let n = (bytes.len() - 1).min(8);
-    le[..n].copy_from_slice(&bytes[1..=n]);
-    let value = i64::from_le_bytes(le);
-    if bytes[0] != 0 {
-        value.wrapping_neg()
-    } else {
-        value
-    }
-}
+use super::dump_format::{
+    BLOCK_BLOBS, BLOCK_DATA, MAGIC, OFFSET_NO_DATA, OFFSET_NOT_SET, OFFSET_SET, decode_int,
+};
 
 /// Why the offsets could not be filled (the archive is then left untouched).
 #[derive(Debug, thiserror::Error)]

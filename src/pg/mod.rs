@@ -4,6 +4,9 @@
 
 pub mod archive_layout;
 pub mod cluster;
+pub mod dir_archive;
+pub mod dump_blocks;
+pub(crate) mod dump_format;
 pub mod dump_toc;
 pub mod sql;
 pub mod untar;
