@@ -219,56 +219,28 @@ fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
     let original = w.pg.checksums(DB);
     w.verified_backup();
 
-    // Each point: after which step completes, or inside which step (while it runs).
+    // Each point: after which step completes, or inside which step (while it runs). The
+    // restore streams the table data out of the backup, decompressing it as pg_restore reads:
+    // killed inside it twice, at different depths.
     let points: &[(&str, bool)] = &[
         ("select", false),
         ("download", true),
         ("download", false),
-        ("decrypt", true),
         ("decrypt", false),
+        ("restore", true),
         ("restore", true),
         ("restore", false),
         ("health_sql", false),
         ("healthy", false),
         ("cutover", false),
     ];
-    let args = w.recover_args("k9", &[]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut first = true;
-    for (step, inside) in points {
-        let mut runner = if first {
-            w.sb.spawn(&refs)
-        } else {
-            w.sb.spawn(&["resume", "k9"])
-        };
-        first = false;
-        wait_report(
-            &w,
-            "k9",
-            &format!("{step} ({})", if *inside { "running" } else { "done" }),
-            |r| {
-                let status = step_status(r, step);
-                if *inside {
-                    status == "running"
-                } else {
-                    status == "completed"
-                }
-            },
-        );
-        kill9(&mut runner);
-        let report = w.sb.status("k9");
-        assert_eq!(
-            report["active"], false,
-            "the run is interrupted, not finished"
-        );
-    }
-    // The last point kills after the cut-over; the steps after it (report, cleanup) take
-    // milliseconds and may finish before the kill lands — then there is nothing to resume.
-    if w.sb.status("k9")["status"] != "succeeded" {
-        let out = w.lz(&["resume", "k9"]);
-        assert!(out.status.success(), "{}", text(&out));
-    }
+    kill_at(&w, "k9", &[], points);
     let report = w.sb.status("k9");
+    assert_eq!(
+        Sandbox::step(&report, "decrypt")["output"]["streamed"],
+        true,
+        "table data streamed into pg_restore"
+    );
     assert_eq!(report["status"], "succeeded");
     assert!(
         Sandbox::step(&report, "download")["attempts"]
@@ -289,6 +261,67 @@ fn kill_nine_at_every_step_boundary_and_inside_the_long_steps_then_resume() {
         "identical content after all the kills"
     );
     assert_eq!(w.bouncer.target(DB), restored);
+    w.ok(&["rollback", "k9", "--reason", "next: the written-out path"]);
+
+    // With the archive written out first (stream=false), decryption and decompression are
+    // a step of their own: killed inside it, and inside the pg_restore that follows.
+    let points: &[(&str, bool)] = &[("decrypt", true), ("restore", true), ("cutover", false)];
+    kill_at(&w, "k9w", &["-p", "stream=false"], points);
+    let report = w.sb.status("k9w");
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(
+        Sandbox::step(&report, "decrypt")["output"]["streamed"],
+        false
+    );
+    assert!(
+        Sandbox::step(&report, "decrypt")["attempts"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    let restored = w.restored_database("k9w");
+    assert_eq!(w.pg.checksums(&restored), original);
+}
+
+/// Runs `recover` as `run`, kill -9s it at each point (after a step completes, or while it
+/// runs) and resumes it, then resumes it to the end.
+fn kill_at(w: &World, run: &str, extra: &[&str], points: &[(&str, bool)]) {
+    let args = w.recover_args(run, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = true;
+    for (step, inside) in points {
+        let mut runner = if first {
+            w.sb.spawn(&refs)
+        } else {
+            w.sb.spawn(&["resume", run])
+        };
+        first = false;
+        wait_report(
+            w,
+            run,
+            &format!("{step} ({})", if *inside { "running" } else { "done" }),
+            |r| {
+                let status = step_status(r, step);
+                if *inside {
+                    status == "running"
+                } else {
+                    status == "completed"
+                }
+            },
+        );
+        kill9(&mut runner);
+        let report = w.sb.status(run);
+        assert_eq!(
+            report["active"], false,
+            "the run is interrupted, not finished"
+        );
+    }
+    // The last point kills after the cut-over; the steps after it (report, cleanup) take
+    // milliseconds and may finish before the kill lands — then there is nothing to resume.
+    if w.sb.status(run)["status"] != "succeeded" {
+        let out = w.lz(&["resume", run]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
 }
 
 #[test]
@@ -501,6 +534,129 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
     );
     assert!(error.contains("HMAC failure at chunk 0"), "{error}");
     untouched("corrupted everywhere");
+}
+
+/// Flips one byte in the last chunk of the backup a run downloaded: inside table data, past
+/// the table of contents the decrypt step reads.
+fn damage_download(w: &World, run: &str) {
+    let report = w.sb.status(run);
+    let path = Sandbox::step(&report, "download")["output"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let trailer = lazarus::crypto::chunked::peek_trailer(&mut file).unwrap();
+    assert!(trailer.chunk_count >= 3, "a backup of several chunks");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[trailer.index_offset as usize - 20] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn row_counts(w: &World, database: &str) -> Vec<(String, i64)> {
+    w.pg.psql(
+        database,
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .lines()
+    .map(|t| {
+        let n = w.pg.psql(database, &format!("SELECT count(*) FROM {t}"));
+        (t.to_string(), n.parse().unwrap())
+    })
+    .collect()
+}
+
+#[test]
+fn a_backup_damaged_after_download_stops_the_restore_before_the_damaged_table_commits() {
+    let w = World::new(4, None);
+    let live = w.pg.checksums(DB);
+    let live_counts = row_counts(&w, DB);
+    let id = w.verified_backup();
+    let out = w.recover("t1", &["--backup", &id, "--halt-after", "download"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    damage_download(&w, "t1");
+    let out = w.lz(&["resume", "t1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report = w.sb.status("t1");
+    let error = report["error"].as_str().unwrap_or("").to_string();
+    assert!(error.contains("the backup is damaged"), "{error}");
+    assert!(error.contains("chunk"), "names the damaged chunk: {error}");
+    assert_eq!(report["halted"]["step"], "restore");
+    assert_eq!(
+        Sandbox::step(&report, "restore")["attempts"].as_u64(),
+        Some(1),
+        "a damaged backup is not retried"
+    );
+    // Every table of the restored database is either whole or empty: never loaded short.
+    let restored = w.pg.psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'shop_restored_%'",
+    );
+    assert!(!restored.is_empty(), "the restore had started");
+    let counts = row_counts(&w, &restored);
+    assert_eq!(counts.len(), live_counts.len());
+    for ((table, got), (_, whole)) in counts.iter().zip(&live_counts) {
+        assert!(
+            *got == 0 || got == whole,
+            "{table}: {got} of {whole} rows committed"
+        );
+    }
+    assert!(
+        counts
+            .iter()
+            .zip(&live_counts)
+            .any(|((_, got), (_, whole))| *got == 0 && *whole > 0),
+        "the damaged table stayed empty: {counts:?}"
+    );
+    assert_eq!(w.bouncer.target(DB), DB, "traffic untouched");
+    assert_eq!(w.pg.checksums(DB), live, "live database untouched");
+}
+
+#[test]
+fn an_in_place_restore_authenticates_the_whole_backup_before_touching_the_live_database() {
+    let w = World::new(4, None);
+    let original = w.pg.checksums(DB);
+    let id = w.verified_backup();
+    // The disaster: half the notes gone.
+    w.pg.psql(DB, "DELETE FROM notes WHERE id % 2 = 0");
+    let damaged_state = w.pg.checksums(DB);
+    let in_place = [
+        "-p",
+        "in_place=true",
+        "-p",
+        "confirm=shop",
+        "-p",
+        "cutover=none",
+    ];
+
+    let mut args = vec!["--backup", id.as_str(), "--halt-after", "download"];
+    args.extend(in_place);
+    let out = w.recover("ip1", &args);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    damage_download(&w, "ip1");
+    let out = w.lz(&["resume", "ip1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let error = w.sb.status("ip1")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(error.contains("is damaged"), "{error}");
+    assert_eq!(
+        w.pg.checksums(DB),
+        damaged_state,
+        "nothing of the live database was dropped"
+    );
+    w.ok(&["cancel", "ip1"]);
+
+    let mut args = vec!["--backup", id.as_str()];
+    args.extend(in_place);
+    let out = w.recover("ip2", &args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.restored_database("ip2"), DB);
+    assert_eq!(
+        w.pg.checksums(DB),
+        original,
+        "restored over the live database"
+    );
 }
 
 #[test]

@@ -219,6 +219,7 @@ impl Activity for BaseBackup {
                 system_id,
                 segment_size,
             }),
+            data_blocks: None,
         };
         Ok(json!({
             "id": id,

@@ -20,12 +20,15 @@ use super::files::{
 };
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
+use super::streamed::{StreamPlan, write_archive};
 use crate::codec::{self, Compression};
 use crate::crypto::chunked::{self, Opened};
 use crate::crypto::{CryptoError, Keyring, legacy};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 use crate::parallel::available_threads;
 use crate::pg::archive_layout::{self, ArchiveLayout, LayoutError};
+use crate::pg::dir_archive;
+use crate::pg::dump_blocks::DataBlock;
 use crate::storage::verify::Format;
 
 /// Chunks between durable checkpoints.
@@ -56,6 +59,16 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "with decompress: lay a pg_dump -Fc archive out for pg_restore --jobs — data offsets filled in, big tables cut into parts that load in parallel (default false)",
         },
         InputSpec {
+            name: "stream",
+            required: false,
+            help: "with decompress and data_blocks: write only the table of contents, as a directory archive whose table data the restore step streams from the backup (default false)",
+        },
+        InputSpec {
+            name: "data_blocks",
+            required: false,
+            help: "where each table's data sits in the archive (the backup manifest's data_blocks)",
+        },
+        InputSpec {
             name: "part_size",
             required: false,
             help: "with parallel_restore: bytes per table part (default: 64 MiB, more for archives over 64 GiB)",
@@ -78,6 +91,7 @@ static SPEC: ActivitySpec = ActivitySpec {
         "split_tables",
         "table_parts",
         "unflushed_in_boot",
+        "streamed",
     ],
 };
 
@@ -90,6 +104,10 @@ struct Inputs {
     decompress: bool,
     #[serde(default, deserialize_with = "lenient_bool")]
     parallel_restore: bool,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    stream: bool,
+    #[serde(default)]
+    data_blocks: Option<Vec<DataBlock>>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     part_size: Option<u64>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
@@ -211,6 +229,64 @@ fn decode_chunked(
         .flush()
         .map_err(|e| CryptoError::Io(format!("cannot write {}: {e}", part.display())))?;
     Ok(written)
+}
+
+/// The most archive header a streamed restore decodes up front (a table of contents is a
+/// few hundred bytes per object).
+const HEAD_LIMIT_BYTES: u64 = 256 << 20;
+
+/// Writes the directory archive a streamed restore reads: the archive's header and table
+/// of contents (decoded from the first chunks) rewritten as `toc.dat`, and the plan of
+/// where each table's rows are in `src`. `Ok(None)` when this archive cannot be streamed
+/// (the caller then writes the whole archive out, as for older backups).
+fn plan_streamed(
+    file: &File,
+    opened: &Opened,
+    keys: &Keyring,
+    blocks: &[DataBlock],
+    src: &Path,
+    dest: &Path,
+) -> Result<Option<usize>, ActivityError> {
+    let head_end = blocks
+        .iter()
+        .map(|b| b.offset)
+        .min()
+        .unwrap_or(opened.index.plaintext_size);
+    if head_end > HEAD_LIMIT_BYTES
+        || blocks
+            .iter()
+            .any(|b| b.offset + b.length > opened.index.plaintext_size)
+    {
+        tracing::info!(
+            "the backup's data blocks do not fit its archive: written out whole instead"
+        );
+        return Ok(None);
+    }
+    let (chunks, _) = chunked::chunks_covering(opened, 0, head_end);
+    let mut head = Vec::new();
+    chunked::decode_range(
+        file,
+        opened,
+        keys,
+        chunks,
+        true,
+        1,
+        &mut head,
+        &mut |_, _| Ok(()),
+    )
+    .map_err(crypto_error)?;
+    head.truncate(head_end as usize);
+    let dir = match dir_archive::rewrite(&head, blocks) {
+        Ok(dir) => dir,
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "the archive is written out whole instead of streamed");
+            return Ok(None);
+        }
+    };
+    let plan = StreamPlan::new(&dir, src, opened);
+    write_archive(dest, &dir.toc, &plan)
+        .map_err(|e| ActivityError::retryable(format!("cannot write {}: {e}", dest.display())))?;
+    Ok(Some(dir.files.len()))
 }
 
 /// Decodes a chunked file into a pg_dump archive laid out for `pg_restore --jobs`
@@ -448,6 +524,27 @@ impl Activity for Decrypt {
                 } else {
                     opened.header.compression
                 };
+                if inputs.decompress
+                    && inputs.stream
+                    && let Some(blocks) = inputs.data_blocks.as_deref()
+                {
+                    let planned = tokio::task::block_in_place(|| {
+                        plan_streamed(&file, &opened, &keys, blocks, &inputs.src, &inputs.dest)
+                    })?;
+                    if let Some(tables) = planned {
+                        return Ok(json!({
+                            "path": inputs.dest, "size": opened.index.plaintext_size, "format": Format::Chunked,
+                            "compression": Compression::None, "key_id": opened.trailer.key_id,
+                            "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
+                            "reused": false, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
+                            "streamed": true, "streamed_tables": tables,
+                        }));
+                    }
+                }
+                if inputs.dest.is_dir() {
+                    // A streamed archive of an earlier attempt.
+                    let _ = std::fs::remove_dir_all(&inputs.dest);
+                }
                 if inputs.decompress && inputs.parallel_restore {
                     let total_plain = opened.index.plaintext_size;
                     let total_chunks = opened.index.entries.len() as u64;
@@ -490,6 +587,7 @@ impl Activity for Decrypt {
                         "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
                         "reused": false, "split_tables": split_tables, "table_parts": table_parts,
                         "unflushed_in_boot": boot.unwrap_or_default(),
+                        "streamed": false,
                     }));
                 }
                 // Idempotent: plaintext already in place and matching the index is reused.
@@ -503,6 +601,7 @@ impl Activity for Decrypt {
                         "compression": compression, "key_id": opened.trailer.key_id,
                         "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
                         "reused": true, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
+                        "streamed": false,
                     }));
                 }
                 let src_size = opened.file_size;
@@ -574,6 +673,7 @@ impl Activity for Decrypt {
                     "compression": compression, "key_id": opened.trailer.key_id,
                     "plaintext_sha256": plaintext_sha256, "seconds": started.elapsed().as_secs_f64(),
                     "reused": false, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
+                    "streamed": false,
                 }))
             }
             Format::LegacyFernet => {
@@ -597,6 +697,7 @@ impl Activity for Decrypt {
                     "compression": if decompress { Compression::None } else { compression },
                     "key_id": key_id, "plaintext_sha256": null,
                     "seconds": started.elapsed().as_secs_f64(), "reused": false, "split_tables": 0, "table_parts": 0, "unflushed_in_boot": "",
+                    "streamed": false,
                 }))
             }
             Format::Raw => Err(ActivityError::permanent(format!(

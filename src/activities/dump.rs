@@ -21,6 +21,7 @@ use crate::catalog::{MANIFEST_VERSION, Manifest, TableInfo, backup_key, new_back
 use crate::codec::Compression;
 use crate::crypto::chunked::{self, EncodeOptions};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::pg::dump_blocks::BlockScanner;
 use crate::pg::sql::Sql;
 use crate::pg::{PgError, tail_lines};
 
@@ -238,6 +239,7 @@ impl Activity for Dump {
         prepare_dir(&inputs.dest)?;
         let part = part_path(&inputs.dest);
         let pg_dump = tools.path("pg_dump").map_err(pg_failure)?;
+        let mut scanner = BlockScanner::new();
         let outcome = tokio::task::block_in_place(|| {
             stream_to_chunked(
                 ctx,
@@ -247,7 +249,7 @@ impl Activity for Dump {
                 &part,
                 &key,
                 "pg_dump → zstd → encrypted",
-                &mut |_| {},
+                &mut |bytes| scanner.feed(bytes),
             )
             .map(|(summary, _)| summary)
             .map_err(|e| format!("{e} (dump of {})", inputs.database))
@@ -296,6 +298,7 @@ impl Activity for Dump {
             verification: None,
             copies: Vec::new(),
             physical: None,
+            data_blocks: scanner.finish(),
         };
         Ok(json!({
             "id": id,

@@ -147,6 +147,7 @@ impl Activity for InspectLegacy {
             verification: None,
             copies: Vec::new(),
             physical: None,
+            data_blocks: None,
         };
         Ok(json!({
             "id": id, "key": key, "manifest": manifest, "size": size, "sha256": sha256, "key_id": key_id,

@@ -22,6 +22,7 @@ pub mod report;
 pub mod restart;
 pub mod restore;
 pub mod services;
+mod streamed;
 pub mod supervise;
 pub mod upload;
 mod web;

@@ -15,6 +15,7 @@ use super::dump::pg_failure;
 use super::files::boot_id;
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
+use super::streamed::{self, Streams};
 use super::supervise::Supervised;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 use crate::parallel::available_threads;
@@ -28,7 +29,7 @@ static RESTORE: ActivitySpec = ActivitySpec {
         InputSpec {
             name: "file",
             required: true,
-            help: "pg_dump -Fc archive",
+            help: "pg_dump archive: a custom-format file, or a directory archive (decrypt's streamed output, whose table data is decoded from the backup as pg_restore reads it)",
         },
         InputSpec {
             name: "database",
@@ -157,12 +158,21 @@ impl Activity for Restore {
                 "an in-place restore destroys {target}; confirm it by passing confirm = \"{target}\""
             )));
         }
-        if !inputs.file.is_file() {
+        if !inputs.file.exists() {
             return Err(ActivityError::permanent(format!(
                 "{} does not exist",
                 inputs.file.display()
             )));
         }
+        let plan = streamed::read_plan(&inputs.file).map_err(ActivityError::permanent)?;
+        let keys = match &plan {
+            Some(_) => Some(self.services.keys().map_err(|e| {
+                ActivityError::permanent(format!(
+                    "the streamed restore cannot read the backup: {e}"
+                ))
+            })?),
+            None => None,
+        };
         // An archive left unflushed by the step before is flushed beside pg_restore once it
         // has run FLUSH_AFTER; after a machine restart it is trusted only if that flush was
         // journaled.
@@ -205,6 +215,13 @@ impl Activity for Restore {
                     .block_on(ctx.checkpoint(&ArchiveFlushed { boot }))
                     .map_err(|e| ActivityError::retryable(e.message))?;
             }
+            if inputs.in_place
+                && let (Some(plan), Some(keys)) = (&plan, &keys)
+            {
+                // Over the live database, every byte is authenticated before anything is
+                // dropped: a damaged backup must not be found half-way through.
+                streamed::authenticate(plan, keys).map_err(ActivityError::permanent)?;
+            }
             if !inputs.in_place {
                 // A previous attempt may have left a partial restore: start clean. This is
                 // a database of our own, never the live one (checked above).
@@ -226,11 +243,21 @@ impl Activity for Restore {
             let restore_started = Instant::now();
             // Streamed dumps lack data offsets; with them pg_restore's workers seek straight
             // to their tables instead of scanning the archive.
-            match crate::pg::dump_toc::fill_data_offsets(&inputs.file) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(entries = n, "filled the archive's data offsets"),
-                Err(e) => tracing::warn!(error = %e, "pg_restore will scan the archive instead"),
+            if plan.is_none() && inputs.file.is_file() {
+                match crate::pg::dump_toc::fill_data_offsets(&inputs.file) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "filled the archive's data offsets"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pg_restore will scan the archive instead")
+                    }
+                }
             }
+            let streams = match (&plan, keys) {
+                (Some(plan), Some(keys)) => Some(
+                    Streams::start(&inputs.file, plan, keys).map_err(ActivityError::permanent)?,
+                ),
+                _ => None,
+            };
             let mut child = Supervised::spawn(&pg_restore, &args, |cmd| {
                 server.apply(cmd);
                 cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -284,16 +311,32 @@ impl Activity for Restore {
                     child.stop(Duration::from_secs(5));
                     return Err(ActivityError::cancelled("pg_restore stopped"));
                 }
+                if let Some(failure) = streams.as_ref().and_then(Streams::failure) {
+                    // pg_restore goes first: its table must not see the end of its rows.
+                    child.stop(Duration::from_secs(5));
+                    drop(streams);
+                    return Err(ActivityError::permanent(format!(
+                        "the backup is damaged: {failure}. pg_restore was stopped before that table was committed; {target} is incomplete and is recreated by the next attempt. Start a new recovery to download the backup again, or restore another backup (--param backup_id=ID)"
+                    )));
+                }
                 match child.child.try_wait() {
                     Ok(Some(status)) => break status,
                     Ok(None) => {
                         if last_progress.is_none_or(|at| at.elapsed() >= Duration::from_millis(500))
                         {
+                            let streamed = streams.as_ref().map(Streams::progress).map_or_else(
+                                String::new,
+                                |(fed, total)| {
+                                    format!(", {} of {} MiB streamed", fed >> 20, total >> 20)
+                                },
+                            );
                             ctx.progress(Progress {
                                 done: started.elapsed().as_secs(),
                                 total: None,
                                 unit: "seconds".into(),
-                                message: Some(format!("pg_restore --jobs {jobs} into {target}")),
+                                message: Some(format!(
+                                    "pg_restore --jobs {jobs} into {target}{streamed}"
+                                )),
                             });
                             last_progress = Some(Instant::now());
                         }
@@ -308,10 +351,20 @@ impl Activity for Restore {
                 }
             };
             let stderr = errors.join().unwrap_or_default();
+            let fed = streams.map(Streams::finish);
             if !status.success() {
+                let streaming = match &fed {
+                    Some(Err(e)) => format!(" (streaming the backup: {e})"),
+                    _ => String::new(),
+                };
                 return Err(ActivityError::retryable(format!(
-                    "pg_restore into {target} failed ({status}): {}",
+                    "pg_restore into {target} failed ({status}): {}{streaming}",
                     tail_lines(&stderr, 4)
+                )));
+            }
+            if let Some(Err(e)) = fed {
+                return Err(ActivityError::permanent(format!(
+                    "restoring into {target} from the backup failed: {e}"
                 )));
             }
             let pg_restore_seconds = restore_started.elapsed().as_secs_f64();
@@ -410,9 +463,6 @@ impl Activity for DropDatabase {
     }
 }
 
-/// Drops and creates `target` afresh. A killed earlier attempt may have left its own
-/// `CREATE DATABASE` running (psql outlives its parent): when the name reappears between our
-/// drop and our create, wait for it and drop again.
 /// Flushes a file and the directory entry that names it.
 fn flush_with_its_name(file: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(file)?.sync_data()?;
@@ -422,6 +472,9 @@ fn flush_with_its_name(file: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Drops and creates `target` afresh. A killed earlier attempt may have left its own
+/// `CREATE DATABASE` running (psql outlives its parent): when the name reappears between our
+/// drop and our create, wait for it and drop again.
 fn recreate_database(sql: &Sql, target: &str) -> Result<(), ActivityError> {
     let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(target));
     let create = format!("CREATE DATABASE {} TEMPLATE template0", ident(target));

@@ -77,6 +77,11 @@ pub struct Manifest {
     /// For physical (base) backups: where they sit in the WAL.
     #[serde(default)]
     pub physical: Option<PhysicalInfo>,
+    /// For logical backups: where each table's data sits in the pg_dump archive, so a
+    /// restore can stream every table from its own chunks instead of writing the whole
+    /// archive out first. Absent for archives that cannot be streamed (and older backups).
+    #[serde(default)]
+    pub data_blocks: Option<Vec<crate::pg::dump_blocks::DataBlock>>,
 }
 
 /// What a base backup is in WAL terms: the facts point-in-time planning needs.
