@@ -105,10 +105,67 @@ enum Kind {
     Raw,
 }
 
+/// The SHA-256 of a stream, computed on a thread of its own: a download hashes the whole
+/// object and checks every chunk's HMAC, and on one thread the two hashes were three
+/// quarters of its time (`cargo bench --bench recovery`). Inline when no thread can start.
+struct WholeHash {
+    pieces: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+    inline: Sha256,
+}
+
+/// Pieces queued for the hashing thread before `update` waits for it.
+const HASH_QUEUE: usize = 16;
+
+impl WholeHash {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let worker = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hash = Sha256::new();
+                for piece in rx {
+                    hash.update(&piece);
+                }
+                hash
+            })
+            .ok();
+        Self {
+            pieces: worker.as_ref().map(|_| tx),
+            worker,
+            inline: Sha256::new(),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let sent = self
+            .pieces
+            .as_ref()
+            .is_some_and(|tx| tx.send(data.to_vec()).is_ok());
+        if !sent {
+            // No thread (or it died): hash here; a partial thread hash is then useless.
+            self.pieces = None;
+            self.worker = None;
+            self.inline.update(data);
+        }
+    }
+
+    fn finalize(mut self) -> [u8; 32] {
+        self.pieces = None;
+        match self.worker.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(hash)) => hash.finalize().into(),
+            _ => self.inline.finalize().into(),
+        }
+    }
+}
+
 /// Checks a stream of bytes fed in order.
 pub struct Verifier {
     keys: Keyring,
-    hash: Sha256,
+    hash: WholeHash,
     offset: u64,
     safe: u64,
     kind: Kind,
@@ -119,7 +176,7 @@ impl Verifier {
     pub fn new(keys: Keyring) -> Self {
         Self {
             keys,
-            hash: Sha256::new(),
+            hash: WholeHash::new(),
             offset: 0,
             safe: 0,
             kind: Kind::Undecided(Vec::new()),
