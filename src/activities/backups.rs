@@ -235,6 +235,11 @@ static SELECT: ActivitySpec = ActivitySpec {
             required: false,
             help: "where the backup will be downloaded (checked for free space)",
         },
+        InputSpec {
+            name: "stream",
+            required: false,
+            help: "the restore streams table data from the backup: the free-space check leaves out the plain archive (default false)",
+        },
     ],
     outputs: &[
         "id",
@@ -261,6 +266,8 @@ struct SelectInputs {
     #[serde(default, deserialize_with = "opt_bool")]
     verified_only: Option<bool>,
     workdir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    stream: bool,
 }
 
 fn opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
@@ -435,12 +442,23 @@ impl Activity for SelectBackup {
                 ))
             })?;
             let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-            let needed = manifest.size + manifest.plaintext_size.unwrap_or(manifest.size * 4);
+            // A streamed restore never writes the plain archive out.
+            let streamed = inputs.stream && manifest.data_blocks.is_some();
+            let needed = if streamed {
+                manifest.size + (1 << 20)
+            } else {
+                manifest.size + manifest.plaintext_size.unwrap_or(manifest.size * 4)
+            };
             if free < needed {
                 return Err(ActivityError::permanent(format!(
-                    "{} has {} MiB free; the backup and its restored dump need about {} MiB",
+                    "{} has {} MiB free; the backup{} need about {} MiB",
                     dir.display(),
                     free >> 20,
+                    if streamed {
+                        ""
+                    } else {
+                        " and its restored dump"
+                    },
                     needed >> 20
                 )));
             }
