@@ -16,6 +16,7 @@ use super::services::Services;
 use crate::catalog::{Manifest, Verification, manifest_key, status};
 use crate::crypto::chunked::{self, FRAME_PREFIX, TRAILER_LEN, Trailer};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
+use crate::pg::dump_blocks::worth_streaming;
 use crate::storage::{Body, ObjectStore};
 
 /// Writes a manifest to every store and to the catalog; says where it landed.
@@ -443,7 +444,10 @@ impl Activity for SelectBackup {
             })?;
             let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
             // A streamed restore never writes the plain archive out.
-            let streamed = inputs.stream && manifest.data_blocks.is_some();
+            let streamed = inputs.stream
+                && manifest.data_blocks.as_deref().is_some_and(|blocks| {
+                    worth_streaming(blocks, chunked::DEFAULT_CHUNK_SIZE as u64)
+                });
             let needed = if streamed {
                 manifest.size + (1 << 20)
             } else {

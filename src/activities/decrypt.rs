@@ -28,7 +28,7 @@ use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, Inpu
 use crate::parallel::available_threads;
 use crate::pg::archive_layout::{self, ArchiveLayout, LayoutError};
 use crate::pg::dir_archive;
-use crate::pg::dump_blocks::DataBlock;
+use crate::pg::dump_blocks::{DataBlock, worth_streaming};
 use crate::storage::verify::Format;
 
 /// Chunks between durable checkpoints.
@@ -252,13 +252,21 @@ fn plan_streamed(
         .map(|b| b.offset)
         .min()
         .unwrap_or(opened.index.plaintext_size);
-    if head_end > HEAD_LIMIT_BYTES
-        || blocks
-            .iter()
-            .any(|b| b.offset + b.length > opened.index.plaintext_size)
-    {
+    let fits = blocks.iter().all(|b| {
+        b.offset
+            .checked_add(b.length)
+            .is_some_and(|end| end <= opened.index.plaintext_size)
+    });
+    if head_end > HEAD_LIMIT_BYTES || !fits {
         tracing::info!(
             "the backup's data blocks do not fit its archive: written out whole instead"
+        );
+        return Ok(None);
+    }
+    if !worth_streaming(blocks, u64::from(opened.header.chunk_size)) {
+        tracing::info!(
+            tables = blocks.len(),
+            "too many small tables share chunks: the archive is written out instead of streamed"
         );
         return Ok(None);
     }

@@ -15,7 +15,7 @@ use super::dump::pg_failure;
 use super::files::boot_id;
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
-use super::streamed::{self, Streams};
+use super::streamed::{self, FeedError, Streams};
 use super::supervise::Supervised;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 use crate::parallel::available_threads;
@@ -220,7 +220,29 @@ impl Activity for Restore {
             {
                 // Over the live database, every byte is authenticated before anything is
                 // dropped: a damaged backup must not be found half-way through.
-                streamed::authenticate(plan, keys).map_err(ActivityError::permanent)?;
+                streamed::authenticate(
+                    plan,
+                    keys,
+                    &|| ctx.cancellation().is_cancelled(),
+                    &mut |done, total| {
+                        ctx.progress(Progress {
+                            done,
+                            total: Some(total),
+                            unit: "bytes".into(),
+                            message: Some(
+                                "authenticating the whole backup before the live database is touched"
+                                    .into(),
+                            ),
+                        })
+                    },
+                )
+                .map_err(|e| {
+                    if ctx.cancellation().is_cancelled() {
+                        ActivityError::cancelled("the restore was stopped")
+                    } else {
+                        ActivityError::permanent(e)
+                    }
+                })?;
             }
             if !inputs.in_place {
                 // A previous attempt may have left a partial restore: start clean. This is
@@ -311,16 +333,16 @@ impl Activity for Restore {
                     child.stop(Duration::from_secs(5));
                     return Err(ActivityError::cancelled("pg_restore stopped"));
                 }
-                if let Some(failure) = streams.as_ref().and_then(Streams::failure) {
-                    // pg_restore goes first: its table must not see the end of its rows.
-                    child.stop(Duration::from_secs(5));
-                    drop(streams);
-                    return Err(ActivityError::permanent(format!(
-                        "the backup is damaged: {failure}. pg_restore was stopped before that table was committed; {target} is incomplete and is recreated by the next attempt. Start a new recovery to download the backup again, or restore another backup (--param backup_id=ID)"
-                    )));
-                }
                 match child.child.try_wait() {
                     Ok(Some(status)) => break status,
+                    Ok(None) if streams.as_ref().and_then(Streams::failure).is_some() => {
+                        // pg_restore goes first: the table it reads must not see the end
+                        // of its rows (the feeders hold their pipes until it is gone).
+                        child.stop(Duration::from_secs(5));
+                        break child.wait().map_err(|e| {
+                            ActivityError::retryable(format!("waiting for pg_restore: {e}"))
+                        })?;
+                    }
                     Ok(None) => {
                         if last_progress.is_none_or(|at| at.elapsed() >= Duration::from_millis(500))
                         {
@@ -344,6 +366,7 @@ impl Activity for Restore {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => {
+                        child.stop(Duration::from_secs(5));
                         return Err(ActivityError::retryable(format!(
                             "waiting for pg_restore: {e}"
                         )));
@@ -351,20 +374,38 @@ impl Activity for Restore {
                 }
             };
             let stderr = errors.join().unwrap_or_default();
-            let fed = streams.map(Streams::finish);
-            if !status.success() {
-                let streaming = match &fed {
-                    Some(Err(e)) => format!(" (streaming the backup: {e})"),
-                    _ => String::new(),
-                };
-                return Err(ActivityError::retryable(format!(
-                    "pg_restore into {target} failed ({status}): {}{streaming}",
-                    tail_lines(&stderr, 4)
-                )));
+            match streams.map(Streams::finish) {
+                Some(Err(FeedError::Failed(failure))) => {
+                    let next = if inputs.in_place {
+                        format!(
+                            "{target} is incomplete: restore it again from an intact backup (--param backup_id=ID)"
+                        )
+                    } else {
+                        format!(
+                            "{target} (not the live database) is incomplete; the next attempt drops and restores it afresh. Start a new recovery to download the backup again, or restore another backup (--param backup_id=ID)"
+                        )
+                    };
+                    return Err(ActivityError::permanent(format!(
+                        "{failure}. pg_restore was stopped before that table was committed; {next}"
+                    )));
+                }
+                Some(Err(incomplete)) if status.success() => {
+                    return Err(ActivityError::permanent(format!(
+                        "restoring into {target} from the backup failed: {incomplete}"
+                    )));
+                }
+                Some(Err(incomplete)) if !status.success() => {
+                    return Err(ActivityError::retryable(format!(
+                        "pg_restore into {target} failed ({status}): {} (streaming the backup: {incomplete})",
+                        tail_lines(&stderr, 4)
+                    )));
+                }
+                _ => {}
             }
-            if let Some(Err(e)) = fed {
-                return Err(ActivityError::permanent(format!(
-                    "restoring into {target} from the backup failed: {e}"
+            if !status.success() {
+                return Err(ActivityError::retryable(format!(
+                    "pg_restore into {target} failed ({status}): {}",
+                    tail_lines(&stderr, 4)
                 )));
             }
             let pg_restore_seconds = restore_started.elapsed().as_secs_f64();

@@ -28,6 +28,8 @@ const FORMAT_AT: usize = 10;
 pub struct DataFile {
     /// File name inside the archive directory (`ID.dat`).
     pub name: String,
+    /// The table whose rows it holds, `schema.table`, for messages.
+    pub table: String,
     /// The entry's data block in the custom-format archive.
     pub block: DataBlock,
 }
@@ -139,6 +141,7 @@ pub fn rewrite(head: &[u8], blocks: &[DataBlock]) -> Result<DirArchive, StreamRe
         .collect();
     let mut entries = Vec::with_capacity(toc.entries.len());
     let mut names: HashMap<i64, String> = HashMap::new();
+    let mut tables: HashMap<i64, String> = HashMap::new();
     for entry in &toc.entries {
         let mut entry = entry.clone();
         let old = entry.dump_id;
@@ -155,6 +158,14 @@ pub fn rewrite(head: &[u8], blocks: &[DataBlock]) -> Result<DirArchive, StreamRe
             .collect();
         if data_size.contains_key(&old) {
             names.insert(entry.dump_id, format!("{old}.dat"));
+            let text = |s: Option<&Option<Vec<u8>>>| {
+                String::from_utf8_lossy(s.and_then(|v| v.as_deref()).unwrap_or_default())
+                    .into_owned()
+            };
+            tables.insert(
+                entry.dump_id,
+                format!("{}.{}", text(entry.rest.get(3)), text(entry.names.get(2))),
+            );
         }
         entries.push(entry);
     }
@@ -176,7 +187,8 @@ pub fn rewrite(head: &[u8], blocks: &[DataBlock]) -> Result<DirArchive, StreamRe
                 e.dump_id,
                 DataFile {
                     name: name.clone(),
-                    block: by_id[&old],
+                    table: tables.get(&e.dump_id).cloned().unwrap_or_default(),
+                    block: *by_id.get(&old)?,
                 },
             ))
         })
@@ -363,6 +375,7 @@ mod tests {
         let names: Vec<&str> = dir.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["30.dat", "10.dat"]);
         assert_eq!(dir.files[0].block.id, 30);
+        assert_eq!(dir.files[0].table, "public.t30");
         let (toc, files) = read_dir_toc(&dir.toc);
         assert_eq!(dir.toc[FORMAT_AT], FORMAT_DIRECTORY);
         let by_tag: HashMap<String, &DirEntry> = toc.iter().map(|e| (e.tag.clone(), e)).collect();

@@ -171,9 +171,12 @@ impl Walker {
 /// restores then take the path that writes the whole archive out.
 pub struct BlockScanner {
     head: Vec<u8>,
+    /// The head is parsed again once it has grown to this (doubling: linear in its size).
+    parse_at: usize,
     walker: Option<Walker>,
     blocks: Vec<DataBlock>,
     open: Option<(i64, u64)>,
+    large_objects: bool,
     given_up: bool,
 }
 
@@ -188,9 +191,11 @@ impl BlockScanner {
     pub fn new() -> Self {
         Self {
             head: Vec::new(),
+            parse_at: 0,
             walker: None,
             blocks: Vec::new(),
             open: None,
+            large_objects: false,
             given_up: false,
         }
     }
@@ -202,6 +207,10 @@ impl BlockScanner {
         }
         if self.walker.is_none() {
             self.head.extend_from_slice(bytes);
+            if self.head.len() < self.parse_at {
+                return;
+            }
+            self.parse_at = self.head.len() * 2;
             match parse_head(&self.head) {
                 Ok(Some((toc, used))) => {
                     let rest = self.head.split_off(used);
@@ -214,11 +223,15 @@ impl BlockScanner {
             }
             return;
         }
-        let (blocks, open) = (&mut self.blocks, &mut self.open);
+        let (blocks, open, large_objects) =
+            (&mut self.blocks, &mut self.open, &mut self.large_objects);
         let walked = self.walker.as_mut().map(|w| {
             w.walk(bytes, &mut |event| {
                 match event {
-                    Event::Start { id, at, .. } => *open = Some((id, at)),
+                    Event::Start { kind, id, at } => {
+                        *large_objects |= kind == BLOCK_BLOBS;
+                        *open = Some((id, at));
+                    }
                     Event::End { at } => {
                         if let Some((id, offset)) = open.take() {
                             blocks.push(DataBlock {
@@ -247,11 +260,29 @@ impl BlockScanner {
     }
 
     /// The data blocks, once the archive has ended between two of them; `None` when it is
-    /// not an archive this module reads.
+    /// not an archive this module reads, or holds large objects (which only a written-out
+    /// archive restores).
     pub fn finish(self) -> Option<Vec<DataBlock>> {
         let walker = self.walker?;
-        (!self.given_up && walker.between_blocks()).then_some(self.blocks)
+        (!self.given_up && !self.large_objects && walker.between_blocks()).then_some(self.blocks)
     }
+}
+
+/// Whether streaming these blocks out of a backup cut into chunks of `chunk_bytes` is worth
+/// it: each table decodes every chunk its block touches, so tens of thousands of small
+/// tables would decode the same chunks over and over. Past twice the archive's own size
+/// (plus a little), writing the archive out once is cheaper.
+pub fn worth_streaming(blocks: &[DataBlock], chunk_bytes: u64) -> bool {
+    let chunk = chunk_bytes.max(1);
+    let mut decoded = 0u64;
+    let mut total = 0u64;
+    for block in blocks {
+        let last = block.offset.saturating_add(block.length.max(1) - 1) / chunk;
+        let chunks = last - block.offset / chunk + 1;
+        decoded = decoded.saturating_add(chunks.saturating_mul(chunk));
+        total = total.saturating_add(block.length);
+    }
+    decoded <= total.saturating_mul(2).saturating_add(64 << 20)
 }
 
 /// Why a data block's rows could not be read back.
@@ -292,6 +323,11 @@ impl<W: std::io::Write> BlockRows<W> {
             written: 0,
             ended: false,
         }
+    }
+
+    /// The block being read.
+    pub fn block(&self) -> DataBlock {
+        self.block
     }
 
     /// Bytes of rows written so far.
@@ -497,6 +533,28 @@ mod tests {
                 assert_eq!(rows.finish().unwrap(), rows_of(block.id, count));
             }
         }
+    }
+
+    #[test]
+    fn many_small_tables_sharing_chunks_are_not_worth_streaming() {
+        let mib = 1u64 << 20;
+        let big: Vec<DataBlock> = (0..10)
+            .map(|i| DataBlock {
+                id: i,
+                offset: i as u64 * 100 * mib,
+                length: 100 * mib,
+            })
+            .collect();
+        assert!(worth_streaming(&big, 4 * mib));
+        let tiny: Vec<DataBlock> = (0..20_000)
+            .map(|i| DataBlock {
+                id: i,
+                offset: i as u64 * 1000,
+                length: 1000,
+            })
+            .collect();
+        assert!(!worth_streaming(&tiny, 4 * mib));
+        assert!(worth_streaming(&tiny[..10], 4 * mib), "a few are fine");
     }
 
     #[test]

@@ -112,6 +112,8 @@ struct WholeHash {
     pieces: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     worker: Option<std::thread::JoinHandle<Sha256>>,
     inline: Sha256,
+    /// The hashing thread went away part-way: no hash can be given.
+    broken: bool,
 }
 
 /// Pieces queued for the hashing thread before `update` waits for it.
@@ -134,30 +136,32 @@ impl WholeHash {
             pieces: worker.as_ref().map(|_| tx),
             worker,
             inline: Sha256::new(),
+            broken: false,
         }
     }
 
     fn update(&mut self, data: &[u8]) {
-        if data.is_empty() {
+        if data.is_empty() || self.broken {
             return;
         }
-        let sent = self
-            .pieces
-            .as_ref()
-            .is_some_and(|tx| tx.send(data.to_vec()).is_ok());
-        if !sent {
-            // No thread (or it died): hash here; a partial thread hash is then useless.
-            self.pieces = None;
-            self.worker = None;
-            self.inline.update(data);
+        match &self.pieces {
+            Some(tx) => {
+                if tx.send(data.to_vec()).is_err() {
+                    self.broken = true;
+                }
+            }
+            None => self.inline.update(data),
         }
     }
 
-    fn finalize(mut self) -> [u8; 32] {
+    /// The hash; `None` when the hashing thread failed part-way.
+    fn finalize(mut self) -> Option<[u8; 32]> {
         self.pieces = None;
         match self.worker.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(hash)) => hash.finalize().into(),
-            _ => self.inline.finalize().into(),
+            _ if self.broken => None,
+            Some(Ok(hash)) => Some(hash.finalize().into()),
+            Some(Err(_)) => None,
+            None => Some(self.inline.finalize().into()),
         }
     }
 }
@@ -368,11 +372,13 @@ impl Verifier {
         expected_sha256: Option<&str>,
     ) -> Result<Verified, VerifyFailure> {
         let size = self.offset;
-        let sha256 = hex::encode(self.hash.finalize());
         let whole = |reason: String| VerifyFailure {
             restart_at: 0,
             reason,
         };
+        let sha256 = hex::encode(self.hash.finalize().ok_or_else(|| {
+            whole("its SHA-256 could not be computed (the hashing thread failed); try again".into())
+        })?);
         if let Some(expected) = expected_size
             && expected != size
         {
