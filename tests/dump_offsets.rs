@@ -3,29 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::pg::Pg;
 use lazarus::pg::Tools;
 use lazarus::pg::archive_layout::ArchiveLayout;
 use lazarus::pg::dump_toc::fill_data_offsets;
-
-/// `pg_dump -Fc -Z0` written to a pipe, as Lazarus's backups take it.
-fn streamed_dump(pg: &Pg, database: &str) -> Vec<u8> {
-    let mut cmd = Command::new(Tools::new(None).path("pg_dump").unwrap());
-    pg.env(&mut cmd);
-    let out = cmd
-        .args(["-Fc", "-Z0", database])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 #[test]
 fn streamed_dump_gets_the_offsets_pg_dump_writes_to_a_file() {
@@ -45,7 +28,7 @@ fn streamed_dump_gets_the_offsets_pg_dump_writes_to_a_file() {
             .unwrap()
             .success()
     );
-    std::fs::write(&streamed, streamed_dump(&pg, "shop")).unwrap();
+    std::fs::write(&streamed, pg.streamed_dump("shop")).unwrap();
 
     let filled = fill_data_offsets(&streamed).unwrap();
     assert!(filled >= 4, "filled {filled}");
@@ -117,7 +100,7 @@ fn big_tables_cut_into_parts_restore_identically_with_their_keys_and_indexes() {
          UPDATE pgbench_accounts SET filler = E'line\\nbreak\\ttab' WHERE aid % 1000 = 0",
     );
     let tools = Tools::new(None);
-    let dump = streamed_dump(&pg, "shop");
+    let dump = pg.streamed_dump("shop");
     // Parts of 1 MiB: pgbench_accounts (200,000 rows, ~20 MB) becomes many.
     let dir = tempfile::tempdir().unwrap();
     let laid_out = dir.path().join("parts.dump");

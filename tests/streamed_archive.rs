@@ -6,29 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::pg::Pg;
 use lazarus::pg::Tools;
 use lazarus::pg::dir_archive;
 use lazarus::pg::dump_blocks::{BlockRows, BlockScanner, DataBlock};
-
-/// `pg_dump -Fc -Z0` written to a pipe, as Lazarus's backups take it.
-fn streamed_dump(pg: &Pg, database: &str) -> Vec<u8> {
-    let mut cmd = Command::new(Tools::new(None).path("pg_dump").unwrap());
-    pg.env(&mut cmd);
-    let out = cmd
-        .args(["-Fc", "-Z0", database])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn scan(dump: &[u8]) -> Vec<DataBlock> {
     let mut scanner = BlockScanner::new();
@@ -64,7 +47,7 @@ fn data_blocks_found_while_streaming_restore_as_a_directory_archive() {
          CREATE SEQUENCE tickets START 40; SELECT nextval('tickets'); \
          CREATE MATERIALIZED VIEW busy_branches AS SELECT bid, count(*) FROM pgbench_accounts GROUP BY bid",
     );
-    let dump = streamed_dump(&pg, "shop");
+    let dump = pg.streamed_dump("shop");
     let blocks = scan(&dump);
 
     // The blocks tile the archive after its table of contents, to its last byte.
@@ -137,7 +120,7 @@ fn large_objects_are_left_to_the_written_out_restore() {
         "blobs",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT lo_from_bytea(0, 'hello')",
     );
-    let dump = streamed_dump(&pg, "blobs");
+    let dump = pg.streamed_dump("blobs");
     let mut scanner = BlockScanner::new();
     scanner.feed(&dump);
     assert!(

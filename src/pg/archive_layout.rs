@@ -592,55 +592,16 @@ fn is_copy_data(entry: &Entry) -> bool {
 mod tests {
     use super::*;
     use crate::pg::dump_format::OFFSET_NOT_SET;
-
-    const INT: usize = 4;
-    const OFF: usize = 8;
-
-    fn int(v: i64) -> Vec<u8> {
-        encode_int(v, INT)
-    }
-
-    fn string(s: &str) -> Vec<u8> {
-        let mut out = int(s.len() as i64);
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    fn entry(id: i64, desc: &str, section: i64, copy: &str, deps: &[i64], flag: u8) -> Vec<u8> {
-        let mut out = int(id);
-        out.extend(int(i64::from(flag != OFFSET_NO_DATA)));
-        for s in ["0", "0", "t", desc] {
-            out.extend(string(s));
-        }
-        out.extend(int(section));
-        for s in ["", "", copy, "public", "", "heap", "postgres", "false"] {
-            out.extend(string(s));
-        }
-        for d in deps {
-            out.extend(string(&d.to_string()));
-        }
-        out.extend(int(-1));
-        out.push(flag);
-        out.extend([0u8; OFF]);
-        out
-    }
+    use crate::pg::dump_format::synthetic::{INT, block, entry, header};
 
     /// A version 1.14 archive: table 1, its data 2 (`rows` rows, one chunk each), its primary
     /// key 3, and a sequence value 4 with no dependency on the table.
     fn archive(rows: usize, compression: i64) -> Vec<u8> {
-        let mut out = b"PGDMP".to_vec();
-        out.extend([1, 14, 0, INT as u8, OFF as u8, 1]);
-        out.extend(int(compression));
-        for v in [0, 0, 0, 1, 0, 124, 0] {
-            out.extend(int(v));
-        }
-        for s in ["db", "15.0", "15.0"] {
-            out.extend(string(s));
-        }
-        out.extend(int(4));
-        out.extend(entry(1, "TABLE", 2, "", &[], OFFSET_NO_DATA));
+        let mut out = header(4, compression);
+        out.extend(entry(1, "t", "TABLE", 2, "", &[], OFFSET_NO_DATA));
         out.extend(entry(
             2,
+            "t",
             "TABLE DATA",
             SECTION_DATA,
             "COPY public.t (a) FROM stdin;\n",
@@ -649,6 +610,7 @@ mod tests {
         ));
         out.extend(entry(
             3,
+            "t",
             "CONSTRAINT",
             SECTION_POST_DATA,
             "",
@@ -657,26 +619,16 @@ mod tests {
         ));
         out.extend(entry(
             4,
+            "t",
             "SEQUENCE SET",
             SECTION_DATA,
             "",
             &[],
             OFFSET_NOT_SET,
         ));
-        out.push(BLOCK_DATA);
-        out.extend(int(2));
-        for row in 0..rows {
-            let text = format!("{row}\n");
-            out.extend(int(text.len() as i64));
-            out.extend_from_slice(text.as_bytes());
-        }
-        out.extend(int(6));
-        out.extend_from_slice(b"\\.\n\n\n\n");
-        out.extend(int(0));
-        out.push(BLOCK_DATA);
-        out.extend(int(4));
-        out.extend(string("SELECT 1;\n"));
-        out.extend(int(0));
+        let lines = (0..rows).map(|row| format!("{row}\n"));
+        out.extend(block(2, lines.chain(["\\.\n\n\n\n".to_string()])));
+        out.extend(block(4, ["SELECT 1;\n".to_string()]));
         out
     }
 

@@ -205,80 +205,36 @@ pub fn rewrite(head: &[u8], blocks: &[DataBlock]) -> Result<DirArchive, StreamRe
 mod tests {
     use super::*;
     use crate::pg::dump_blocks::BlockScanner;
-    use crate::pg::dump_format::{BLOCK_DATA, OFFSET_NOT_SET, SECTION_DATA};
-
-    const INT: usize = 4;
-
-    fn int(v: i64) -> Vec<u8> {
-        encode_int(v, INT)
-    }
-
-    fn string(s: &str) -> Vec<u8> {
-        let mut out = int(s.len() as i64);
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    fn entry(id: i64, desc: &str, section: i64, deps: &[i64], flag: u8) -> Vec<u8> {
-        let mut out = int(id);
-        out.extend(int(i64::from(flag != OFFSET_NO_DATA)));
-        for s in ["0", "0", &format!("t{id}"), desc] {
-            out.extend(string(s));
-        }
-        out.extend(int(section));
-        for s in [
-            "",
-            "",
-            "COPY t (a) FROM stdin;\n",
-            "public",
-            "",
-            "heap",
-            "postgres",
-            "false",
-        ] {
-            out.extend(string(s));
-        }
-        for d in deps {
-            out.extend(string(&d.to_string()));
-        }
-        out.extend(int(-1));
-        out.push(flag);
-        out.extend([0u8; 8]);
-        out
-    }
+    use crate::pg::dump_format::synthetic::{INT, block, entry, header};
+    use crate::pg::dump_format::{OFFSET_NOT_SET, SECTION_DATA};
 
     /// Tables 1 (small) and 3 (big), their data 10 and 30, their keys 11 and 31, and an
     /// index 32 on table 3 that also names an object (99) not in the archive.
     fn archive(extra: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = b"PGDMP".to_vec();
-        out.extend([1, 14, 0, INT as u8, 8, 1]);
-        out.extend(int(0));
-        for v in [0, 0, 0, 1, 0, 124, 0] {
-            out.extend(int(v));
-        }
-        for s in ["db", "15.0", "15.0"] {
-            out.extend(string(s));
-        }
-        out.extend(int(7 + extra.len() as i64));
-        out.extend(entry(1, "TABLE", 2, &[], OFFSET_NO_DATA));
-        out.extend(entry(3, "TABLE", 2, &[], OFFSET_NO_DATA));
-        out.extend(entry(10, "TABLE DATA", SECTION_DATA, &[1], OFFSET_NOT_SET));
-        out.extend(entry(30, "TABLE DATA", SECTION_DATA, &[3], OFFSET_NOT_SET));
-        out.extend(entry(
+        let copy = "COPY t (a) FROM stdin;\n";
+        let named = |id: i64, desc: &str, section: i64, deps: &[i64], flag: u8| {
+            entry(id, &format!("t{id}"), desc, section, copy, deps, flag)
+        };
+        let mut out = header(7 + extra.len() as i64, 0);
+        out.extend(named(1, "TABLE", 2, &[], OFFSET_NO_DATA));
+        out.extend(named(3, "TABLE", 2, &[], OFFSET_NO_DATA));
+        out.extend(named(10, "TABLE DATA", SECTION_DATA, &[1], OFFSET_NOT_SET));
+        out.extend(named(30, "TABLE DATA", SECTION_DATA, &[3], OFFSET_NOT_SET));
+        out.extend(named(
             11,
             "CONSTRAINT",
             SECTION_POST_DATA,
             &[1],
             OFFSET_NO_DATA,
         ));
-        out.extend(entry(
+        out.extend(named(
             31,
             "CONSTRAINT",
             SECTION_POST_DATA,
             &[3],
             OFFSET_NO_DATA,
         ));
-        out.extend(entry(
+        out.extend(named(
             32,
             "INDEX",
             SECTION_POST_DATA,
@@ -289,14 +245,7 @@ mod tests {
             out.extend_from_slice(e);
         }
         for (id, rows) in [(10, 2), (30, 50)] {
-            out.push(BLOCK_DATA);
-            out.extend(int(id));
-            for row in 0..rows {
-                let line = format!("{row}\n");
-                out.extend(int(line.len() as i64));
-                out.extend_from_slice(line.as_bytes());
-            }
-            out.extend(int(0));
+            out.extend(block(id, (0..rows).map(|row| format!("{row}\n"))));
         }
         out
     }
@@ -396,7 +345,7 @@ mod tests {
 
     #[test]
     fn refuses_large_objects_missing_blocks_and_compressed_archives() {
-        let blobs = entry(50, "BLOBS", SECTION_DATA, &[], OFFSET_NOT_SET);
+        let blobs = entry(50, "t50", "BLOBS", SECTION_DATA, "", &[], OFFSET_NOT_SET);
         let bytes = archive(&[blobs]);
         let blocks = blocks_of(&bytes);
         let head = &bytes[..blocks[0].offset as usize];

@@ -404,76 +404,22 @@ impl<W: std::io::Write> BlockRows<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::dump_format::{OFFSET_NO_DATA, OFFSET_NOT_SET, encode_int};
-
-    const INT: usize = 4;
-
-    fn int(v: i64) -> Vec<u8> {
-        encode_int(v, INT)
-    }
-
-    fn string(s: &str) -> Vec<u8> {
-        let mut out = int(s.len() as i64);
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    fn entry(id: i64, desc: &str, section: i64, deps: &[i64], flag: u8) -> Vec<u8> {
-        let mut out = int(id);
-        out.extend(int(i64::from(flag != OFFSET_NO_DATA)));
-        for s in ["0", "0", "t", desc] {
-            out.extend(string(s));
-        }
-        out.extend(int(section));
-        for s in [
-            "",
-            "",
-            "COPY public.t (a) FROM stdin;\n",
-            "public",
-            "",
-            "heap",
-            "postgres",
-            "false",
-        ] {
-            out.extend(string(s));
-        }
-        for d in deps {
-            out.extend(string(&d.to_string()));
-        }
-        out.extend(int(-1));
-        out.push(flag);
-        out.extend([0u8; 8]);
-        out
-    }
+    use crate::pg::dump_format::synthetic::{INT, block, entry, header};
+    use crate::pg::dump_format::{OFFSET_NO_DATA, OFFSET_NOT_SET};
 
     /// A version 1.14 archive with two tables' data (entries 2 and 4, one row per chunk);
     /// returns it and where each block starts.
     fn archive(rows: &[usize; 2]) -> (Vec<u8>, Vec<u64>) {
-        let mut out = b"PGDMP".to_vec();
-        out.extend([1, 14, 0, INT as u8, 8, 1]);
-        out.extend(int(0));
-        for v in [0, 0, 0, 1, 0, 124, 0] {
-            out.extend(int(v));
-        }
-        for s in ["db", "15.0", "15.0"] {
-            out.extend(string(s));
-        }
-        out.extend(int(4));
-        out.extend(entry(1, "TABLE", 2, &[], OFFSET_NO_DATA));
-        out.extend(entry(2, "TABLE DATA", 3, &[1], OFFSET_NOT_SET));
-        out.extend(entry(3, "TABLE", 2, &[], OFFSET_NO_DATA));
-        out.extend(entry(4, "TABLE DATA", 3, &[3], OFFSET_NOT_SET));
+        let copy = "COPY public.t (a) FROM stdin;\n";
+        let mut out = header(4, 0);
+        out.extend(entry(1, "t", "TABLE", 2, "", &[], OFFSET_NO_DATA));
+        out.extend(entry(2, "t", "TABLE DATA", 3, copy, &[1], OFFSET_NOT_SET));
+        out.extend(entry(3, "u", "TABLE", 2, "", &[], OFFSET_NO_DATA));
+        out.extend(entry(4, "u", "TABLE DATA", 3, copy, &[3], OFFSET_NOT_SET));
         let mut starts = Vec::new();
         for (id, count) in [(2, rows[0]), (4, rows[1])] {
             starts.push(out.len() as u64);
-            out.push(BLOCK_DATA);
-            out.extend(int(id));
-            for row in 0..count {
-                let line = format!("{id}-{row}\n");
-                out.extend(int(line.len() as i64));
-                out.extend_from_slice(line.as_bytes());
-            }
-            out.extend(int(0));
+            out.extend(block(id, (0..count).map(|row| format!("{id}-{row}\n"))));
         }
         (out, starts)
     }

@@ -285,3 +285,80 @@ impl Cursor<'_> {
         self.take(len).map(|s| Some(s.to_vec()))
     }
 }
+
+/// Builders of small custom-format archives, for the unit tests of the modules that read
+/// them.
+#[cfg(test)]
+pub(crate) mod synthetic {
+    use super::{OFFSET_NO_DATA, encode_int};
+
+    /// Integer width of the archives built here.
+    pub(crate) const INT: usize = 4;
+    /// Offset width of the archives built here.
+    pub(crate) const OFF: usize = 8;
+
+    pub(crate) fn int(v: i64) -> Vec<u8> {
+        encode_int(v, INT)
+    }
+
+    pub(crate) fn string(s: &str) -> Vec<u8> {
+        let mut out = int(s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    /// One table-of-contents entry named `tag`, whose COPY statement is `copy`.
+    pub(crate) fn entry(
+        id: i64,
+        tag: &str,
+        desc: &str,
+        section: i64,
+        copy: &str,
+        deps: &[i64],
+        flag: u8,
+    ) -> Vec<u8> {
+        let mut out = int(id);
+        out.extend(int(i64::from(flag != OFFSET_NO_DATA)));
+        for s in ["0", "0", tag, desc] {
+            out.extend(string(s));
+        }
+        out.extend(int(section));
+        for s in ["", "", copy, "public", "", "heap", "postgres", "false"] {
+            out.extend(string(s));
+        }
+        for d in deps {
+            out.extend(string(&d.to_string()));
+        }
+        out.extend(int(-1));
+        out.push(flag);
+        out.extend([0u8; OFF]);
+        out
+    }
+
+    /// A version 1.14 header announcing `entries` entries, compressed by pg_dump at level
+    /// `compression`.
+    pub(crate) fn header(entries: i64, compression: i64) -> Vec<u8> {
+        let mut out = b"PGDMP".to_vec();
+        out.extend([1, 14, 0, INT as u8, OFF as u8, 1]);
+        out.extend(int(compression));
+        for v in [0, 0, 0, 1, 0, 124, 0] {
+            out.extend(int(v));
+        }
+        for s in ["db", "15.0", "15.0"] {
+            out.extend(string(s));
+        }
+        out.extend(int(entries));
+        out
+    }
+
+    /// The data block of entry `id`: each of `rows` in a chunk of its own.
+    pub(crate) fn block<I: IntoIterator<Item = String>>(id: i64, rows: I) -> Vec<u8> {
+        let mut out = vec![super::BLOCK_DATA];
+        out.extend(int(id));
+        for row in rows {
+            out.extend(string(&row));
+        }
+        out.extend(int(0));
+        out
+    }
+}

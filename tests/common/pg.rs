@@ -95,6 +95,23 @@ impl Pg {
         );
     }
 
+    /// `pg_dump -Fc -Z0` of `database` written to a pipe, as Lazarus's backups take it.
+    pub fn streamed_dump(&self, database: &str) -> Vec<u8> {
+        let mut cmd = Command::new(Tools::new(None).path("pg_dump").unwrap());
+        self.env(&mut cmd);
+        let out = cmd
+            .args(["-Fc", "-Z0", database])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// md5 of each table's rows in a fixed order: equal checksums, identical content.
     pub fn checksums(&self, database: &str) -> BTreeMap<String, String> {
         let tables = self.psql(
