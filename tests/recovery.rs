@@ -200,7 +200,9 @@ fn wait_report(w: &World, run: &str, what: &str, ready: impl Fn(&serde_json::Val
             "timed out waiting for {what}; last report: {}",
             serde_json::to_string_pretty(&last).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        // Not faster: each `status` may own the state directory for a moment, and a stream
+        // of them would keep the run itself from opening it.
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -307,6 +307,15 @@ impl RemoteControl {
 
     async fn open(&self, request: &Request) -> Result<BufReader<UnixStream>, ControlError> {
         let mut stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            // The owner went away between finding it and this request (a `status` that
+            // owned the store for a moment): nothing was sent, so try again — this
+            // process may now become the owner.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                return ControlError::Retry;
+            }
             ControlError::Unavailable(format!(
                 "the lazarus process that owns this state directory (pid {}) stopped answering on {}: {e}; run the command again",
                 self.owner_pid,
@@ -316,10 +325,7 @@ impl RemoteControl {
         let mut line = serde_json::to_vec(request)
             .map_err(|e| ControlError::Unavailable(format!("cannot encode request: {e}")))?;
         line.push(b'\n');
-        stream
-            .write_all(&line)
-            .await
-            .map_err(|e| ControlError::Unavailable(format!("owner connection lost: {e}")))?;
+        stream.write_all(&line).await.map_err(lost)?;
         Ok(BufReader::new(stream))
     }
 
@@ -327,10 +333,7 @@ impl RemoteControl {
     pub async fn call(&self, request: &Request) -> Result<Response, ControlError> {
         let mut reader = self.open(request).await?;
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| ControlError::Unavailable(format!("owner connection lost: {e}")))?;
+        reader.read_line(&mut line).await.map_err(lost)?;
         if line.is_empty() {
             return Err(ControlError::Retry);
         }
@@ -349,6 +352,15 @@ impl RemoteControl {
             Response::Done { message } => Ok(message),
             other => Err(unexpected(&other)),
         }
+    }
+}
+
+/// A connection the owner dropped without answering: like an answer that never came (an
+/// owner going away closes its connections), the caller connects again.
+fn lost(e: std::io::Error) -> ControlError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => ControlError::Retry,
+        _ => ControlError::Unavailable(format!("owner connection lost: {e}")),
     }
 }
 
@@ -494,5 +506,34 @@ impl Control for RemoteControl {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_owner_gone_before_it_answered_means_connect_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // The socket file is gone: the owner exited after it was found.
+        let gone = RemoteControl::new(dir.path().join("control.sock"), 1);
+        assert!(matches!(
+            gone.call(&Request::Ping).await,
+            Err(ControlError::Retry)
+        ));
+        // The owner accepts, then drops the connection without an answer.
+        let socket = dir.path().join("closing.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let closer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        });
+        let closing = RemoteControl::new(socket, 1);
+        assert!(matches!(
+            closing.call(&Request::Ping).await,
+            Err(ControlError::Retry)
+        ));
+        closer.await.unwrap();
     }
 }

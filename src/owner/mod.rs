@@ -185,7 +185,9 @@ pub async fn connect_or_own(
                 }));
             }
             Err(JournalError::InUse(_)) if started.elapsed() < OWNER_WAIT => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Short: a one-shot owner (a `status`) holds the store for milliseconds, and
+                // a caller polling every 50 ms could lose every race to a stream of them.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(JournalError::InUse(path)) => {
                 let holder = std::fs::read_to_string(&pid_file)
