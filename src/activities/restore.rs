@@ -394,7 +394,7 @@ impl Activity for Restore {
                         "restoring into {target} from the backup failed: {incomplete}"
                     )));
                 }
-                Some(Err(incomplete)) if !status.success() => {
+                Some(Err(incomplete)) => {
                     return Err(ActivityError::retryable(format!(
                         "pg_restore into {target} failed ({status}): {} (streaming the backup: {incomplete})",
                         tail_lines(&stderr, 4)
