@@ -614,6 +614,39 @@ fn a_backup_damaged_after_download_stops_the_restore_before_the_damaged_table_co
 }
 
 #[test]
+fn a_connection_lost_mid_stream_is_pg_restores_failure_and_the_restore_is_retried() {
+    let w = World::new(10, None);
+    let original = w.pg.checksums(DB);
+    let id = w.verified_backup();
+    let args = w.recover_args("c1", &["--backup", &id, "-p", "cutover=none"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut runner = w.sb.spawn(&refs);
+    // Drop the restore's connections while it streams rows into COPY.
+    let copying = "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'shop_restored_%' AND query LIKE 'COPY%'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while w.pg.psql("postgres", copying) == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never started copying"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname LIKE 'shop_restored_%'",
+    );
+    let status = runner.wait().unwrap();
+    let report = w.sb.status("c1");
+    assert!(status.success(), "{report}");
+    let restore = Sandbox::step(&report, "restore");
+    assert!(
+        restore["attempts"].as_u64().unwrap() >= 2,
+        "retried as pg_restore's failure, not stopped as a damaged backup: {restore}"
+    );
+    assert_eq!(w.pg.checksums(&w.restored_database("c1")), original);
+}
+
+#[test]
 fn an_in_place_restore_authenticates_the_whole_backup_before_touching_the_live_database() {
     let w = World::new(4, None);
     let original = w.pg.checksums(DB);
