@@ -28,7 +28,8 @@ use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, Inpu
 use crate::parallel::available_threads;
 use crate::pg::archive_layout::{self, ArchiveLayout, LayoutError};
 use crate::pg::dir_archive;
-use crate::pg::dump_blocks::{DataBlock, worth_streaming};
+use crate::pg::dump_blocks::{DataBlock, all_within, worth_streaming};
+use crate::pg::dump_format::HEAD_LIMIT;
 use crate::storage::verify::Format;
 
 /// Chunks between durable checkpoints.
@@ -92,6 +93,7 @@ static SPEC: ActivitySpec = ActivitySpec {
         "table_parts",
         "unflushed_in_boot",
         "streamed",
+        "streamed_tables",
     ],
 };
 
@@ -231,10 +233,6 @@ fn decode_chunked(
     Ok(written)
 }
 
-/// The most archive header a streamed restore decodes up front (a table of contents is a
-/// few hundred bytes per object).
-const HEAD_LIMIT_BYTES: u64 = 256 << 20;
-
 /// Writes the directory archive a streamed restore reads: the archive's header and table
 /// of contents (decoded from the first chunks) rewritten as `toc.dat`, and the plan of
 /// where each table's rows are in `src`. `Ok(None)` when this archive cannot be streamed
@@ -252,12 +250,7 @@ fn plan_streamed(
         .map(|b| b.offset)
         .min()
         .unwrap_or(opened.index.plaintext_size);
-    let fits = blocks.iter().all(|b| {
-        b.offset
-            .checked_add(b.length)
-            .is_some_and(|end| end <= opened.index.plaintext_size)
-    });
-    if head_end > HEAD_LIMIT_BYTES || !fits {
+    if head_end > HEAD_LIMIT as u64 || !all_within(blocks, opened.index.plaintext_size) {
         tracing::info!(
             "the backup's data blocks do not fit its archive: written out whole instead"
         );

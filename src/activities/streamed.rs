@@ -22,13 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::chunked::{self, Opened};
 use crate::crypto::keys::Keyring;
-use crate::pg::dir_archive::DirArchive;
-use crate::pg::dump_blocks::{BlockRows, DataBlock, RowsError};
+use crate::pg::dir_archive::{DataFile, DirArchive};
+use crate::pg::dump_blocks::{BlockRows, DataBlock, RowsError, all_within};
 
 /// The plan's file name inside the archive directory.
-pub const PLAN: &str = "stream.json";
+const PLAN: &str = "stream.json";
 /// The table of contents' file name (pg_dump's).
-pub const TOC: &str = "toc.dat";
+const TOC: &str = "toc.dat";
 /// Bytes a pipe to pg_restore holds (the kernel's default is 64 KiB).
 const PIPE_BYTES: i32 = 1 << 20;
 /// How often pipes not yet opened by pg_restore are looked at.
@@ -48,19 +48,7 @@ pub struct StreamPlan {
     /// Bytes per integer in the pg_dump archive.
     pub int_size: usize,
     /// The data files, in the order pg_restore opens them.
-    pub files: Vec<PlannedFile>,
-}
-
-/// One data file and its block of the archive's plaintext.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlannedFile {
-    /// Name in the archive directory.
-    pub name: String,
-    /// The table whose rows it holds, for messages.
-    #[serde(default)]
-    pub table: String,
-    /// Where its rows are.
-    pub block: DataBlock,
+    pub files: Vec<DataFile>,
 }
 
 impl StreamPlan {
@@ -70,15 +58,7 @@ impl StreamPlan {
             source: std::path::absolute(source).unwrap_or_else(|_| source.to_path_buf()),
             file_id: hex::encode(opened.header.file_id),
             int_size: dir.int_size,
-            files: dir
-                .files
-                .iter()
-                .map(|f| PlannedFile {
-                    name: f.name.clone(),
-                    table: f.table.clone(),
-                    block: f.block,
-                })
-                .collect(),
+            files: dir.files.clone(),
         }
     }
 
@@ -146,15 +126,11 @@ fn open_source(plan: &StreamPlan, keys: &Keyring) -> Result<(File, Opened), Stri
         ));
     }
     let size = opened.index.plaintext_size;
-    if let Some(bad) = plan.files.iter().find(|f| {
-        f.block
-            .offset
-            .checked_add(f.block.length)
-            .is_none_or(|end| end > size)
-    }) {
+    let blocks: Vec<DataBlock> = plan.files.iter().map(|f| f.block).collect();
+    if !all_within(&blocks, size) {
         return Err(format!(
-            "the restore plan puts {} outside the backup's {size} bytes (a damaged plan); start a new recovery",
-            bad.name
+            "the restore plan for {} addresses bytes outside the backup's {size} (a damaged stream.json); start a new recovery",
+            plan.source.display()
         ));
     }
     Ok((source, opened))
@@ -247,7 +223,7 @@ impl Write for CheckBlocks {
             let Some(rows) = self.current.as_mut() else {
                 break;
             };
-            let block_end = rows.block().offset + rows.block().length;
+            let block_end = rows.block().end().unwrap_or(u64::MAX);
             let upto = end.min(block_end);
             let slice = &buf[(at - self.pos) as usize..(upto - self.pos) as usize];
             rows.feed(slice)
@@ -681,7 +657,7 @@ fn feed(pipe: File, file: &Pending, job: &Job) {
 fn feed_rows(pipe: File, block: DataBlock, job: &Job) -> Result<(), Unfed> {
     let mut rows = BlockRows::new(BufWriter::with_capacity(1 << 20, pipe), block, job.int_size);
     let (chunks, first_at) =
-        chunked::chunks_covering(&job.opened, block.offset, block.offset + block.length);
+        chunked::chunks_covering(&job.opened, block.offset, block.end().unwrap_or(u64::MAX));
     let pipe_failed = AtomicBool::new(false);
     let decoded = chunked::decode_range(
         job.source.as_ref(),

@@ -24,7 +24,7 @@ const FORMAT_DIRECTORY: u8 = 3;
 const FORMAT_AT: usize = 10;
 
 /// One data file of the directory archive and the block of the backup it is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataFile {
     /// File name inside the archive directory (`ID.dat`).
     pub name: String,

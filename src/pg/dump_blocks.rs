@@ -22,6 +22,21 @@ pub struct DataBlock {
     pub length: u64,
 }
 
+impl DataBlock {
+    /// The offset just past the block; `None` when it overflows (a damaged manifest).
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.length)
+    }
+}
+
+/// Whether every block lies within an archive of `size` bytes: the check before a plan from
+/// a manifest (or a plan file) is trusted to address a backup.
+pub fn all_within(blocks: &[DataBlock], size: u64) -> bool {
+    blocks
+        .iter()
+        .all(|b| b.end().is_some_and(|end| end <= size))
+}
+
 /// What the walker found, in stream order.
 enum Event<'a> {
     Start { kind: u8, id: i64, at: u64 },
