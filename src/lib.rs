@@ -17,4 +17,5 @@ pub mod parallel;
 pub mod pg;
 pub mod runbooks;
 pub mod storage;
+pub mod userfile;
 pub mod wal;

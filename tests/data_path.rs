@@ -251,6 +251,55 @@ fn a_flipped_byte_on_the_primary_fails_over_at_the_damaged_chunk() {
 }
 
 #[test]
+fn chunks_damaged_in_different_places_of_two_copies_come_from_whichever_has_them_good() {
+    let moto = Moto::start();
+    let fx = Fixture::new(&[("r2", moto.endpoint())], &["local"]);
+    create_bucket(&moto.endpoint(), BUCKET);
+    let data = random_data(8 << 20);
+    let object = encode(&data, &fx.ring, 1 << 20);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &object).unwrap();
+    let entries = chunked::open(file.as_file(), &fx.ring)
+        .unwrap()
+        .index
+        .entries;
+    let (second, sixth) = (entries[1].offset, entries[5].offset);
+    // r2 is damaged at chunk 1, local at chunk 5: every chunk is good in one of them.
+    let mut on_r2 = object.clone();
+    on_r2[second as usize + 500] ^= 0x01;
+    let mut on_local = object.clone();
+    on_local[sixth as usize + 500] ^= 0x01;
+    put_object(&moto.endpoint(), BUCKET, &format!("{PREFIX}{KEY}"), on_r2);
+    fx.put_local("local", &on_local);
+
+    let out = fx.fetch("mix", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = download_output(&fx.sb, "mix");
+    let sources: Vec<(String, u64, u64)> = out["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["store"].as_str().unwrap().to_string(),
+                s["from"].as_u64().unwrap(),
+                s["to"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            ("r2".to_string(), 0, second),
+            ("local".to_string(), second, sixth),
+            ("r2".to_string(), sixth, object.len() as u64),
+        ],
+        "failover goes back to the first store past the second's damage"
+    );
+    assert_eq!(fx.restored(), data);
+}
+
+#[test]
 fn a_killed_download_resumes_from_its_checkpoint() {
     let moto = Moto::start();
     create_bucket(&moto.endpoint(), BUCKET);

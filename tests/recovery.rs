@@ -427,30 +427,41 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
     };
     let error_of = |run: &str| w.sb.status(run)["error"].as_str().unwrap_or("").to_string();
 
+    // A refusal caused by the run's own input ends the run (failed, exit 4) and frees the
+    // target: the corrected attempt that follows is not locked out, with no cancel between.
+    let refused = |run: &str, out: &Output, wanted: &str| {
+        assert_eq!(out.status.code(), Some(4), "{run}: {}", text(out));
+        let report = w.sb.status(run);
+        assert_eq!(report["status"], "failed", "{run}: {report}");
+        assert!(report["ended_at"].is_string(), "{run} has ended: {report}");
+        assert!(report["halted"].is_null(), "{run} is not halted: {report}");
+        assert!(error_of(run).contains(wanted), "{run}: {}", error_of(run));
+        assert_eq!(step_status(&report, "download"), "pending");
+    };
+
     // No VERIFIED backup yet.
     w.ok(&["backup", "--database", DB, "-p", &w.workdir()]);
     let out = w.recover("b1", &[]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        error_of("b1")
-            .contains("no VERIFIED backup of database shop (1 backups: 1 unverified, 0 failed)"),
-        "{}",
-        error_of("b1")
+    refused(
+        "b1",
+        &out,
+        "no VERIFIED backup of database shop (1 backups: 1 unverified, 0 failed)",
     );
     untouched("no verified backup");
-    w.ok(&["cancel", "b1"]);
 
     // Unknown backup id.
     let out = w.recover("b2", &["--backup", "shop-nope"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        error_of("b2").contains("unknown backup id shop-nope for database shop"),
-        "{}",
-        error_of("b2")
-    );
-    w.ok(&["cancel", "b2"]);
+    refused("b2", &out, "unknown backup id shop-nope for database shop");
 
-    // Wrong key: refused before anything is downloaded.
+    // A mistyped database.
+    let mut args = w.recover_args("b2b", &[]);
+    let at = args.iter().position(|a| a == DB).unwrap();
+    args[at] = "shpo".into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = w.lz(&refs);
+    refused("b2b", &out, "is the database name right?");
+
+    // Wrong key: refused before anything is downloaded, naming the backup's key.
     let id = w.verified_backup();
     let other = w.sb.path().join("other-keys");
     w.ok(&["key", "generate", "--file", other.to_str().unwrap()]);
@@ -464,15 +475,20 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
             .args(&args)
             .output()
             .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    refused("b3", &out, "was encrypted with key");
     assert!(
-        error_of("b3").contains("cannot be read with the configured keys"),
+        error_of("b3").contains("which is not configured"),
         "{}",
         error_of("b3")
     );
-    assert_eq!(step_status(&w.sb.status("b3"), "download"), "pending");
     untouched("wrong key");
-    w.ok(&["cancel", "b3"]);
+
+    // A key file others can read.
+    let keys = w.sb.path().join("keys");
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = w.recover("b3b", &[]);
+    refused("b3b", &out, "chmod 600");
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     // Unreachable pgbouncer: nothing changed, traffic stays.
     let out = w.recover("b4", &["-p", "pgbouncer_port=1"]);
@@ -536,6 +552,65 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
     );
     assert!(error.contains("HMAC failure at chunk 0"), "{error}");
     untouched("corrupted everywhere");
+}
+
+#[test]
+fn damaged_copies_in_the_first_stores_are_passed_over_before_anything_is_downloaded() {
+    let w = World::new(1, None);
+    let original = w.pg.checksums(DB);
+    let id = w.verified_backup();
+    let list: serde_json::Value = serde_json::from_str(&w.ok(&["backups", "--json"])).unwrap();
+    let backup = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    let key = backup["key"].as_str().unwrap().to_string();
+    let size = backup["size"].as_u64().unwrap();
+    let good = std::fs::read(w.sb.path().join("local-store").join(&key)).unwrap();
+    // r2 (moto) holds half the file; b2 (s3s) the whole size, its index flipped.
+    common::s3::put_object(
+        &w._moto.endpoint(),
+        "backups",
+        &format!("prod/{key}"),
+        good[..good.len() / 2].to_vec(),
+    );
+    let mut flipped = good.clone();
+    let n = flipped.len();
+    for b in &mut flipped[n - 200..n - 100] {
+        *b ^= 0x5A;
+    }
+    common::s3::put_object(
+        &w._s3s.endpoint(),
+        "backups",
+        &format!("prod/{key}"),
+        flipped,
+    );
+
+    let out = w.recover("pass", &["--backup", &id, "-p", "cutover=none"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = w.sb.status("pass");
+    let select = &Sandbox::step(&report, "select")["output"];
+    assert_eq!(select["store"], "local", "{select}");
+    let passed = select["passed_over"].as_array().unwrap();
+    assert_eq!(passed.len(), 2, "{select}");
+    assert_eq!(passed[0]["store"], "r2");
+    assert!(
+        passed[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its manifest says {size}")),
+        "{select}"
+    );
+    assert_eq!(passed[1]["store"], "b2");
+    assert!(
+        passed[1]["problem"].as_str().unwrap().contains("damaged"),
+        "{select}"
+    );
+    let restored = w.restored_database("pass");
+    assert_eq!(w.pg.checksums(&restored), original, "identical content");
 }
 
 /// Flips one byte in the last chunk of the backup a run downloaded: inside table data, past

@@ -9,15 +9,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 use super::inputs::{self, lenient_bool};
 use super::services::Services;
+use crate::catalog::choose::choose;
+use crate::catalog::preflight::find_good_copy;
 use crate::catalog::{Manifest, Verification, manifest_key, status};
-use crate::crypto::chunked::{self, FRAME_PREFIX, TRAILER_LEN, Trailer};
+use crate::crypto::chunked;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
 use crate::pg::dump_blocks::worth_streaming;
-use crate::storage::{Body, ObjectStore};
+use crate::storage::Body;
 
 /// Writes a manifest to every store and to the catalog; says where it landed.
 pub async fn write_manifest(
@@ -255,6 +256,8 @@ static SELECT: ActivitySpec = ActivitySpec {
         "tables",
         "server_version",
         "checks",
+        "store",
+        "passed_over",
         "manifest",
     ],
 };
@@ -287,23 +290,6 @@ impl SelectBackup {
     }
 }
 
-async fn read_range(
-    store: &dyn ObjectStore,
-    key: &str,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::with_capacity(len as usize);
-    store
-        .get(key, offset, Some(len))
-        .await
-        .map_err(|e| e.to_string())?
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| format!("{}: reading {key}: {e}", store.name()))?;
-    Ok(bytes)
-}
-
 #[async_trait]
 impl Activity for SelectBackup {
     fn spec(&self) -> &'static ActivitySpec {
@@ -323,118 +309,49 @@ impl Activity for SelectBackup {
         let all = catalog
             .list(Some(&inputs.database))
             .map_err(|e| ActivityError::retryable(e.to_string()))?;
-        let manifest = match inputs.id.as_ref().filter(|id| !id.is_empty()) {
-            Some(id) => match all.iter().find(|m| &m.id == id) {
-                Some(m) => m.clone(),
-                None => {
-                    let known: Vec<&str> =
-                        all.iter().rev().take(5).map(|m| m.id.as_str()).collect();
-                    return Err(ActivityError::permanent(format!(
-                        "unknown backup id {id} for database {}{}; `lazarus backups --database {}` lists them",
-                        inputs.database,
-                        if known.is_empty() {
-                            " (it has no backups)".to_string()
-                        } else {
-                            format!(" (latest: {})", known.join(", "))
-                        },
-                        inputs.database
-                    )));
-                }
-            },
-            None => {
-                let verified_only = inputs.verified_only.unwrap_or(true);
-                let pick = all.iter().rev().find(|m| {
-                    m.status == status::VERIFIED || (!verified_only && m.status != status::FAILED)
-                });
-                match pick {
-                    Some(m) => m.clone(),
-                    None => {
-                        let counts = |s: &str| all.iter().filter(|m| m.status == s).count();
-                        return Err(ActivityError::permanent(format!(
-                            "no {}backup of database {} ({} backups: {} unverified, {} failed); run `lazarus drill --database {}` to verify one, or pass --param backup_id=ID",
-                            if verified_only {
-                                "VERIFIED "
-                            } else {
-                                "usable "
-                            },
-                            inputs.database,
-                            all.len(),
-                            counts(status::UNVERIFIED),
-                            counts(status::FAILED),
-                            inputs.database
-                        )));
-                    }
-                }
-            }
-        };
+        let manifest = choose(
+            &all,
+            &inputs.database,
+            inputs.id.as_deref(),
+            inputs.verified_only.unwrap_or(true),
+        )
+        .map_err(|e| ActivityError::refused(e.to_string()))?;
 
         // Plans before actions: everything checkable is checked now, not after an hour.
+        // Every store is an equal source: a bad copy is passed over, as the download does.
         let mut checks = Vec::new();
-        let (found, passed) = self.services.stores.locate(&manifest.key).await;
-        let Some((store, meta)) = found else {
-            let reasons: Vec<String> = passed.iter().map(ToString::to_string).collect();
-            return Err(ActivityError::permanent(format!(
-                "backup {} is in no store ({})",
-                manifest.id,
-                reasons.join("; ")
-            )));
-        };
-        if meta.size != manifest.size {
-            return Err(ActivityError::permanent(format!(
-                "backup {} in store {} is {} bytes, its manifest says {}",
-                manifest.id,
-                store.name(),
-                meta.size,
-                manifest.size
-            )));
-        }
-        checks.push(format!("present in {} ({} bytes)", store.name(), meta.size));
         let keys = self
             .services
             .keys()
-            .map_err(|e| ActivityError::permanent(e.to_string()))?;
-        if manifest.format == "chunked" {
-            let tail = read_range(
-                store.as_ref(),
-                &manifest.key,
-                meta.size.saturating_sub(TRAILER_LEN as u64),
-                TRAILER_LEN as u64,
-            )
+            .map_err(|e| ActivityError::refused(e.to_string()))?;
+        let copy = find_good_copy(&self.services.stores, &manifest, &keys)
             .await
-            .map_err(ActivityError::retryable)?;
-            let trailer = Trailer::decode(&tail)
-                .map_err(|e| ActivityError::permanent(format!("backup {}: {e}", manifest.id)))?;
-            let frame = read_range(
-                store.as_ref(),
-                &manifest.key,
-                trailer.index_offset,
-                FRAME_PREFIX as u64 + u64::from(trailer.index_len),
-            )
-            .await
-            .map_err(ActivityError::retryable)?;
-            let index = chunked::decode_index(&frame, &trailer, &keys).map_err(|e| {
-                ActivityError::permanent(format!(
-                    "backup {} cannot be read with the configured keys: {e}",
-                    manifest.id
-                ))
+            .map_err(|e| {
+                if e.resume_can_help() {
+                    ActivityError::retryable(e.to_string())
+                } else {
+                    ActivityError::refused(e.to_string())
+                }
             })?;
-            if manifest
-                .plaintext_sha256
-                .as_deref()
-                .is_some_and(|h| h != hex::encode(index.plaintext_sha256))
-            {
-                return Err(ActivityError::permanent(format!(
-                    "backup {}: its authenticated index does not match its manifest",
-                    manifest.id
-                )));
-            }
-            checks.push(format!("key {} decrypts its index", trailer.key_id));
-        } else {
-            checks.push("legacy single-token file: the key is checked when it is decrypted".into());
+        for bad in &copy.passed_over {
+            checks.push(format!("passed over {bad}"));
+        }
+        checks.push(format!(
+            "present in {} ({} bytes)",
+            copy.store.name(),
+            copy.size
+        ));
+        match (&copy.key_id, manifest.format.as_str()) {
+            (Some(key), "chunked") => checks.push(format!("key {key} decrypts its index")),
+            _ => checks
+                .push("legacy single-token file: the key is checked when it is decrypted".into()),
         }
         if let Some(dir) = &inputs.workdir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                ActivityError::permanent(format!("cannot create {}: {e}", dir.display()))
+                ActivityError::refused(format!(
+                    "cannot create the work directory {}: {e}; pass a writable one with -p workdir=DIR",
+                    dir.display()
+                ))
             })?;
             let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| {
                 ActivityError::retryable(format!(
@@ -454,8 +371,8 @@ impl Activity for SelectBackup {
                 manifest.size + manifest.plaintext_size.unwrap_or(manifest.size * 4)
             };
             if free < needed {
-                return Err(ActivityError::permanent(format!(
-                    "{} has {} MiB free; the backup{} need about {} MiB",
+                return Err(ActivityError::retryable(format!(
+                    "{} has {} MiB free; the backup{} need about {} MiB: free space there and `lazarus resume`, or start again with -p workdir=DIR on a larger disk",
                     dir.display(),
                     free >> 20,
                     if streamed {
@@ -487,6 +404,8 @@ impl Activity for SelectBackup {
             "tables": manifest.tables,
             "server_version": manifest.server_version,
             "checks": checks,
+            "store": copy.store.name(),
+            "passed_over": copy.passed_over.iter().map(|b| json!({"store": b.store, "problem": b.problem.to_string()})).collect::<Vec<_>>(),
             "manifest": manifest,
         }))
     }

@@ -304,7 +304,11 @@ impl Activity for Download {
             .position(|s| s.name() == first.name())
             .unwrap_or(0);
         let mut failures = vec![0u32; order.len()];
+        // A copy whose whole-object check failed is bad everywhere; a damaged chunk only
+        // rules its store out for that chunk: later chunks may still come from it.
         let mut bad = vec![false; order.len()];
+        let mut bad_at: Vec<std::collections::BTreeSet<u64>> =
+            vec![Default::default(); order.len()];
         let mut current = start_at;
         let resumed_from = offset;
         let mut last_checkpoint = offset;
@@ -315,14 +319,16 @@ impl Activity for Download {
             // The next store still worth asking, starting with the current one.
             let Some(index) = (0..order.len())
                 .map(|i| (current + i) % order.len())
-                .find(|&i| !bad[i] && failures[i] < TRIES_PER_STORE)
+                .find(|&i| {
+                    !bad[i] && !bad_at[i].contains(&offset) && failures[i] < TRIES_PER_STORE
+                })
             else {
                 let reasons: Vec<String> = progress
                     .skipped
                     .iter()
                     .map(|s| format!("{}: {}", s.store, s.reason))
                     .collect();
-                let integrity = bad.iter().all(|b| *b);
+                let integrity = (0..order.len()).all(|i| bad[i] || bad_at[i].contains(&offset));
                 let message = format!(
                     "no store could serve a good copy of {} ({})",
                     inputs.key,
@@ -372,13 +378,19 @@ impl Activity for Download {
                 };
                 if let Err(failure) = verifier.feed(&buf[..n]) {
                     // Bytes from restart_at on are bad: drop them, take them from elsewhere.
+                    // Those before it in this buffer were verified: keep them.
+                    if failure.restart_at > offset {
+                        let good = ((failure.restart_at - offset) as usize).min(n);
+                        file.write_all(&buf[..good])
+                            .map_err(|e| io_retry("cannot write", &part, e))?;
+                    }
                     progress.served(
                         store.name(),
                         segment_start,
                         failure.restart_at.max(segment_start),
                     );
                     progress.skip(store.name(), failure.reason.clone());
-                    bad[index] = true;
+                    bad_at[index].insert(failure.restart_at);
                     offset = failure.restart_at;
                     file.set_len(offset)
                         .map_err(|e| io_retry("cannot truncate", &part, e))?;

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use super::inputs::{self, duration, lenient_u64};
 use super::services::Services;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
+use crate::pg::bouncer_ini::{entry, field, replace_entry, with_fields};
 use crate::pg::tail_lines;
+use crate::userfile::{self, Ownership};
 
 static SPEC: ActivitySpec = ActivitySpec {
     name: "pgbouncer",
@@ -201,6 +203,16 @@ impl Pgbouncer {
             ))
         })?;
         let current = value(&previous);
+        let Some(replaced) = replace_entry(&text, &inputs.database, &current) else {
+            return Err(ActivityError::permanent(format!(
+                "{} has no entry \"{}\" in [databases]",
+                inputs.ini.display(),
+                inputs.database
+            )));
+        };
+        // Writable before anything changes: a file that cannot be rewritten changes nothing.
+        let owner = userfile::check_rewritable(&inputs.ini)
+            .map_err(|e| ActivityError::permanent(format!("{e}; nothing was changed")))?;
         // Reachable before anything changes: an unreachable pgbouncer changes nothing.
         self.admin(inputs, "SHOW VERSION", Duration::from_secs(10))
             .map_err(|e| ActivityError::retryable(format!("{e}; nothing was changed")))?;
@@ -218,10 +230,7 @@ impl Pgbouncer {
             ActivityError::retryable(format!("{e}; nothing was changed"))
         })?;
         let switched = (|| {
-            write_atomically(
-                &inputs.ini,
-                &replace_entry(&text, &inputs.database, &current),
-            )?;
+            write_ini(&inputs.ini, &replaced)?;
             self.admin(inputs, "RELOAD", Duration::from_secs(10))?;
             let shown = self.admin(inputs, "SHOW DATABASES", Duration::from_secs(10))?;
             let wanted = field(&current, "dbname");
@@ -231,10 +240,7 @@ impl Pgbouncer {
                 .find(|cols| cols.first() == Some(&inputs.database.as_str()))
                 .and_then(|cols| cols.get(3).map(|s| (*s).to_string()));
             if live.as_deref() != wanted.as_deref() {
-                return Err(format!(
-                    "after RELOAD pgbouncer points {} at {:?}, not {:?}",
-                    inputs.database, live, wanted
-                ));
+                return Err(not_reloaded(inputs, live, wanted, &owner));
             }
             Ok(())
         })();
@@ -244,7 +250,7 @@ impl Pgbouncer {
             Duration::from_secs(10),
         );
         if let Err(e) = switched {
-            let _ = write_atomically(&inputs.ini, &text);
+            let _ = write_ini(&inputs.ini, &text);
             let _ = self.admin(inputs, "RELOAD", Duration::from_secs(10));
             let _ = self.admin(
                 inputs,
@@ -266,7 +272,7 @@ impl Pgbouncer {
                     &format!("PAUSE {}", inputs.database),
                     inputs.pause_timeout,
                 );
-                let _ = write_atomically(&inputs.ini, &text);
+                let _ = write_ini(&inputs.ini, &text);
                 let _ = self.admin(inputs, "RELOAD", Duration::from_secs(10));
                 let _ = self.admin(
                     inputs,
@@ -325,84 +331,28 @@ impl Pgbouncer {
     }
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("ini.lazarus-tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+/// pgbouncer still serves the old entry after RELOAD: it did not take the new file. Says
+/// what it shows, what was wanted, and the likeliest causes.
+fn not_reloaded(
+    inputs: &Inputs,
+    live: Option<String>,
+    wanted: Option<String>,
+    owner: &Ownership,
+) -> String {
+    let shown = |v: Option<String>| v.unwrap_or_else(|| "nothing (no such entry)".into());
+    format!(
+        "after RELOAD pgbouncer still points {} at {}, not {}: it did not take the new {} ({}); check that the user pgbouncer runs as can read it, and pgbouncer's log for the reason",
+        inputs.database,
+        shown(live),
+        shown(wanted),
+        inputs.ini.display(),
+        owner.describe()
+    )
 }
 
-/// The value of `name = ...` in the `[databases]` section.
-fn entry(text: &str, name: &str) -> Option<String> {
-    let mut in_databases = false;
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            in_databases = trimmed == "[databases]";
-            continue;
-        }
-        if in_databases
-            && let Some((key, value)) = trimmed.split_once('=')
-            && key.trim() == name
-        {
-            return Some(value.trim().to_string());
-        }
-    }
-    None
-}
-
-/// The text with the entry's value replaced.
-fn replace_entry(text: &str, name: &str, value: &str) -> String {
-    let mut in_databases = false;
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            in_databases = trimmed == "[databases]";
-        } else if in_databases
-            && let Some((key, _)) = trimmed.split_once('=')
-            && key.trim() == name
-        {
-            out.push_str(&format!("{name} = {value}\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// A `key=value` field of a connection string.
-fn field(conn: &str, key: &str) -> Option<String> {
-    conn.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_string())
-}
-
-/// A connection string with some fields set (others kept, in order).
-fn with_fields(conn: &str, set: &[(&str, Option<String>)]) -> String {
-    let mut parts: Vec<(String, String)> = conn
-        .split_whitespace()
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
-    for (key, value) in set {
-        let Some(value) = value else { continue };
-        match parts.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = value.clone(),
-            None => parts.push(((*key).to_string(), value.clone())),
-        }
-    }
-    parts
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Rewrites the ini keeping its owner, group, mode and every other byte.
+fn write_ini(path: &Path, text: &str) -> Result<(), String> {
+    userfile::rewrite(path, text.as_bytes()).map_err(|e| e.to_string())
 }
 
 #[async_trait]
@@ -453,33 +403,5 @@ impl Activity for Pgbouncer {
         let (was, now) =
             tokio::task::block_in_place(|| self.repoint(&inputs, |_| previous.clone()))?;
         Ok(json!({ "database": inputs.database, "previous": was, "current": now }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const INI: &str = "[databases]\nshop = host=127.0.0.1 port=5432 dbname=shop pool_size=10\nother = host=x dbname=o\n\n[pgbouncer]\nlisten_port = 6432\n";
-
-    #[test]
-    fn entries_are_found_and_replaced_in_the_databases_section_only() {
-        assert_eq!(
-            entry(INI, "shop").as_deref(),
-            Some("host=127.0.0.1 port=5432 dbname=shop pool_size=10")
-        );
-        assert_eq!(entry(INI, "listen_port"), None);
-        let new = with_fields(
-            &entry(INI, "shop").unwrap(),
-            &[("dbname", Some("shop_restored".into())), ("port", None)],
-        );
-        assert_eq!(
-            new,
-            "host=127.0.0.1 port=5432 dbname=shop_restored pool_size=10"
-        );
-        let text = replace_entry(INI, "shop", &new);
-        assert_eq!(entry(&text, "shop").as_deref(), Some(new.as_str()));
-        assert_eq!(entry(&text, "other").as_deref(), Some("host=x dbname=o"));
-        assert!(text.contains("listen_port = 6432"));
     }
 }

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{ObjectStore, StorageError, StoreSet};
 
+pub mod choose;
+pub mod preflight;
+
 /// Manifest format written by this build.
 pub const MANIFEST_VERSION: u32 = 1;
 

@@ -48,6 +48,11 @@ pub enum FailureKind {
     Permanent,
     /// The attempt was stopped by a halt, cancel or timeout through its cancellation token.
     Cancelled,
+    /// The run's own input is wrong (a backup id that does not exist, a key that decrypts
+    /// nothing, a database with no backup): `resume` cannot fix what the run pinned, so the
+    /// run ends and frees its target for a corrected one. Appended last: older journal
+    /// records keep their encoding.
+    Refused,
 }
 
 /// A failed activity attempt, with a message written for the operator.
@@ -73,6 +78,15 @@ impl ActivityError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             kind: FailureKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// The run's own input is wrong: the run ends (failed) and frees its target, because a
+    /// resume would meet the same input. The message says what to run instead.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Refused,
             message: message.into(),
         }
     }

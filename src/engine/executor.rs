@@ -15,7 +15,7 @@ use super::duration::format_duration;
 use super::host::AttemptHost;
 use super::records::{Event, HaltReason};
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
-use super::state::{RunState, RunStatus};
+use super::state::{RunState, RunStatus, StepState};
 use super::template::Scope;
 use super::workflow::{OnFailure, RetryPolicy, Workflow, evaluate_condition};
 
@@ -29,8 +29,9 @@ enum StepOutcome {
     Interrupted,
     /// Halted while waiting to retry.
     HaltedInBackoff,
-    /// Failed for good, with the message for the operator.
-    Failed(String),
+    /// Failed for good, with the message for the operator and whether the run's own input
+    /// was refused.
+    Failed(String, bool),
 }
 
 /// How one attempt ended.
@@ -60,7 +61,10 @@ impl Engine {
         loop {
             let (record, workflow, state) = self.load(run_id)?;
             match state.status {
-                RunStatus::Succeeded | RunStatus::RolledBack | RunStatus::Cancelled => {
+                RunStatus::Succeeded
+                | RunStatus::RolledBack
+                | RunStatus::Cancelled
+                | RunStatus::Refused => {
                     if let Some(target) = &record.target {
                         self.journal.release_lock(target, run_id)?;
                     }
@@ -146,7 +150,18 @@ impl Engine {
                     self.halt_at(run_id, step_id, HaltReason::Requested).await?;
                     return Ok(());
                 }
-                StepOutcome::Failed(error) => match workflow.on_failure {
+                StepOutcome::Failed(error, true) if !self.has_undo(&workflow, &state) => {
+                    tracing::warn!(run = %run_id, step = %step_id, %error, "input refused; the run ends");
+                    self.append_durable(
+                        run_id,
+                        Event::Refused {
+                            step: step_id,
+                            error,
+                        },
+                    )
+                    .await?;
+                }
+                StepOutcome::Failed(error, _) => match workflow.on_failure {
                     OnFailure::Halt => {
                         tracing::warn!(run = %run_id, step = %step_id, %error, "step failed; halting");
                         self.halt_at(run_id, step_id, HaltReason::StepFailed(error))
@@ -167,6 +182,29 @@ impl Engine {
                 },
             }
         }
+    }
+
+    /// A completed step whose effect a rollback would undo (its compensation has not run).
+    fn needs_undo(&self, workflow: &Workflow, step: &StepState) -> bool {
+        step.output.is_some()
+            && step
+                .compensation
+                .as_ref()
+                .and_then(|c| c.completed_us)
+                .is_none()
+            && workflow.step(&step.id).is_some_and(|def| {
+                def.compensate.is_some()
+                    || self
+                        .registry
+                        .get(&def.activity)
+                        .is_some_and(|a| a.compensates_itself(&def.with))
+            })
+    }
+
+    /// Some completed step has an effect to undo: a refusal then halts (or rolls back) as
+    /// any failure does, instead of ending the run over what it already changed.
+    fn has_undo(&self, workflow: &Workflow, state: &RunState) -> bool {
+        state.steps.iter().any(|s| self.needs_undo(workflow, s))
     }
 
     async fn halt_at(
@@ -207,10 +245,16 @@ impl Engine {
         handle: &Arc<RunHandle>,
     ) -> Result<StepOutcome, EngineError> {
         let Some(step) = workflow.step(step_id) else {
-            return Ok(StepOutcome::Failed(format!("unknown step {step_id}")));
+            return Ok(StepOutcome::Failed(
+                format!("unknown step {step_id}"),
+                false,
+            ));
         };
         let Some(step_state) = state.step(step_id) else {
-            return Ok(StepOutcome::Failed(format!("unknown step {step_id}")));
+            return Ok(StepOutcome::Failed(
+                format!("unknown step {step_id}"),
+                false,
+            ));
         };
         let mut failures = step_state.failures_since_resume;
         let mut attempt = u32::try_from(step_state.attempts.len()).unwrap_or(u32::MAX);
@@ -227,9 +271,10 @@ impl Engine {
             let inputs = match scope.render(&step.with) {
                 Ok(inputs) => inputs,
                 Err(e) => {
-                    return Ok(StepOutcome::Failed(format!(
-                        "cannot render inputs of step \"{step_id}\": {e}"
-                    )));
+                    return Ok(StepOutcome::Failed(
+                        format!("cannot render inputs of step \"{step_id}\": {e}"),
+                        false,
+                    ));
                 }
             };
             let outcome = self
@@ -323,7 +368,10 @@ impl Engine {
             } else {
                 error.message.clone()
             };
-            return Ok(Some(StepOutcome::Failed(why)));
+            return Ok(Some(StepOutcome::Failed(
+                why,
+                error.kind == FailureKind::Refused,
+            )));
         }
         let delay = policy.delay_after(failures);
         tracing::info!(run = %run_id, delay = %format_duration(delay), "retrying after backoff");
@@ -492,20 +540,11 @@ impl Engine {
                 return Ok(());
             }
             // Newest completed step whose compensation has not completed.
-            let next = state.steps.iter().rev().find(|s| {
-                s.output.is_some()
-                    && s.compensation
-                        .as_ref()
-                        .and_then(|c| c.completed_us)
-                        .is_none()
-                    && workflow.step(&s.id).is_some_and(|def| {
-                        def.compensate.is_some()
-                            || self
-                                .registry
-                                .get(&def.activity)
-                                .is_some_and(|a| a.compensates_itself(&def.with))
-                    })
-            });
+            let next = state
+                .steps
+                .iter()
+                .rev()
+                .find(|s| self.needs_undo(&workflow, s));
             let Some(next) = next else {
                 self.append_durable(run_id, Event::RolledBack).await?;
                 if let Some(target) = &record.target {
@@ -598,7 +637,7 @@ impl Engine {
                         .await?
                     {
                         None => {}
-                        Some(StepOutcome::Failed(why)) => {
+                        Some(StepOutcome::Failed(why, _)) => {
                             tracing::error!(run = %run_id, step = %next.id, error = %why, "rollback failed");
                             self.append_durable(
                                 run_id,

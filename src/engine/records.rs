@@ -124,6 +124,9 @@ pub enum Event {
         condition: String,
         evaluated: String,
     },
+    /// A step refused the run's own input: the run ended, failed, and released its target
+    /// (appended last: older records keep their encoding).
+    Refused { step: String, error: String },
 }
 
 /// An event with its journal time.

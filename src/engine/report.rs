@@ -213,6 +213,9 @@ impl RunReport {
             RunStatus::Failed => Some(format!(
                 "fix the cause, then lazarus resume {id} to retry the rollback"
             )),
+            RunStatus::Refused => Some(format!(
+                "this run has ended and released its target; fix what the error names and start a new run (lazarus resume {id} would meet the same input)"
+            )),
             RunStatus::Running | RunStatus::RollingBack if !active => Some(format!(
                 "no process is executing this run (it was interrupted): lazarus resume {id}"
             )),

@@ -141,6 +141,10 @@ pub struct Engine {
 }
 
 /// Whether the events end a run for good, read without the workflow.
+/// How a run that refused its input is described when asked to act on it again.
+const REFUSED_END: &str =
+    "ended: a step refused its input (see its error); start a new run with the input corrected";
+
 fn terminal_status(events: &[EventRecord]) -> Option<&'static str> {
     events
         .iter()
@@ -149,6 +153,7 @@ fn terminal_status(events: &[EventRecord]) -> Option<&'static str> {
             Event::Succeeded => Some("succeeded"),
             Event::RolledBack => Some("been rolled back"),
             Event::Cancelled { .. } => Some("been cancelled"),
+            Event::Refused { .. } => Some(REFUSED_END),
             Event::RollbackStarted { .. } | Event::Resumed { .. } => Some(""),
             _ => None,
         })
@@ -535,7 +540,10 @@ impl Engine {
                 self.append_durable(run_id, Event::Cancelled { by }).await?;
             }
             Request::Rollback { by, reason }
-                if !matches!(state.status, RunStatus::RolledBack | RunStatus::Cancelled) =>
+                if !matches!(
+                    state.status,
+                    RunStatus::RolledBack | RunStatus::Cancelled | RunStatus::Refused
+                ) =>
             {
                 if let (RunStatus::Succeeded, Some(target)) = (state.status, &record.target) {
                     self.journal.acquire_lock(target, run_id)?;
@@ -589,6 +597,7 @@ impl Engine {
                 match state.status {
                     RunStatus::Succeeded => "succeeded",
                     RunStatus::RolledBack => "been rolled back",
+                    RunStatus::Refused => REFUSED_END,
                     _ => "been cancelled",
                 }
             )));
@@ -746,7 +755,7 @@ impl Engine {
         let _serial = lock(&self.control);
         let (record, _, state) = self.load(run_id)?;
         match state.status {
-            RunStatus::RolledBack | RunStatus::Cancelled => {
+            RunStatus::RolledBack | RunStatus::Cancelled | RunStatus::Refused => {
                 return Self::refuse_if_finished(&state, run_id, "roll back")
                     .map(|_| String::new());
             }

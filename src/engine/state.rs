@@ -27,6 +27,9 @@ pub enum RunStatus {
     Succeeded,
     /// A rollback could not complete; `resume` retries it.
     Failed,
+    /// A step refused the run's own input; the run ended and released its target (shown
+    /// as `failed`: a new run with the input corrected is the way on).
+    Refused,
     /// Compensations are running.
     RollingBack,
     /// Every completed step was compensated.
@@ -40,7 +43,10 @@ impl RunStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::RolledBack | RunStatus::Cancelled
+            RunStatus::Succeeded
+                | RunStatus::RolledBack
+                | RunStatus::Cancelled
+                | RunStatus::Refused
         )
     }
 
@@ -51,7 +57,7 @@ impl RunStatus {
             RunStatus::Halted => "halted",
             RunStatus::WaitingApproval => "waiting_approval",
             RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
+            RunStatus::Failed | RunStatus::Refused => "failed",
             RunStatus::RollingBack => "rolling_back",
             RunStatus::RolledBack => "rolled_back",
             RunStatus::Cancelled => "cancelled",
@@ -426,6 +432,12 @@ impl RunState {
             }
             Event::Succeeded => {
                 self.status = RunStatus::Succeeded;
+                self.ended_us = Some(at);
+            }
+            Event::Refused { error, .. } => {
+                self.status = RunStatus::Refused;
+                self.error = Some(error.clone());
+                self.pending_halt = None;
                 self.ended_us = Some(at);
             }
             Event::StepSkipped {

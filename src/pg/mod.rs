@@ -3,6 +3,7 @@
 //! PGPORT, PGUSER, PGPASSWORD, sslmode, .pgpass) all apply unchanged.
 
 pub mod archive_layout;
+pub mod bouncer_ini;
 pub mod cluster;
 pub mod dir_archive;
 pub mod dump_blocks;

@@ -360,6 +360,24 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.classify("download of", key, e))?;
+        if offset > 0 {
+            // A store that ignores the range sends the object from byte 0: never append
+            // that at `offset`.
+            let served_from = out
+                .content_range()
+                .and_then(|r| r.strip_prefix("bytes "))
+                .and_then(|r| r.split('-').next())
+                .and_then(|from| from.parse::<u64>().ok());
+            if served_from != Some(offset) {
+                return Err(StorageError::Permanent {
+                    store: self.name().to_string(),
+                    message: format!(
+                        "download of {key} from byte {offset}: the store answered with range {:?} instead",
+                        out.content_range().unwrap_or("none")
+                    ),
+                });
+            }
+        }
         Ok(Box::pin(out.body.into_async_read()))
     }
 
