@@ -150,6 +150,143 @@ fn wal_reader_agrees_with_pg_waldump_on_commit_times() {
     assert!(compared > 50, "only {compared} transaction ends compared");
 }
 
+/// (lsn, total length, kind, time in µs) of every commit/abort pg_waldump reads from the
+/// segment files `first` to `last` (records that cross from one into the next included).
+fn waldump_xacts_across(first: &Path, last: &Path) -> Vec<(u64, u64, String, i64)> {
+    let out = Command::new(
+        Tools::new(None)
+            .path("pg_waldump")
+            .expect("pg_waldump (Debian: apt-get install postgresql)"),
+    )
+    .args(["--rmgr=Transaction"])
+    .arg(first)
+    .arg(last)
+    .env("TZ", "UTC")
+    .output()
+    .expect("run pg_waldump");
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (Some(lsn), Some(len), Some(desc)) = (
+            line.split("lsn: ").nth(1).and_then(|s| s.split(',').next()),
+            line.split("len (rec/tot): ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .and_then(|s| s.split('/').nth(1)),
+            line.split("desc: ").nth(1),
+        ) else {
+            continue;
+        };
+        let mut words = desc.splitn(2, ' ');
+        let kind = words.next().unwrap_or("").to_string();
+        if kind != "COMMIT" && kind != "ABORT" {
+            continue;
+        }
+        let stamp = words
+            .next()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        let time = chrono::NaiveDateTime::parse_from_str(
+            stamp.trim_end_matches(" UTC"),
+            "%Y-%m-%d %H:%M:%S%.f",
+        )
+        .unwrap_or_else(|e| panic!("pg_waldump time {stamp:?}: {e}"))
+        .and_utc()
+        .timestamp_micros();
+        found.push((
+            lsn.trim().parse::<lazarus::wal::Lsn>().unwrap().0,
+            len.trim().parse().unwrap(),
+            kind,
+            time,
+        ));
+    }
+    found
+}
+
+/// Ends a transaction of 3000 subtransactions (a ~12 KB commit or abort record) a few KiB
+/// before the end of the current segment, so that its record crosses into the next one.
+fn end_big_transaction_at_a_segment_end(a: &Archiving, end: &str) {
+    a.psql(&format!(
+        "BEGIN;
+         DO $$ BEGIN FOR i IN 1..3000 LOOP
+             BEGIN INSERT INTO sub VALUES (i); EXCEPTION WHEN others THEN NULL; END;
+         END LOOP; END $$;
+         DO $$ DECLARE room numeric; BEGIN LOOP
+             room := 16777216 - (pg_current_wal_insert_lsn() - '0/0'::pg_lsn) % 16777216;
+             EXIT WHEN room BETWEEN 2000 AND 6000;
+             PERFORM pg_logical_emit_message(false, 'pad',
+                 repeat('x', CASE WHEN room < 2000 THEN 4000 ELSE least(room - 4000, 1000000)::int END));
+         END LOOP; END $$;
+         {end};"
+    ));
+}
+
+#[test]
+fn a_transaction_end_that_crosses_a_segment_boundary_belongs_to_the_segment_it_starts_in() {
+    let a = Archiving::start(&["wal_keep_size = '1GB'"]);
+    a.psql("CREATE TABLE sub (i int)");
+    for (end, kind) in [("COMMIT", "COMMIT"), ("ROLLBACK", "ABORT")] {
+        // Try a few times: a background record written in between can move the end.
+        let mut straddled = None;
+        for _ in 0..4 {
+            end_big_transaction_at_a_segment_end(&a, end);
+            let current = a.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+            a.switch_and_wait();
+            let segno = u64::from_str_radix(&current[16..], 16).unwrap()
+                + (u64::from_str_radix(&current[8..16], 16).unwrap() << 8);
+            let name = |n: u64| format!("{}{:08X}{:08X}", &current[..8], n >> 8, n & 0xFF);
+            let (before, after) = (a.pg_wal().join(name(segno - 1)), a.pg_wal().join(&current));
+            let boundary = segno << 24;
+            let theirs = waldump_xacts_across(&before, &after);
+            if let Some(x) = theirs
+                .iter()
+                .find(|x| x.2 == kind && x.0 < boundary && x.0 + x.1 > boundary)
+            {
+                straddled = Some((before, after, boundary, x.clone(), theirs));
+                break;
+            }
+        }
+        let (before, after, boundary, record, theirs) =
+            straddled.unwrap_or_else(|| panic!("no {kind} record crossed a segment boundary"));
+        let scan = |path: &Path| {
+            scan_segment(
+                &std::fs::read(path).unwrap(),
+                ScanOptions {
+                    collect_xacts: true,
+                },
+            )
+            .unwrap()
+        };
+        let (first, second) = (scan(&before), scan(&after));
+        assert!(
+            first.runs_off,
+            "{kind}: the scan says the last record runs off"
+        );
+        let kind_of = |k: XactKind| match k {
+            XactKind::Commit | XactKind::CommitPrepared => "COMMIT",
+            XactKind::Abort | XactKind::AbortPrepared => "ABORT",
+        };
+        let ours: Vec<(u64, String, i64)> = first
+            .xacts
+            .iter()
+            .map(|x| (x.lsn.0, kind_of(x.kind).to_string(), x.time))
+            .collect();
+        let placed: Vec<(u64, String, i64)> = theirs
+            .iter()
+            .filter(|x| x.0 < boundary)
+            .map(|x| (x.0, x.2.clone(), x.3))
+            .collect();
+        assert_eq!(ours, placed, "{kind}: segment as pg_waldump places it");
+        assert_eq!(first.last_xact_time, Some(record.3), "{kind}: last time");
+        assert!(
+            second.xacts.iter().all(|x| x.lsn.0 != record.0),
+            "{kind}: the next segment does not count it again"
+        );
+    }
+}
+
 #[test]
 fn unknown_page_magic_is_refused_by_name() {
     let mut data = vec![0u8; 16 << 20];

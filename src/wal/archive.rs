@@ -84,6 +84,10 @@ pub struct WalManifest {
     pub aborts: u64,
     /// Ended early by a WAL switch.
     pub switched: bool,
+    /// Its last record starts in it and ends in the next segment: a recovery that stops at
+    /// that record needs the next segment too.
+    #[serde(default)]
+    pub runs_off: bool,
     /// The cluster's system identifier (segments).
     pub system_id: Option<String>,
     /// PostgreSQL major version that wrote it (segments).
@@ -468,6 +472,7 @@ fn encode_file(
         commits: 0,
         aborts: 0,
         switched: false,
+        runs_off: false,
         system_id: None,
         server_version: None,
         history: Vec::new(),
@@ -523,6 +528,7 @@ fn encode_file(
             manifest.commits = scan.commits;
             manifest.aborts = scan.aborts;
             manifest.switched = scan.switched;
+            manifest.runs_off = scan.runs_off;
             manifest.system_id = Some(scan.system_id.to_string());
             manifest.server_version = Some(scan.server_version);
         }

@@ -295,7 +295,20 @@ pub fn plan(
         }
         let candidates = catalog.segments_committing_after(archive, tli, target, first, last, 8)?;
         if let Some(&(time, segno)) = candidates.iter().min_by_key(|(_, s)| *s) {
-            chain.push((tli, first, segno));
+            // A record that starts in the segment and ends in the next (a commit with many
+            // subtransactions) is read whole only with the next segment at hand.
+            let runs_off = catalog
+                .segment(archive, tli, segno)?
+                .is_some_and(|m| m.runs_off);
+            let end = if runs_off
+                && segno < last
+                && catalog.segment(archive, tli, segno + 1)?.is_some()
+            {
+                segno + 1
+            } else {
+                segno
+            };
+            chain.push((tli, first, end));
             found = Some((time, tli, segno));
             break;
         }
@@ -417,6 +430,7 @@ pub fn synthetic_archive(
             commits: 10,
             aborts: 0,
             switched: false,
+            runs_off: false,
             system_id: Some("1".into()),
             server_version: Some(15),
             history: Vec::new(),

@@ -6,9 +6,11 @@
 //! transaction layouts it touches are the same in all three) and refuses other magics by
 //! name. It never panics on bad input: every length is checked against the segment.
 //!
-//! A record that begins in one segment and ends in the next is not decoded by either scan
-//! (its start is here, its end there); a commit lost that way only makes the catalog's
-//! timestamps conservative, never wrong.
+//! A record that begins in one segment and ends in the next belongs to the segment it starts
+//! in, as `pg_waldump` places it by its start LSN: that scan reads the part it has (a commit's
+//! `xact_time` lies in its first bytes) and the next segment's scan skips the rest as a
+//! continuation. Its CRC covers bytes the segment does not hold, so only its header and back
+//! link are checked.
 
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +109,10 @@ pub struct SegmentScan {
     pub switched: bool,
     /// Valid WAL stops before the segment's end (a partial segment, or recycled bytes).
     pub ends_early: bool,
+    /// The last record starts here and ends in the next segment: replaying it (or stopping
+    /// at it) needs that segment too.
+    #[serde(default)]
+    pub runs_off: bool,
     /// Every transaction end, when asked for.
     pub xacts: Vec<XactRecord>,
 }
@@ -243,6 +249,7 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         last_xact_time: None,
         switched: false,
         ends_early: false,
+        runs_off: false,
         xacts: Vec::new(),
     };
 
@@ -287,6 +294,15 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
             None => match gather(data, &layout, pos, &mut record) {
                 Gathered::Complete(end) => (&record[..], end),
                 Gathered::RunsOff => {
+                    if header_is_plausible(&record, prev) {
+                        scan.records += 1;
+                        scan.runs_off = true;
+                        if record[17] == RM_XACT_ID
+                            && let Some(main) = leading_main_data(&record)
+                        {
+                            note_xact(&mut scan, &record, main, record_lsn, record[16], options);
+                        }
+                    }
                     scan.end_lsn = Lsn(start + segment_size);
                     break;
                 }
@@ -309,8 +325,10 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
             scan.switched = true;
             break;
         }
-        if rmid == RM_XACT_ID {
-            note_xact(&mut scan, rec, record_lsn, info, options);
+        if rmid == RM_XACT_ID
+            && let Some(main) = main_data(rec)
+        {
+            note_xact(&mut scan, rec, main, record_lsn, info, options);
         }
         pos = end;
     }
@@ -399,6 +417,33 @@ fn record_is_valid(record: &[u8], prev: Option<u64>) -> bool {
     crc32c::crc32c_append(crc, &record[..RECORD_CRC_OFFSET]) == stored
 }
 
+/// Whether the start of a record that runs past the segment's end looks like a record: a
+/// whole header whose back link points at the record before it.
+fn header_is_plausible(record: &[u8], prev: Option<u64>) -> bool {
+    let (Some(total), Some(link)) = (u32_at(record, 0), u64_at(record, 8)) else {
+        return false;
+    };
+    (total as usize) > record.len()
+        && (RECORD_HEADER..=MAX_RECORD).contains(&(total as usize))
+        && prev.is_none_or(|p| p == link)
+}
+
+/// The beginning of the main data of a record of which only the first bytes are at hand
+/// (it runs into the next segment); `None` when it has block references or its main data
+/// starts beyond those bytes.
+fn leading_main_data(record: &[u8]) -> Option<&[u8]> {
+    let mut at = RECORD_HEADER;
+    loop {
+        match *record.get(at)? {
+            XLR_BLOCK_ID_DATA_SHORT => return record.get(at + 2..),
+            XLR_BLOCK_ID_DATA_LONG => return record.get(at + 5..),
+            XLR_BLOCK_ID_ORIGIN => at += 3,
+            XLR_BLOCK_ID_TOPLEVEL_XID => at += 5,
+            _ => return None,
+        }
+    }
+}
+
 /// The record's main data (what the resource manager wrote), after its block references.
 fn main_data(record: &[u8]) -> Option<&[u8]> {
     let mut at = RECORD_HEADER;
@@ -448,7 +493,14 @@ fn main_data(record: &[u8]) -> Option<&[u8]> {
     record.get(record.len() - main_len..)
 }
 
-fn note_xact(scan: &mut SegmentScan, record: &[u8], lsn: u64, info: u8, options: ScanOptions) {
+fn note_xact(
+    scan: &mut SegmentScan,
+    record: &[u8],
+    main: &[u8],
+    lsn: u64,
+    info: u8,
+    options: ScanOptions,
+) {
     let kind = match info & XLOG_XACT_OPMASK {
         XLOG_XACT_COMMIT => XactKind::Commit,
         XLOG_XACT_ABORT => XactKind::Abort,
@@ -456,7 +508,7 @@ fn note_xact(scan: &mut SegmentScan, record: &[u8], lsn: u64, info: u8, options:
         XLOG_XACT_ABORT_PREPARED => XactKind::AbortPrepared,
         _ => return,
     };
-    let Some(time) = main_data(record).and_then(|data| u64_at(data, 0)) else {
+    let Some(time) = u64_at(main, 0) else {
         return;
     };
     let time = (time as i64).saturating_add(PG_EPOCH_OFFSET_MICROS);
