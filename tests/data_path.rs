@@ -673,3 +673,37 @@ with = {{ key = "{KEY}", dest = "{dir}/from-{store}", stores = ["{store}"], sha2
         assert_eq!(download_output(&fx.sb, &id)["served_by"], *store);
     }
 }
+
+#[test]
+fn a_multipart_upload_is_checked_by_the_object_it_left_not_by_the_replys_shape() {
+    // moto answers CompleteMultipartUpload with a root element the SDK cannot parse; the
+    // object is whole all the same, and the upload must count that copy.
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), BUCKET);
+    let fx = Fixture::new(&[("r2", moto.endpoint())], &["local"]);
+    let data = random_data(70 << 20);
+    std::fs::write(fx.sb.path().join("big"), &data).unwrap();
+    fx.sb.write(
+        "up.toml",
+        &format!(
+            r#"name = "up"
+[[steps]]
+id = "upload"
+activity = "upload"
+with = {{ src = "{dir}/big", key = "{KEY}" }}
+[[steps]]
+id = "download"
+activity = "download"
+with = {{ key = "{KEY}", dest = "{dir}/from-r2", stores = ["r2"] }}
+"#,
+            dir = fx.sb.path().display()
+        ),
+    );
+    let out = fx.run(&["run", "up.toml", "--id", "mp", "--reason", "test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = fx.sb.status("mp");
+    let upload = &Sandbox::step(&report, "upload")["output"];
+    assert_eq!(upload["landed"], 2, "{upload}");
+    assert_eq!(download_output(&fx.sb, "mp")["served_by"], "r2");
+    assert!(std::fs::read(fx.sb.path().join("from-r2")).unwrap() == data);
+}

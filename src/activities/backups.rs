@@ -84,7 +84,13 @@ static PUBLISH: ActivitySpec = ActivitySpec {
             help: "where the backup landed (${steps.upload.copies})",
         },
     ],
-    outputs: &["id", "status", "manifest_stores", "copies"],
+    outputs: &[
+        "id",
+        "status",
+        "manifest_stores",
+        "copies",
+        "missing_copies",
+    ],
 };
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +127,17 @@ impl Activity for PublishBackup {
                 .filter(|c| !c["bytes"].is_null())
                 .filter_map(|c| c["store"].as_str().map(String::from))
                 .collect();
+            manifest.missing_copies = copies
+                .iter()
+                .filter(|c| c["bytes"].is_null())
+                .filter_map(|c| {
+                    let store = c["store"].as_str()?;
+                    Some(match c["error"].as_str() {
+                        Some(why) => format!("{store} ({why})"),
+                        None => store.to_string(),
+                    })
+                })
+                .collect();
         }
         let landed = write_manifest(&self.services, &manifest).await?;
         Ok(json!({
@@ -128,6 +145,7 @@ impl Activity for PublishBackup {
             "status": manifest.status,
             "manifest_stores": landed,
             "copies": manifest.copies,
+            "missing_copies": manifest.missing_copies,
         }))
     }
 }

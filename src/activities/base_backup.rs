@@ -209,6 +209,7 @@ impl Activity for BaseBackup {
             status: status::UNVERIFIED.into(),
             verification: None,
             copies: Vec::new(),
+            missing_copies: Vec::new(),
             physical: Some(PhysicalInfo {
                 archive: inputs.archive.clone(),
                 timeline,

@@ -297,6 +297,7 @@ impl Activity for Dump {
             status: status::UNVERIFIED.into(),
             verification: None,
             copies: Vec::new(),
+            missing_copies: Vec::new(),
             physical: None,
             data_blocks: scanner.finish(),
         };

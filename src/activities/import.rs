@@ -146,6 +146,7 @@ impl Activity for InspectLegacy {
             status: status::UNVERIFIED.into(),
             verification: None,
             copies: Vec::new(),
+            missing_copies: Vec::new(),
             physical: None,
             data_blocks: None,
         };

@@ -77,6 +77,10 @@ pub struct Manifest {
     pub verification: Option<Verification>,
     /// Stores the backup landed in when it was made.
     pub copies: Vec<String>,
+    /// Configured stores it did not land in when it was made, each with why: a backup with
+    /// fewer copies than asked for is one store failure from being lost.
+    #[serde(default)]
+    pub missing_copies: Vec<String>,
     /// For physical (base) backups: where they sit in the WAL.
     #[serde(default)]
     pub physical: Option<PhysicalInfo>,

@@ -198,7 +198,19 @@ fn print_backups(backups: &[Manifest]) {
             b.size >> 20,
             b.format,
             b.status,
-            b.copies.join(",")
+            if b.missing_copies.is_empty() {
+                b.copies.join(",")
+            } else {
+                format!(
+                    "{}  ⚠ NOT IN {}",
+                    b.copies.join(","),
+                    b.missing_copies
+                        .iter()
+                        .map(|m| m.split(' ').next().unwrap_or(m))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            }
         );
     }
 }

@@ -108,8 +108,41 @@ enum Goal {
     RollBack,
 }
 
+/// What a succeeded run stored but could not store everywhere: "ID is missing from STORE
+/// (why)", one line per step that says so in its `missing_copies`.
+pub fn fewer_copies(report: &RunReport) -> Vec<String> {
+    report
+        .steps
+        .iter()
+        .filter_map(|s| s.output.as_ref())
+        .filter_map(|out| {
+            let missing: Vec<&str> = out["missing_copies"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m.as_str())
+                .collect();
+            if missing.is_empty() {
+                return None;
+            }
+            let landed: Vec<&str> = out["copies"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|s| s.as_str()).collect())
+                .unwrap_or_default();
+            Some(format!(
+                "{} landed in {} of {} stores ({}); missing from {}",
+                out["id"].as_str().unwrap_or("the backup"),
+                landed.len(),
+                landed.len() + missing.len(),
+                landed.join(", "),
+                missing.join("; ")
+            ))
+        })
+        .collect()
+}
+
 fn exit_for(report: &RunReport, goal: Goal) -> ExitCode {
     let code = match (report.status.as_str(), goal) {
+        ("succeeded", Goal::Succeed) if !fewer_copies(report).is_empty() => exit::FEWER_COPIES,
         ("succeeded", Goal::Succeed) | ("rolled_back", Goal::RollBack) => 0,
         ("halted" | "waiting_approval", _) => exit::HALTED,
         ("running" | "rolling_back", _) if !report.active => exit::INTERRUPTED,
@@ -130,6 +163,12 @@ async fn follow_and_report(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+    }
+    for warning in fewer_copies(&report) {
+        eprintln!(
+            "WARNING: {warning}. One more store failure loses it: fix that store (`lazarus storage check`) and run the backup again (exit status {})",
+            exit::FEWER_COPIES
+        );
     }
     Ok(exit_for(&report, goal))
 }

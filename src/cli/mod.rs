@@ -214,6 +214,8 @@ pub mod exit {
     pub const NOT_DONE: u8 = 4;
     /// Nobody drives the run any more (its owner went away).
     pub const INTERRUPTED: u8 = 5;
+    /// The run succeeded, but what it stored landed in fewer stores than are configured.
+    pub const FEWER_COPIES: u8 = 6;
 }
 
 /// Runs the command line.

@@ -132,14 +132,13 @@ impl S3Store {
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or("unknown");
                 let http = service.raw().status().as_u16();
-                let message = format!(
-                    "{what} {key}: {code} (HTTP {http}){}",
-                    service
-                        .err()
-                        .message()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                );
+                let detail = match (service.err().message(), service.err().code()) {
+                    (Some(m), _) => format!(": {m}"),
+                    // No code: the reply did not parse; its cause is in the error's sources.
+                    (None, None) => format!(": {}", describe(service.err())),
+                    (None, Some(_)) => String::new(),
+                };
+                let message = format!("{what} {key}: {code} (HTTP {http}){detail}");
                 match (http, code) {
                     (404, _) | (_, "NoSuchKey" | "NotFound") => StorageError::NotFound {
                         store,
@@ -248,7 +247,8 @@ impl S3Store {
                 message: format!("upload of {key} failed: {message}"),
             });
         }
-        client
+        let parts = completed.len();
+        let finished = client
             .complete_multipart_upload()
             .bucket(bucket)
             .key(full)
@@ -259,8 +259,61 @@ impl S3Store {
                     .build(),
             )
             .send()
+            .await;
+        // The reply's shape is not the proof (moto names its root element
+        // CompleteMultipartUploadResponse, which the SDK cannot parse): the object is.
+        let unparsed = match finished {
+            Ok(_) => None,
+            Err(SdkError::ServiceError(service))
+                if service.raw().status().as_u16() == 200 && service.err().code().is_none() =>
+            {
+                Some(self.classify("finish upload of", key, SdkError::ServiceError(service)))
+            }
+            Err(e) => return Err(self.classify("finish upload of", key, e)),
+        };
+        self.verify_finished(key, size, parts, unparsed).await
+    }
+
+    /// Checks with a HEAD that a multipart upload left the whole object: its size, and the
+    /// `-PARTS` suffix of its ETag where the store uses one. A success reply that did not
+    /// parse (`reply_error`) is forgiven when the object checks out.
+    async fn verify_finished(
+        &self,
+        key: &str,
+        size: u64,
+        parts: usize,
+        reply_error: Option<StorageError>,
+    ) -> Result<u64, StorageError> {
+        let full = self.full_key(key)?;
+        let head = self
+            .client()
             .await
-            .map_err(|e| self.classify("finish upload of", key, e))?;
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.classify("check of the finished upload of", key, e))?;
+        let found = head.content_length().unwrap_or(-1);
+        let etag_parts = head
+            .e_tag()
+            .map(|t| t.trim_matches('"'))
+            .and_then(|t| t.rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<usize>().ok());
+        let whole = found == size as i64 && etag_parts.is_none_or(|n| n == parts);
+        if !whole {
+            return Err(StorageError::Transient {
+                store: self.settings.name.clone(),
+                message: format!(
+                    "upload of {key} finished, but the store holds {found} bytes in {} parts where {size} bytes in {parts} parts were sent{}",
+                    etag_parts.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                    reply_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+            });
+        }
+        if let Some(e) = reply_error {
+            tracing::info!(store = %self.settings.name, %key, error = %e, "the store's reply to finishing the upload did not parse; the object checks out");
+        }
         Ok(size)
     }
 }
