@@ -146,3 +146,30 @@ async fn a_refused_input_ends_the_run_and_frees_its_target_unless_something_need
     assert_eq!(report.status, "halted");
     assert_eq!(journal.lock_holder("shop").unwrap().as_deref(), Some("r3"));
 }
+
+#[tokio::test]
+async fn work_files_default_to_the_state_directory_not_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SledJournal::open(dir.path()).unwrap());
+    let registry = Arc::new(builtin_registry());
+    let engine = Engine::new(journal.clone(), registry.clone());
+    engine.set_state_dir(dir.path());
+    let text = "name = \"w\"\n[params]\nworkdir = { default = \"${lazarus.state}/work\" }\n[[steps]]\nid = \"a\"\nactivity = \"command\"\nwith = { shell = \"true\" }\n";
+    let workflow = Workflow::parse("w.toml", text, &registry).unwrap();
+    let mut sub = submission(&workflow, "d1");
+    sub.params.clear();
+    let run = engine.submit(sub).unwrap();
+    let record = journal.run(&run).unwrap().unwrap();
+    assert_eq!(
+        record.params["workdir"],
+        format!("{}/work", dir.path().display())
+    );
+    // Given explicitly, the value is the caller's, untouched.
+    let mut sub = submission(&workflow, "d2");
+    sub.params = BTreeMap::from([("workdir".into(), "here".into())]);
+    let run = engine.submit(sub).unwrap();
+    assert_eq!(
+        journal.run(&run).unwrap().unwrap().params["workdir"],
+        "here"
+    );
+}

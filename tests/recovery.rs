@@ -339,6 +339,16 @@ fn halt_before_the_cutover_leaves_the_restored_database_for_inspection() {
         original,
         "inspect the restored database"
     );
+    // Its name is at the top of the report and in the text summary.
+    assert_eq!(
+        w.sb.status("h1")["results"]["restored_database"],
+        restored.as_str()
+    );
+    let summary = w.ok(&["status", "h1"]);
+    assert!(
+        summary.contains(&format!("restored database {restored}")),
+        "{summary}"
+    );
     assert_eq!(
         w.bouncer.target(DB),
         DB,

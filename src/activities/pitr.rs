@@ -17,9 +17,9 @@ use super::services::Services;
 use crate::crypto::chunked;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
 use crate::pg::cluster::{Cluster, postgres_ids};
-use crate::pg::running_as_root;
 use crate::pg::untar::Untar;
 use crate::pg::{Server, tail_lines};
+use crate::pg::{reach, running_as_root};
 use crate::wal::plan::{self, TimelineChoice};
 
 // ---------------------------------------------------------------------------------------
@@ -146,8 +146,19 @@ static UNPACK_SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "the data directory when data_dir is empty",
         },
+        InputSpec {
+            name: "workdir",
+            required: false,
+            help: "the run's work directory: when the default data directory lies in it, the server's user is let through it (and through the state directory holding it) with traverse-only permission",
+        },
     ],
-    outputs: &["data_directory", "files", "bytes", "seconds"],
+    outputs: &[
+        "data_directory",
+        "files",
+        "bytes",
+        "seconds",
+        "granted_traverse",
+    ],
 };
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +168,8 @@ struct UnpackInputs {
     data_dir: PathBuf,
     #[serde(default)]
     default_dir: Option<PathBuf>,
+    #[serde(default)]
+    workdir: Option<PathBuf>,
 }
 
 /// Marks a directory as Lazarus's unpack in progress (safe to wipe on a retry).
@@ -220,6 +233,30 @@ impl Activity for UnpackBaseBackup {
         } else {
             None
         };
+        let granted = match (owner, &inputs.workdir) {
+            (Some((uid, gid)), Some(work)) if inputs.data_dir.as_os_str().is_empty() => {
+                let work = std::path::absolute(work).unwrap_or_else(|_| work.clone());
+                // The state directory that holds the default work directory is Lazarus's.
+                let within = match work.parent() {
+                    Some(state) if state.join("owner.pid").exists() => state.to_path_buf(),
+                    _ => work.clone(),
+                };
+                reach::grant_traverse(&dir, &within, uid.as_raw(), gid.as_raw())
+                    .map_err(ActivityError::refused)?
+            }
+            (Some((uid, gid)), _) => {
+                let blocked = reach::blocked_ancestors(&dir, uid.as_raw(), gid.as_raw());
+                if let Some(first) = blocked.first() {
+                    return Err(ActivityError::refused(format!(
+                        "the server's user cannot reach {}: {} blocks it; pick a data_dir that user can reach (e.g. under /var/lib/postgresql)",
+                        dir.display(),
+                        first.display()
+                    )));
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
         let keys = self
             .services
             .keys()
@@ -274,6 +311,7 @@ impl Activity for UnpackBaseBackup {
         let _ = std::fs::remove_file(dir.join(UNPACK_MARKER));
         Ok(json!({
             "data_directory": dir,
+            "granted_traverse": granted,
             "files": summary.files,
             "bytes": summary.bytes,
             "seconds": started.elapsed().as_secs_f64(),
@@ -346,6 +384,7 @@ static START_SPEC: ActivitySpec = ActivitySpec {
         "last_replayed_commit",
         "target",
         "seconds",
+        "results",
     ],
 };
 
@@ -696,6 +735,7 @@ impl Activity for StartRecovery {
             "last_replayed_commit": replayed.filter(|r| !r.is_empty()),
             "target": inputs.target,
             "seconds": started.elapsed().as_secs_f64(),
+            "results": { "data_directory": data, "port": port },
         }))
     }
 }

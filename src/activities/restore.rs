@@ -74,6 +74,7 @@ static RESTORE: ActivitySpec = ActivitySpec {
         "pg_restore_seconds",
         "tables",
         "in_place",
+        "results",
     ],
 };
 
@@ -419,6 +420,7 @@ impl Activity for Restore {
             "tables": outcome.0,
             "pg_restore_seconds": outcome.1,
             "in_place": inputs.in_place,
+            "results": { "restored_database": target },
         }))
     }
 }

@@ -73,6 +73,12 @@ pub fn print_report(r: &RunReport) {
     if let Some(target) = &r.target {
         println!("  target    {target}");
     }
+    for (name, value) in &r.results {
+        let shown = value
+            .as_str()
+            .map_or_else(|| value.to_string(), String::from);
+        println!("  {:<9} {shown}", name.replace('_', " "));
+    }
     println!(
         "  started   {}{}",
         r.started_at,

@@ -103,6 +103,11 @@ pub struct RunReport {
     /// `running`, `halted`, `waiting_approval`, `succeeded`, `failed`, `rolling_back`,
     /// `rolled_back` or `cancelled`.
     pub status: String,
+    /// What the run left for the operator to find (a restored database, a data directory
+    /// and port): the `results` of completed steps' outputs whose effect was not undone,
+    /// later steps winning.
+    #[serde(default)]
+    pub results: BTreeMap<String, Value>,
     /// Whether a process is executing it right now.
     pub active: bool,
     /// Submission time, RFC 3339.
@@ -248,6 +253,17 @@ impl RunReport {
                 .collect(),
             target: run.target.clone(),
             status: state.status.as_str().to_string(),
+            results: state
+                .steps
+                .iter()
+                .filter(|s| {
+                    s.compensation
+                        .as_ref()
+                        .is_none_or(|c| c.completed_us.is_none())
+                })
+                .filter_map(|s| s.output.as_ref()?.get("results")?.as_object().cloned())
+                .flatten()
+                .collect(),
             active,
             started_at: rfc3339(run.created_at_us),
             ended_at: state.ended_us.map(rfc3339),

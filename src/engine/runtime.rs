@@ -138,13 +138,19 @@ pub struct Engine {
     control: Mutex<()>,
     updates: broadcast::Sender<Update>,
     idle: Notify,
+    /// The state directory, absolute: parameter defaults may name it as `${lazarus.state}`
+    /// (work files belong there, not in whatever directory a command was run from).
+    state_dir: std::sync::OnceLock<String>,
 }
 
-/// Whether the events end a run for good, read without the workflow.
+/// The placeholder a parameter default uses for the state directory.
+pub const STATE_PLACEHOLDER: &str = "${lazarus.state}";
+
 /// How a run that refused its input is described when asked to act on it again.
 const REFUSED_END: &str =
     "ended: a step refused its input (see its error); start a new run with the input corrected";
 
+/// Whether the events end a run for good, read without the workflow.
 fn terminal_status(events: &[EventRecord]) -> Option<&'static str> {
     events
         .iter()
@@ -186,7 +192,15 @@ impl Engine {
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
+            state_dir: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells the engine where its state directory is, for `${lazarus.state}` in parameter
+    /// defaults (set once, by the owner).
+    pub fn set_state_dir(&self, dir: &std::path::Path) {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let _ = self.state_dir.set(absolute.display().to_string());
     }
 
     /// The activity registry workflows are checked against.
@@ -377,10 +391,16 @@ impl Engine {
                 .check_step_id(step)
                 .map_err(EngineError::Refused)?;
         }
-        let params = sub
+        let mut params = sub
             .workflow
             .resolve_params(&sub.params)
             .map_err(EngineError::Refused)?;
+        let state = self.state_dir.get().map_or("state", String::as_str);
+        for (name, value) in params.iter_mut() {
+            if !sub.params.contains_key(name) && value.contains(STATE_PLACEHOLDER) {
+                *value = value.replace(STATE_PLACEHOLDER, state);
+            }
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -167,6 +167,7 @@ pub async fn connect_or_own(
                 services.attach_wal_catalog(WalCatalog::new(journal.tree("wal")?));
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
+                engine.set_state_dir(state_dir);
                 let listener = bind(&socket, state_dir)?;
                 let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
                 let closing = Arc::new(AtomicBool::new(false));

@@ -9,6 +9,7 @@ pub mod dir_archive;
 pub mod dump_blocks;
 pub(crate) mod dump_format;
 pub mod dump_toc;
+pub mod reach;
 pub mod sql;
 pub mod untar;
 
