@@ -438,3 +438,43 @@ fn resumes_after_kill_9_mid_download_and_mid_replay() {
         "the same result as an uninterrupted recovery"
     );
 }
+
+#[test]
+fn a_target_exactly_at_the_last_archived_commit_is_reached() {
+    let mut p = Pitr::new();
+    let primary = p.a.cluster.port;
+    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let workdir = format!("workdir={}", p.state.path().join("work").display());
+    ok(
+        p.lazarus(&[
+            "run",
+            "base-backup",
+            "--reason",
+            "test",
+            "--param",
+            &workdir,
+        ]),
+        "base backup",
+    );
+    let commits = p.commit_rows(primary, 1..=5);
+    p.archive_now(primary);
+    // The window printed ends at the last archived commit, and that very moment plans.
+    let last = commits[4].1.clone();
+    let plan: Value = serde_json::from_str(&ok(
+        p.lazarus(&["pitr", "plan", "--to", &last, "--json"]),
+        "pitr plan to the last commit",
+    ))
+    .unwrap();
+    assert_eq!(
+        lazarus::wal::parse_target_time(plan["window"]["to"].as_str().unwrap()),
+        lazarus::wal::parse_target_time(&last),
+        "{plan}"
+    );
+    assert!(
+        plan["stop_lsn"].as_str().is_some_and(|l| l.contains('/')),
+        "{plan}"
+    );
+    let (report, port) = p.recover(&last, "atend");
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(ids(port), (1..=5).collect::<Vec<_>>());
+}

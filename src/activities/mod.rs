@@ -18,6 +18,7 @@ mod inputs;
 pub mod notify;
 pub mod pgbouncer;
 pub mod pitr;
+pub mod preflight;
 pub mod report;
 pub mod restart;
 pub mod restore;
@@ -61,6 +62,9 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(checks::VerifyRestore::new(Arc::clone(&services))));
     registry.register(Arc::new(checks::SqlCheck::new(Arc::clone(&services))));
     registry.register(Arc::new(pgbouncer::Pgbouncer::new(Arc::clone(&services))));
+    registry.register(Arc::new(preflight::CheckRecovery::new(Arc::clone(
+        &services,
+    ))));
     registry.register(Arc::new(restart::RestartApp));
     registry.register(Arc::new(report::RecoveryReport));
     registry.register(Arc::new(import::InspectLegacy::new(Arc::clone(&services))));

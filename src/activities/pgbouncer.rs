@@ -137,52 +137,16 @@ impl Pgbouncer {
 
     /// Runs a command on pgbouncer's admin console, with a time limit.
     fn admin(&self, inputs: &Inputs, command: &str, limit: Duration) -> Result<String, String> {
-        let psql = self
-            .services
-            .pg_tools
-            .path("psql")
-            .map_err(|e| e.to_string())?;
-        let mut child = Command::new(psql)
-            .args(["-X", "-q", "-A", "-t", "-h", &inputs.admin_host])
-            .args([
-                "-p",
-                &inputs.admin_port.to_string(),
-                "-U",
-                &inputs.admin_user,
-                "-d",
-                "pgbouncer",
-                "-c",
-                command,
-            ])
-            .env_remove("PGDATABASE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run psql: {e}"))?;
-        let deadline = Instant::now() + limit;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("`{command}` did not finish within {limit:?}"));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "pgbouncer at {}:{} refused `{command}`: {}",
-                inputs.admin_host,
-                inputs.admin_port,
-                tail_lines(&out.stderr, 2)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        admin_command(
+            &self.services,
+            &Console {
+                host: &inputs.admin_host,
+                port: inputs.admin_port,
+                user: &inputs.admin_user,
+            },
+            command,
+            limit,
+        )
     }
 
     /// Points the entry at `value`: PAUSE, rewrite, RELOAD, check, RESUME. Returns the value
@@ -353,6 +317,67 @@ fn not_reloaded(
 /// Rewrites the ini keeping its owner, group, mode and every other byte.
 fn write_ini(path: &Path, text: &str) -> Result<(), String> {
     userfile::rewrite(path, text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Where pgbouncer's admin console is, and who to be there.
+pub(crate) struct Console<'a> {
+    /// Host.
+    pub host: &'a str,
+    /// Port.
+    pub port: u64,
+    /// An `admin_users` user.
+    pub user: &'a str,
+}
+
+/// Runs a command on pgbouncer's admin console, with a time limit.
+pub(crate) fn admin_command(
+    services: &Services,
+    console: &Console,
+    command: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    let psql = services.pg_tools.path("psql").map_err(|e| e.to_string())?;
+    let mut child = Command::new(psql)
+        .args(["-X", "-q", "-A", "-t", "-h", console.host])
+        .args([
+            "-p",
+            &console.port.to_string(),
+            "-U",
+            console.user,
+            "-d",
+            "pgbouncer",
+            "-c",
+            command,
+        ])
+        .env_remove("PGDATABASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("`{command}` did not finish within {limit:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "pgbouncer at {}:{} refused `{command}`: {}",
+            console.host,
+            console.port,
+            tail_lines(&out.stderr, 2)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[async_trait]

@@ -55,6 +55,7 @@ static PLAN_SPEC: ActivitySpec = ActivitySpec {
         "target",
         "timeline",
         "segments",
+        "stop_lsn",
     ],
 };
 
@@ -120,6 +121,7 @@ impl Activity for PitrPlan {
             "target": plan.target,
             "timeline": plan.timeline,
             "segments": plan.segments,
+            "stop_lsn": plan.stop_lsn.clone().unwrap_or_default(),
         }))
     }
 }
@@ -357,6 +359,11 @@ static START_SPEC: ActivitySpec = ActivitySpec {
             help: "recovery_target_inclusive (default true)",
         },
         InputSpec {
+            name: "stop_lsn",
+            required: false,
+            help: "stop right after the record at this LSN instead (the plan's stop_lsn: the target is the last archived transaction end)",
+        },
+        InputSpec {
             name: "config",
             required: false,
             help: "lazarus.toml for restore_command (default: the one in force)",
@@ -400,6 +407,8 @@ struct StartInputs {
     timeline: Option<String>,
     #[serde(default = "yes", deserialize_with = "lenient_bool")]
     inclusive: bool,
+    #[serde(default)]
+    stop_lsn: Option<String>,
     #[serde(default)]
     config: Option<String>,
     #[serde(default)]
@@ -579,13 +588,24 @@ impl Activity for StartRecovery {
             let target_pg = chrono::DateTime::from_timestamp_micros(target_micros)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
                 .ok_or_else(|| ActivityError::permanent("target time out of range"))?;
+            // The last archived transaction end has no later record to stop before: stop
+            // right after it, by its position.
+            let (target_line, inclusive) = match inputs.stop_lsn.as_deref().map(str::trim) {
+                Some(lsn) if !lsn.is_empty() => {
+                    (format!("recovery_target_lsn = {}", quote(lsn)), true)
+                }
+                _ => (
+                    format!("recovery_target_time = {}", quote(&target_pg)),
+                    inputs.inclusive,
+                ),
+            };
             for line in [
                 format!("port = {port}"),
                 format!("restore_command = {}", quote(&restore_command)),
-                format!("recovery_target_time = {}", quote(&target_pg)),
+                target_line,
                 "recovery_target_action = 'promote'".to_string(),
                 format!("recovery_target_timeline = {}", quote(&timeline)),
-                format!("recovery_target_inclusive = {}", inputs.inclusive),
+                format!("recovery_target_inclusive = {inclusive}"),
                 "listen_addresses = '127.0.0.1'".to_string(),
             ]
             .into_iter()

@@ -23,6 +23,10 @@ impl<'a> Sql<'a> {
     pub fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, PgError> {
         let mut cmd = self.tools.command("psql")?;
         self.server.apply(&mut cmd);
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            // A server that does not answer is an error in seconds, not a hang.
+            cmd.env("PGCONNECT_TIMEOUT", "10");
+        }
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg(format!("--field-separator={FIELD}"))
             .arg("--dbname")

@@ -78,6 +78,9 @@ pub struct WalManifest {
     pub first_xact_time: Option<String>,
     /// Latest commit/abort time in the segment.
     pub last_xact_time: Option<String>,
+    /// Where the segment's last commit/abort record (by position) starts, e.g. `0/3FFE2A8`.
+    #[serde(default)]
+    pub last_xact_lsn: Option<String>,
     /// Commits found.
     pub commits: u64,
     /// Aborts found.
@@ -469,6 +472,7 @@ fn encode_file(
         compression: "zstd".into(),
         first_xact_time: None,
         last_xact_time: None,
+        last_xact_lsn: None,
         commits: 0,
         aborts: 0,
         switched: false,
@@ -529,6 +533,7 @@ fn encode_file(
             manifest.aborts = scan.aborts;
             manifest.switched = scan.switched;
             manifest.runs_off = scan.runs_off;
+            manifest.last_xact_lsn = scan.last_xact_lsn.map(|l| l.to_string());
             manifest.system_id = Some(scan.system_id.to_string());
             manifest.server_version = Some(scan.server_version);
         }

@@ -101,6 +101,11 @@ pub struct PitrPlan {
     /// Archived history newer than the target that this recovery leaves out, in seconds
     /// (last archived commit − target).
     pub newer_history_seconds: f64,
+    /// Where replay stops instead of at the target time: set when the target is the last
+    /// archived transaction end itself, which no later record passes, so replay stops
+    /// right after that record (`recovery_target_lsn`, inclusive).
+    #[serde(default)]
+    pub stop_lsn: Option<String>,
 }
 
 /// Why no plan.
@@ -270,7 +275,7 @@ pub fn plan(
             window,
         });
     };
-    if last_commit.is_none_or(|(t, _, _)| t <= target) {
+    if last_commit.is_none_or(|(t, _, _)| t < target) {
         return Err(PlanError::AfterWindow {
             target: target_text,
             timeline,
@@ -314,12 +319,37 @@ pub fn plan(
         }
         chain.push((tli, first, last));
     }
-    let Some((found_time, found_tli, found_seg)) = found else {
-        return Err(PlanError::AfterWindow {
-            target: target_text,
-            timeline,
-            window,
-        });
+    let mut stop_lsn = None;
+    let (found_time, found_tli, found_seg) = match (found, last_commit) {
+        (Some(found), _) => found,
+        // The target is the last archived transaction end: nothing later passes it, so
+        // replay stops right after the last such record instead.
+        (None, Some((time, tli, segno))) if time == target => {
+            let (end, lsn) = last_transaction_end(catalog, archive, tli, segno)?;
+            let Some(lsn) = lsn else {
+                return Err(PlanError::AfterWindow {
+                    target: target_text,
+                    timeline,
+                    window: Window {
+                        to: Some(format!("just before {}", micros_to_rfc3339(time))),
+                        ..window
+                    },
+                });
+            };
+            stop_lsn = Some(lsn);
+            match chain.last_mut() {
+                Some(last) if last.0 == tli => last.2 = end,
+                _ => chain.push((tli, start_seg.max(segno), end)),
+            }
+            (time, tli, segno)
+        }
+        _ => {
+            return Err(PlanError::AfterWindow {
+                target: target_text,
+                timeline,
+                window,
+            });
+        }
     };
     // The gap proof: every stretch lies inside one run of archived segments.
     let mut parts = Vec::new();
@@ -390,7 +420,33 @@ pub fn plan(
         target_segment_last_commit: micros_to_rfc3339(found_time),
         window,
         newer_history_seconds: (newest - target) as f64 / 1e6,
+        stop_lsn,
     })
+}
+
+/// The last transaction end archived on `timeline` from segment `segno` on (the segment of
+/// the latest commit time; a later segment may still hold a transaction end stamped a
+/// microsecond earlier): the last segment replay needs, and where that record starts
+/// (`None` for manifests written before Lazarus recorded it).
+fn last_transaction_end(
+    catalog: &WalCatalog,
+    archive: &str,
+    timeline: u32,
+    segno: u64,
+) -> Result<(u64, Option<String>), PlanError> {
+    let mut last = (segno, None, false);
+    let mut next = segno;
+    while let Some(m) = catalog.segment(archive, timeline, next)? {
+        if m.commits + m.aborts > 0 || next == segno {
+            last = (next, m.last_xact_lsn.clone(), m.runs_off);
+        }
+        next += 1;
+    }
+    let (mut end, lsn, runs_off) = last;
+    if runs_off && catalog.segment(archive, timeline, end + 1)?.is_some() {
+        end += 1;
+    }
+    Ok((end, lsn))
 }
 
 /// A synthetic archive for tests and benchmarks: `segments` segments on timeline 1, one
@@ -427,6 +483,7 @@ pub fn synthetic_archive(
             compression: "zstd".into(),
             first_xact_time: Some(micros_to_rfc3339(first)),
             last_xact_time: Some(micros_to_rfc3339(last)),
+            last_xact_lsn: Some(Lsn(name.start(size).0 + size - 64).to_string()),
             commits: 10,
             aborts: 0,
             switched: false,
@@ -457,6 +514,42 @@ mod tests {
     }
 
     const T0: i64 = 1_790_000_000_000_000;
+
+    #[test]
+    fn both_ends_of_the_printed_window_are_accepted() {
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 20, T0, 60).unwrap();
+        let last = T0 + 20 * 60_000_000 - 1;
+        let at_end = plan_from(&c, last, &backup);
+        assert_eq!(
+            at_end.window.to.as_deref(),
+            Some(micros_to_rfc3339(last).as_str())
+        );
+        assert_eq!(at_end.chain.last().unwrap().last_segno, 20);
+        let size = super::super::names::DEFAULT_SEGMENT_SIZE;
+        assert_eq!(
+            at_end.stop_lsn,
+            Some(Lsn(20 * size + size - 64).to_string()),
+            "replay stops right after the last transaction end"
+        );
+        let first = plan_from(&c, backup.stop_time, &backup);
+        assert_eq!(first.stop_lsn, None);
+        assert!(matches!(
+            plan(&c, "main", last + 1, TimelineChoice::Latest, &[backup]),
+            Err(PlanError::AfterWindow { .. })
+        ));
+    }
+
+    fn plan_from(c: &WalCatalog, target: i64, backup: &BaseBackup) -> PitrPlan {
+        plan(
+            c,
+            "main",
+            target,
+            TimelineChoice::Latest,
+            std::slice::from_ref(backup),
+        )
+        .unwrap()
+    }
 
     #[test]
     fn plans_the_chain_to_the_segment_that_passes_the_target() {

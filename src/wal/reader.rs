@@ -105,6 +105,10 @@ pub struct SegmentScan {
     pub first_xact_time: Option<i64>,
     /// Latest commit/abort time, microseconds since the Unix epoch.
     pub last_xact_time: Option<i64>,
+    /// Where the last commit/abort record in the segment (by position) starts: a recovery
+    /// to the archive's last transaction end stops right after it.
+    #[serde(default)]
+    pub last_xact_lsn: Option<Lsn>,
     /// The segment was ended early by `pg_switch_wal()` or `archive_timeout`.
     pub switched: bool,
     /// Valid WAL stops before the segment's end (a partial segment, or recycled bytes).
@@ -247,6 +251,7 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         aborts: 0,
         first_xact_time: None,
         last_xact_time: None,
+        last_xact_lsn: None,
         switched: false,
         ends_early: false,
         runs_off: false,
@@ -518,6 +523,7 @@ fn note_xact(
     }
     scan.first_xact_time = Some(scan.first_xact_time.map_or(time, |t| t.min(time)));
     scan.last_xact_time = Some(scan.last_xact_time.map_or(time, |t| t.max(time)));
+    scan.last_xact_lsn = Some(Lsn(lsn));
     if options.collect_xacts {
         scan.xacts.push(XactRecord {
             lsn: Lsn(lsn),
