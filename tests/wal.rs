@@ -493,3 +493,50 @@ fn async_push_archives_the_waiting_segments_ahead_of_the_archiver() {
         );
     }
 }
+
+#[test]
+fn wal_check_lists_the_stores_and_finds_a_segment_deleted_after_it_was_indexed() {
+    let a = Archiving::start(&[]);
+    workload(&a, 3);
+    a.switch_and_wait();
+    workload(&a, 3);
+    let second = a.switch_and_wait();
+    workload(&a, 3);
+    a.switch_and_wait();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let check = |extra: &[&str]| {
+        let out = a
+            .lazarus(&state)
+            .args(["wal", "check"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("every indexed segment is in a store"),
+        "{text}"
+    );
+
+    // The segment is deleted from every store after the index learned of it.
+    let object = lazarus::wal::archive::object_key("main", &second);
+    for store in ["store-a", "store-b"] {
+        std::fs::remove_file(a.home.join(store).join(&object)).unwrap();
+    }
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("1 segment(s) indexed but in no store") && text.contains(&second),
+        "{text}"
+    );
+    // --local is the fast index-only check, and says so.
+    let (code, text) = check(&["--local"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("local index only"), "{text}");
+}

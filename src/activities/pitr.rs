@@ -21,6 +21,7 @@ use crate::pg::untar::Untar;
 use crate::pg::{Server, tail_lines};
 use crate::pg::{reach, running_as_root};
 use crate::wal::plan::{self, TimelineChoice};
+use crate::wal::presence;
 
 // ---------------------------------------------------------------------------------------
 // pitr_plan
@@ -56,6 +57,8 @@ static PLAN_SPEC: ActivitySpec = ActivitySpec {
         "timeline",
         "segments",
         "stop_lsn",
+        "segments_in_stores",
+        "thin_copies",
     ],
 };
 
@@ -103,8 +106,46 @@ impl Activity for PitrPlan {
             .await
             .map_err(|e| ActivityError::retryable(e.to_string()))?;
         let backups = crate::owner::wal::base_backups(&manifests, &inputs.archive);
-        let plan = plan::plan(catalog, &inputs.archive, target, choice, &backups)
-            .map_err(|e| ActivityError::permanent(e.to_string()))?;
+        let plan = plan::plan(catalog, &inputs.archive, target, choice, &backups).map_err(|e| {
+            match e {
+                plan::PlanError::Catalog(_) => ActivityError::retryable(e.to_string()),
+                // A target the archive cannot reach is the run's own input.
+                _ => ActivityError::refused(e.to_string()),
+            }
+        })?;
+        // The plan is a promise made before anything is downloaded: prove its segments are
+        // in the stores, not only in the index.
+        let parts: Vec<(u32, u64, u64)> = plan
+            .chain
+            .iter()
+            .map(|c| (c.timeline, c.first_segno, c.last_segno))
+            .collect();
+        let presence = presence::check(
+            &self.services.stores,
+            &inputs.archive,
+            &parts,
+            plan.backup.segment_size,
+        )
+        .await;
+        if !presence.missing.is_empty() {
+            let message = format!(
+                "the plan needs WAL segments that no store holds: {} (in the index, but gone from the stores); `lazarus wal check` shows what the stores hold — pick an earlier target or a newer base backup{}",
+                presence.describe_missing(),
+                if presence.unreadable.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; some stores could not be listed ({}), and may hold them once they can: `lazarus resume` tries again",
+                        presence.unreadable.join("; ")
+                    )
+                }
+            );
+            return Err(if presence.unreadable.is_empty() {
+                ActivityError::refused(message)
+            } else {
+                ActivityError::retryable(message)
+            });
+        }
         let manifest = manifests
             .iter()
             .find(|m| m.id == plan.backup.id)
@@ -122,6 +163,8 @@ impl Activity for PitrPlan {
             "timeline": plan.timeline,
             "segments": plan.segments,
             "stop_lsn": plan.stop_lsn.clone().unwrap_or_default(),
+            "segments_in_stores": presence.checked,
+            "thin_copies": presence.thin.iter().map(|(store, n)| format!("{store} lacks {n} of them")).collect::<Vec<_>>(),
         }))
     }
 }

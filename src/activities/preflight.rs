@@ -15,7 +15,7 @@ use super::inputs::{self, lenient_u64};
 use super::pgbouncer::{Console, admin_command};
 use super::services::Services;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
-use crate::pg::bouncer_ini::entry;
+use crate::pg::bouncer_ini::{entries, entry};
 use crate::pg::sql::{Sql, literal};
 use crate::userfile;
 
@@ -103,9 +103,10 @@ impl CheckRecovery {
         })?;
         let Some(current) = entry(&text, &inputs.database) else {
             return Err(ActivityError::refused(format!(
-                "{} has no entry \"{}\" in [databases], so the cut-over could not repoint it; add one, or {instead}",
+                "{} has no entry \"{}\" in [databases] (it has: {}), so the cut-over could not repoint it; is the database name right? If it is, add an entry, or {instead}",
                 ini.display(),
-                inputs.database
+                inputs.database,
+                entries(&text).join(", ")
             )));
         };
         let owner = userfile::check_rewritable(&ini)

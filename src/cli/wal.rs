@@ -108,10 +108,14 @@ pub enum WalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the archive: gaps per timeline, timeline-history consistency (exit 1 on problems).
+    /// Check the archive: gaps per timeline, timeline-history consistency, and that every
+    /// indexed segment is in a store (exit 1 on problems).
     Check {
         #[command(flatten)]
         archive: ArchiveArg,
+        /// Check the local index alone (fast; does not list the stores).
+        #[arg(long)]
+        local: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -233,11 +237,16 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        WalCommand::Check { archive, json } => {
+        WalCommand::Check {
+            archive,
+            local,
+            json,
+        } => {
             let answer = ask(
                 ctx,
                 WalQuery::Check {
                     archive: archive.archive,
+                    local,
                 },
             )
             .await?;
@@ -557,9 +566,17 @@ fn print_check(answer: &Value) {
             t["gaps"].as_array().map_or(0, Vec::len)
         );
     }
+    for note in answer["notes"].as_array().unwrap_or(&empty) {
+        println!("  note: {}", text(note));
+    }
     let problems = answer["problems"].as_array().unwrap_or(&empty);
+    let scope = if answer["stores_checked"].as_bool() == Some(true) {
+        "every indexed segment is in a store"
+    } else {
+        "checked in the local index only (without --local, the stores are listed too)"
+    };
     if problems.is_empty() {
-        println!("OK: no gaps, timeline histories consistent");
+        println!("OK: no gaps, timeline histories consistent; {scope}");
     } else {
         for p in problems {
             println!("PROBLEM: {}", text(p));
@@ -632,4 +649,12 @@ fn print_plan(plan: &Value) {
         "  left out        {:.0}s of archived history after the target",
         plan["newer_history_seconds"].as_f64().unwrap_or(0.0)
     );
+    if let Some(lsn) = plan["stop_lsn"].as_str() {
+        println!("  stops at        {lsn} (the last archived transaction end)");
+    }
+    if plan["stores_checked"].as_bool() != Some(true) {
+        println!(
+            "  planned from the local index: the stores were not consulted (`lazarus wal check` lists them; `recover --to` proves every planned segment is in a store before restoring)"
+        );
+    }
 }

@@ -38,6 +38,25 @@ fn find(text: &str, name: &str) -> Option<Found> {
     None
 }
 
+/// The names of the `[databases]` section's entries, in order.
+pub fn entries(text: &str) -> Vec<String> {
+    let mut in_databases = false;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_databases = trimmed.eq_ignore_ascii_case("[databases]");
+        } else if in_databases
+            && !trimmed.starts_with(';')
+            && !trimmed.starts_with('#')
+            && let Some((key, _)) = trimmed.split_once('=')
+        {
+            names.push(key.trim().to_string());
+        }
+    }
+    names
+}
+
 /// The value of `name = ...` in the `[databases]` section.
 pub fn entry(text: &str, name: &str) -> Option<String> {
     find(text, name).map(|f| text[f.value].to_string())
@@ -111,6 +130,7 @@ mod tests {
         assert_eq!(entry(&text, "other").as_deref(), Some("host=x dbname=o"));
         assert!(text.contains("listen_port = 6432"));
         assert_eq!(replace_entry(INI, "missing", "x"), None);
+        assert_eq!(entries(INI), ["shop", "other"]);
     }
 
     #[test]

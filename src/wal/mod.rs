@@ -6,6 +6,7 @@ pub mod archive;
 pub mod catalog;
 pub mod names;
 pub mod plan;
+pub mod presence;
 pub mod reader;
 
 pub use names::{Lsn, SegmentName, WalFile};

@@ -82,12 +82,15 @@ pub struct S3sFs {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The directory it serves, removed when it is dropped (however the test ends).
+    root: std::path::PathBuf,
 }
 
 impl S3sFs {
     /// Serves the directory `root` (each subdirectory is a bucket) over S3.
     pub fn start(root: &Path) -> S3sFs {
         std::fs::create_dir_all(root).expect("s3s root");
+        let kept = root.to_path_buf();
         let root = root.to_path_buf();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -128,6 +131,7 @@ impl S3sFs {
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
+            root: kept,
         }
     }
 
@@ -150,6 +154,7 @@ impl S3sFs {
 impl Drop for S3sFs {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
