@@ -117,3 +117,36 @@ fn unknown_run_is_a_clear_error() {
     let out = sb.run(&["halt", "nope"]);
     assert!(common::text(&out).contains("no run \"nope\""));
 }
+
+#[test]
+fn looking_creates_no_state_and_json_stays_json() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("does not exist"),
+        "{answer}"
+    );
+    assert_eq!(sb.ok(&["runs", "--json"]).trim(), "[]");
+    assert!(
+        !sb.state().exists(),
+        "status and runs created the state directory"
+    );
+
+    // A finished run lists when it ended, how long it took and what stopped it.
+    sb.write(
+        "two.toml",
+        "name = \"two\"\n[params]\nflag = { default = \"\" }\n[[steps]]\nid = \"maybe\"\nactivity = \"command\"\nwhen = \"${params.flag} != \"\nwith = { shell = \"true\" }\n[[steps]]\nid = \"fail\"\nactivity = \"command\"\nwith = { shell = \"exit 3\" }\n",
+    );
+    let out = sb.run(&["run", "two.toml", "--id", "j1", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("maybe skipped: no flag given"), "{text}");
+    let runs: serde_json::Value = serde_json::from_str(&sb.ok(&["runs", "--json"])).unwrap();
+    let run = &runs[0];
+    assert!(run["duration_seconds"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(run["error"].as_str().unwrap().contains("exit"), "{run}");
+    assert!(run.get("ended_at").is_some(), "{run}");
+}

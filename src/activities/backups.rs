@@ -146,6 +146,7 @@ impl Activity for PublishBackup {
             "manifest_stores": landed,
             "copies": manifest.copies,
             "missing_copies": manifest.missing_copies,
+            "results": { "backup": manifest.id, "backup_status": manifest.status },
         }))
     }
 }
@@ -175,7 +176,7 @@ static MARK: ActivitySpec = ActivitySpec {
             help: "what was wrong",
         },
     ],
-    outputs: &["id", "status", "manifest_stores"],
+    outputs: &["id", "status", "manifest_stores", "results"],
 };
 
 #[derive(Debug, Deserialize)]
@@ -227,7 +228,12 @@ impl Activity for MarkBackup {
             error: inputs.error,
         });
         let landed = write_manifest(&self.services, &manifest).await?;
-        Ok(json!({ "id": manifest.id, "status": manifest.status, "manifest_stores": landed }))
+        Ok(json!({
+            "id": manifest.id,
+            "status": manifest.status,
+            "manifest_stores": landed,
+            "results": { "backup": manifest.id, "verdict": manifest.status },
+        }))
     }
 }
 

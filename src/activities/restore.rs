@@ -379,11 +379,11 @@ impl Activity for Restore {
                 Some(Err(FeedError::Failed(failure))) => {
                     let next = if inputs.in_place {
                         format!(
-                            "{target} is incomplete: restore it again from an intact backup (--param backup_id=ID)"
+                            "{target} is incomplete: restore it again from an intact backup (lazarus recover --backup ID)"
                         )
                     } else {
                         format!(
-                            "{target} (not the live database) is incomplete; the next attempt drops and restores it afresh. Start a new recovery to download the backup again, or restore another backup (--param backup_id=ID)"
+                            "{target} (not the live database) is incomplete; the next attempt drops and restores it afresh. Start a new recovery to download the backup again, or restore another backup (lazarus recover --backup ID)"
                         )
                     };
                     return Err(ActivityError::permanent(format!(

@@ -176,9 +176,9 @@ impl Renderer {
                     let why = step
                         .output
                         .as_ref()
-                        .and_then(|o| o["when"].as_str())
-                        .unwrap_or("");
-                    self.line(&format!("  ⤼ {} skipped (when {why} is false)", step.id));
+                        .and_then(|o| o["reason"].as_str())
+                        .unwrap_or("its condition is false");
+                    self.line(&format!("  ⤼ {} skipped: {why}", step.id));
                 }
                 "compensating" => {
                     self.line(&format!("  ↺ undoing {}", step.id));

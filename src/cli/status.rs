@@ -131,13 +131,28 @@ pub fn print_report(r: &RunReport) {
 
 /// `lazarus status`.
 pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
+    // Looking creates nothing: no state directory means no runs.
+    if !ctx.state.is_dir() {
+        return Ok(no_report(
+            args.json,
+            &format!(
+                "no runs: the state directory {} does not exist (pass --state DIR or set LAZARUS_STATE to where the runs live)",
+                ctx.state.display()
+            ),
+        ));
+    }
     let run = args.run.clone();
-    let (report, session) = ctx
+    let asked = ctx
         .query(|c| {
             let run = run.clone();
             Box::pin(async move { c.report(run.as_deref()).await })
         })
-        .await?;
+        .await;
+    let (report, session) = match asked {
+        Ok(found) => found,
+        Err(e) if args.json => return Ok(no_report(true, &e.to_string())),
+        Err(e) => return Err(e),
+    };
     let report = if args.follow && report.active {
         follow(session.control(), &report.id, &ctx.operator, false).await?
     } else {
@@ -152,8 +167,29 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// No report to show: the reason, as JSON (`{"error": ...}`) when asked for JSON; exit 1.
+fn no_report(json: bool, message: &str) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "error": message }));
+    } else {
+        eprintln!("{message}");
+    }
+    ExitCode::FAILURE
+}
+
 /// `lazarus runs`.
 pub async fn runs(ctx: &Context, args: RunsArgs) -> Result<ExitCode> {
+    if !ctx.state.is_dir() {
+        if args.json {
+            println!("[]");
+        } else {
+            println!(
+                "no runs: the state directory {} does not exist (pass --state DIR or set LAZARUS_STATE)",
+                ctx.state.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (runs, session) = ctx
         .query(|c| Box::pin(async move { c.runs().await }))
         .await?;

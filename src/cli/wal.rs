@@ -535,11 +535,24 @@ fn print_list(answer: &Value) {
         println!("archive {}: nothing archived", text(&answer["archive"]));
         return;
     }
-    println!(
-        "{:<34} {:>3} {:>12} {:>12} {:<27} {:<27} {:>8}",
-        "FILE", "TLI", "START", "END", "FIRST COMMIT", "LAST COMMIT", "STORED"
-    );
-    for f in files {
+    // Times are transaction ends: commits and aborts alike, as recovery targets stop at
+    // either. Backup and timeline history files are listed apart from the WAL itself.
+    let (wal, other): (Vec<&Value>, Vec<&Value>) = files
+        .iter()
+        .partition(|f| matches!(f["kind"].as_str(), Some("segment" | "partial")));
+    if !wal.is_empty() {
+        println!(
+            "{:<34} {:>3} {:>12} {:>12} {:<27} {:<27} {:>8}",
+            "SEGMENT",
+            "TLI",
+            "START",
+            "END",
+            "FIRST XACT END (C/A)",
+            "LAST XACT END (C/A)",
+            "STORED"
+        );
+    }
+    for f in &wal {
         println!(
             "{:<34} {:>3} {:>12} {:>12} {:<27} {:<27} {:>7}K",
             text(&f["file"]),
@@ -550,6 +563,30 @@ fn print_list(answer: &Value) {
             text(&f["last_xact_time"]),
             f["stored_size"].as_u64().unwrap_or(0) / 1024
         );
+    }
+    if !wal.is_empty() {
+        println!("(XACT END: the time of a commit or an abort; a recovery target stops at either)");
+    }
+    if !other.is_empty() {
+        println!();
+        println!(
+            "{:<40} {:>3} {:<14} {:>8}",
+            "HISTORY FILE", "TLI", "KIND", "STORED"
+        );
+        for f in &other {
+            let kind = match f["kind"].as_str() {
+                Some("backup_label") => "backup label",
+                Some("history") => "timeline",
+                other => other.unwrap_or("-"),
+            };
+            println!(
+                "{:<40} {:>3} {:<14} {:>7}K",
+                text(&f["file"]),
+                f["timeline"],
+                kind,
+                f["stored_size"].as_u64().unwrap_or(0) / 1024
+            );
+        }
     }
 }
 

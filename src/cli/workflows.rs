@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::activities::builtin_registry;
 use crate::engine::Workflow;
@@ -56,35 +56,43 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for row in &rows {
-        if row["valid"] == true {
-            let params: Vec<String> = row["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let name = p["name"].as_str().unwrap_or_default();
-                    if p["required"] == true {
-                        format!("{name}=…")
-                    } else {
-                        format!("[{name}]")
-                    }
-                })
-                .collect();
-            println!(
-                "{:<22} {}\n{:<22} from {} · params: {}",
-                row["name"].as_str().unwrap_or_default(),
-                row["description"].as_str().unwrap_or_default(),
-                "",
-                row["source"].as_str().unwrap_or_default(),
-                if params.is_empty() {
-                    "none".to_string()
-                } else {
-                    params.join(" ")
-                },
-            );
-        } else {
+        if row["valid"] != true {
             println!("INVALID {}", row["error"].as_str().unwrap_or_default());
+            continue;
         }
+        println!(
+            "{} — {}\n  from {}",
+            row["name"].as_str().unwrap_or_default(),
+            row["description"].as_str().unwrap_or_default(),
+            row["source"].as_str().unwrap_or_default(),
+        );
+        let steps: Vec<&str> = row["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .collect();
+        println!(
+            "  steps (for --halt-before/--halt-after): {}",
+            steps.join(" → ")
+        );
+        for p in row["params"].as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or_default();
+            let default = match (&p["required"], p["default"].as_str()) {
+                (Value::Bool(true), _) => "required".to_string(),
+                (_, Some("")) => "default empty".to_string(),
+                (_, Some(d)) => format!("default {d}"),
+                _ => "optional".to_string(),
+            };
+            println!(
+                "    -p {name}=…  ({default}){}",
+                p["help"]
+                    .as_str()
+                    .map(|h| format!("\n        {h}"))
+                    .unwrap_or_default()
+            );
+        }
+        println!();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -317,6 +317,15 @@ pub struct RunSummary {
     pub operator: String,
     /// Why.
     pub reason: String,
+    /// When it reached a terminal state.
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// Start to end (or to now, while unfinished).
+    #[serde(default)]
+    pub duration_seconds: f64,
+    /// What stopped it, if something did.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl From<&RunReport> for RunSummary {
@@ -330,6 +339,9 @@ impl From<&RunReport> for RunSummary {
             started_at: r.started_at.clone(),
             operator: r.operator.clone(),
             reason: r.reason.clone(),
+            ended_at: r.ended_at.clone(),
+            duration_seconds: r.duration_seconds,
+            error: r.error.clone(),
         }
     }
 }

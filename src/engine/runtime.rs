@@ -355,6 +355,9 @@ impl Engine {
                     started_at: rfc3339(record.created_at_us),
                     operator: record.operator.clone(),
                     reason: record.reason.clone(),
+                    ended_at: None,
+                    duration_seconds: 0.0,
+                    error: Some(e.to_string()),
                 }),
             }
         }

@@ -451,6 +451,7 @@ impl RunState {
                         "skipped": true,
                         "when": condition,
                         "evaluated": evaluated,
+                        "reason": super::workflow::skip_reason(condition, evaluated),
                     }));
                     s.completed_us = Some(at);
                 }

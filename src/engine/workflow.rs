@@ -144,6 +144,38 @@ pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
     }
 }
 
+/// Why a step whose `when` was false did not run, in words: `no app_restart given`,
+/// `cutover is none` — not the template source.
+pub fn skip_reason(condition: &str, evaluated: &str) -> String {
+    let name = |side: &str| {
+        let side = side.trim();
+        side.strip_prefix("${params.")
+            .and_then(|s| s.strip_suffix('}'))
+            .map(str::to_string)
+            .unwrap_or_else(|| side.to_string())
+    };
+    if let (Some((a, _)), Some((_, eb))) = (condition.split_once("!="), evaluated.split_once("!="))
+    {
+        let eb = eb.trim();
+        return if eb.is_empty() {
+            format!("no {} given", name(a))
+        } else {
+            format!("{} is {eb}", name(a))
+        };
+    }
+    if let (Some((a, _)), Some((ea, eb))) = (condition.split_once("=="), evaluated.split_once("=="))
+    {
+        let ea = ea.trim();
+        return format!(
+            "{} is {}, not {}",
+            name(a),
+            if ea.is_empty() { "empty" } else { ea },
+            eb.trim()
+        );
+    }
+    format!("its condition {condition} is false")
+}
+
 /// Everything wrong with a workflow file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct WorkflowError {
@@ -818,6 +850,22 @@ activity = "echo"
 with = { text = "got ${steps.one.text}", times = "${params.n}" }
 compensate = { activity = "echo", with = { text = "undo ${steps.two.text}" } }
 "#;
+
+    #[test]
+    fn skipped_steps_say_why_in_words() {
+        assert_eq!(
+            skip_reason("${params.app_restart} != ", " != "),
+            "no app_restart given"
+        );
+        assert_eq!(
+            skip_reason("${params.cutover} != none", "none != none"),
+            "cutover is none"
+        );
+        assert_eq!(
+            skip_reason("${params.mode} == fast", "slow == fast"),
+            "mode is slow, not fast"
+        );
+    }
 
     #[test]
     fn parses_a_good_workflow() {
