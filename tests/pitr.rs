@@ -536,3 +536,96 @@ fn a_planned_segment_missing_from_every_store_is_refused_before_anything_is_rest
     );
     assert_eq!(step_status(&report, "download"), "pending");
 }
+
+#[test]
+fn pitr_runs_on_the_embedded_default_with_keys_from_the_environment() {
+    let mut p = Pitr::new();
+    let primary = p.a.cluster.port;
+    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let workdir = format!("workdir={}", p.state.path().join("work").display());
+    ok(
+        p.lazarus(&[
+            "run",
+            "base-backup",
+            "--reason",
+            "test",
+            "--param",
+            &workdir,
+        ]),
+        "base backup",
+    );
+    let commits = p.commit_rows(primary, 1..=6);
+    p.archive_now(primary);
+    // A new host with no lazarus.toml: the embedded default's store (STATE/store) holds a
+    // copy of the archive, and the keys come from LAZARUS_KEYS.
+    let state = p.a.cluster.root.join("embedded-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p.a.home.join("store-a"))
+        .arg(state.join("store"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let keys = std::fs::read_to_string(p.a.home.join("keys")).unwrap();
+    let keys: String = keys
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(",");
+    let data = p.a.cluster.root.join("embedded");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&p.a.binary)
+        .current_dir(elsewhere.path())
+        .arg("--state")
+        .arg(&state)
+        .args([
+            "recover",
+            "--to",
+            &commits[2].1,
+            "--reason",
+            "test",
+            "--id",
+            "emb",
+        ])
+        .args(["--param", "cutover=none", "--param", "database=postgres"])
+        .args(["--param", "check_tables=ticks"])
+        .arg("--param")
+        .arg(format!("data_dir={}", data.display()))
+        .arg("--param")
+        .arg(format!("lazarus={}", p.a.binary.display()))
+        .env("LAZARUS_KEYS", keys.trim())
+        .env("LAZARUS_OPERATOR", "tester")
+        .env("PGUSER", "postgres")
+        .env_remove("LAZARUS_CONFIG")
+        .output()
+        .unwrap();
+    if data.join("postmaster.pid").exists() {
+        p.restored.push(Restored { data: data.clone() });
+    }
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(
+        &std::process::Command::new(&p.a.binary)
+            .arg("--state")
+            .arg(&state)
+            .args(["status", "emb", "--json"])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let recover = &step(&report, "recover")["output"];
+    assert_eq!(recover["restore_config_removed"], true, "{recover}");
+    assert!(
+        !data.join("lazarus-restore.keys").exists(),
+        "the key file is gone"
+    );
+    let port = recover["port"].as_u64().unwrap() as u16;
+    assert_eq!(ids(port), (1..=3).collect::<Vec<_>>());
+}

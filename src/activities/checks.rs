@@ -156,6 +156,11 @@ static SQL_CHECK: ActivitySpec = ActivitySpec {
             required: false,
             help: "check a server on this port of the configured host (a restored one)",
         },
+        InputSpec {
+            name: "host",
+            required: false,
+            help: "check a server on this host instead of the configured one (a restored server listens on 127.0.0.1)",
+        },
     ],
     outputs: &["passed", "results"],
 };
@@ -170,6 +175,8 @@ struct SqlCheckInputs {
     true_queries: Vec<String>,
     #[serde(default, deserialize_with = "super::inputs::lenient_opt_u64")]
     port: Option<u64>,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 /// The `sql_check` activity.
@@ -193,6 +200,9 @@ impl Activity for SqlCheck {
     async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: SqlCheckInputs = inputs::parse("sql_check", inputs)?;
         let mut server = self.services.pg_server.clone();
+        if let Some(host) = inputs.host.as_ref().filter(|h| !h.is_empty()) {
+            server.host = Some(host.clone());
+        }
         if let Some(port) = inputs.port.filter(|p| *p > 0) {
             server.port = Some(
                 u16::try_from(port)

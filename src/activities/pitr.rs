@@ -3,7 +3,7 @@
 //! directory, pg_control last) and `start_recovery` (recovery settings, start on a new port,
 //! wait for the target and promotion).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::pg::{Server, tail_lines};
 use crate::pg::{reach, running_as_root};
 use crate::wal::plan::{self, TimelineChoice};
 use crate::wal::presence;
+use crate::wal::restore_config::{RestoreConfig, check_fetch};
 
 // ---------------------------------------------------------------------------------------
 // pitr_plan
@@ -57,6 +58,7 @@ static PLAN_SPEC: ActivitySpec = ActivitySpec {
         "timeline",
         "segments",
         "stop_lsn",
+        "first_segment",
         "segments_in_stores",
         "thin_copies",
     ],
@@ -163,6 +165,7 @@ impl Activity for PitrPlan {
             "timeline": plan.timeline,
             "segments": plan.segments,
             "stop_lsn": plan.stop_lsn.clone().unwrap_or_default(),
+            "first_segment": plan.chain.first().map(|c| c.first_file.clone()).unwrap_or_default(),
             "segments_in_stores": presence.checked,
             "thin_copies": presence.thin.iter().map(|(store, n)| format!("{store} lacks {n} of them")).collect::<Vec<_>>(),
         }))
@@ -402,6 +405,11 @@ static START_SPEC: ActivitySpec = ActivitySpec {
             help: "recovery_target_inclusive (default true)",
         },
         InputSpec {
+            name: "first_segment",
+            required: false,
+            help: "the plan's first segment: fetched once as the server's user before the server starts, to prove restore_command works",
+        },
+        InputSpec {
             name: "stop_lsn",
             required: false,
             help: "stop right after the record at this LSN instead (the plan's stop_lsn: the target is the last archived transaction end)",
@@ -435,6 +443,7 @@ static START_SPEC: ActivitySpec = ActivitySpec {
         "target",
         "seconds",
         "results",
+        "restore_config_removed",
     ],
 };
 
@@ -452,6 +461,8 @@ struct StartInputs {
     inclusive: bool,
     #[serde(default)]
     stop_lsn: Option<String>,
+    #[serde(default)]
+    first_segment: Option<String>,
     #[serde(default)]
     config: Option<String>,
     #[serde(default)]
@@ -477,6 +488,41 @@ impl StartRecovery {
     /// The activity over these services.
     pub fn new(services: Arc<Services>) -> Self {
         Self { services }
+    }
+
+    /// The embedded default's stores and keys, written for the server's restore_command
+    /// inside its data directory; the server's user is let through to the local stores in
+    /// Lazarus's state directory (traverse only).
+    fn write_restore_config(&self, data: &Path) -> Result<PathBuf, ActivityError> {
+        let keys = self
+            .services
+            .keys()
+            .map_err(|e| ActivityError::refused(e.to_string()))?;
+        let owner = if running_as_root() {
+            let (uid, gid) = postgres_ids().map_err(pg_failure)?;
+            Some((uid.as_raw(), gid.as_raw()))
+        } else {
+            None
+        };
+        if let Some((uid, gid)) = owner {
+            for store in self.services.stores.stores() {
+                let Some(root) = store.local_root() else {
+                    continue;
+                };
+                let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+                std::fs::create_dir_all(&root).map_err(|e| {
+                    ActivityError::retryable(format!("cannot create {}: {e}", root.display()))
+                })?;
+                let within = match root.parent() {
+                    Some(state) if state.join("owner.pid").exists() => state.to_path_buf(),
+                    _ => root.clone(),
+                };
+                reach::grant_traverse(&root, &within, uid, gid).map_err(ActivityError::refused)?;
+            }
+        }
+        let written = RestoreConfig::write(data, &self.services.stores, &keys, owner)
+            .map_err(ActivityError::refused)?;
+        Ok(written.config)
     }
 }
 
@@ -570,12 +616,11 @@ impl Activity for StartRecovery {
                 Some(c) if !c.is_empty() => Some(PathBuf::from(c)),
                 _ => self.services.config_file.clone(),
             };
-            let Some(config_file) = config_file else {
-                return Err(ActivityError::permanent(
-                    "point-in-time recovery needs a configuration file for restore_command \
-                     (lazarus --config FILE, $LAZARUS_CONFIG, or -p config=FILE): the embedded \
-                     default's store and keys are not visible to the PostgreSQL server",
-                ));
+            // On the embedded default the store and keys are this process's alone: write
+            // the server a configuration of its own, inside its data directory.
+            let config_file = match config_file {
+                Some(file) => file,
+                None => self.write_restore_config(&data)?,
             };
             if running_as_root() {
                 for (path, test) in [
@@ -607,6 +652,32 @@ impl Activity for StartRecovery {
                 shell_word(&fetch_state.display().to_string()),
                 shell_word(&inputs.archive)
             );
+            // restore_command's own state directory, the server's to write.
+            std::fs::create_dir_all(&fetch_state).map_err(|e| {
+                ActivityError::retryable(format!("cannot create {}: {e}", fetch_state.display()))
+            })?;
+            if running_as_root() {
+                let (uid, gid) = postgres_ids().map_err(pg_failure)?;
+                nix::unistd::chown(&fetch_state, Some(uid), Some(gid)).map_err(|e| {
+                    ActivityError::retryable(format!(
+                        "cannot give {} to the server's user: {e}",
+                        fetch_state.display()
+                    ))
+                })?;
+            }
+            if let Some(first) = inputs.first_segment.as_deref().filter(|s| !s.is_empty()) {
+                tokio::task::block_in_place(|| {
+                    check_fetch(
+                        &exe,
+                        &config_file,
+                        &fetch_state,
+                        &inputs.archive,
+                        first,
+                        &data,
+                    )
+                })
+                .map_err(ActivityError::refused)?;
+            }
             let timeline = inputs
                 .timeline
                 .clone()
@@ -791,6 +862,9 @@ impl Activity for StartRecovery {
         // Promoted: a restart of this server must never be asked to recover again.
         let _ = std::fs::write(data.join(PROMOTED_MARKER), b"");
         let _ = std::fs::remove_dir_all(data.with_extension("lazarus-state"));
+        // restore_command is done: the keys written for it go.
+        let generated = RestoreConfig::existing(&data).is_some();
+        let keys_removed = generated && RestoreConfig::remove(&data);
         Ok(json!({
             "data_directory": data,
             "port": port,
@@ -799,6 +873,7 @@ impl Activity for StartRecovery {
             "target": inputs.target,
             "seconds": started.elapsed().as_secs_f64(),
             "results": { "data_directory": data, "port": port },
+            "restore_config_removed": keys_removed,
         }))
     }
 }

@@ -84,6 +84,15 @@ impl Key {
     pub fn fernet(&self) -> &fernet::Fernet {
         &self.fernet
     }
+
+    /// The key's text (Fernet's base64url form), for writing a key file another process
+    /// reads; wiped from memory when dropped. Never log it.
+    pub fn to_text(&self) -> zeroize::Zeroizing<String> {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        raw[..16].copy_from_slice(&self.signing);
+        raw[16..].copy_from_slice(&self.encryption);
+        zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE.encode(&raw[..]))
+    }
 }
 
 /// The configured keys, in order: the first encrypts, every one decrypts.
@@ -175,6 +184,15 @@ pub fn generate() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_out_parses_back_to_the_same_key() {
+        let text = generate();
+        let key = Key::parse(&text, "test").unwrap();
+        let again = Key::parse(&key.to_text(), "again").unwrap();
+        assert_eq!(again.id(), key.id());
+        assert_eq!(key.to_text().as_str(), text.trim());
+    }
 
     #[test]
     fn parses_rotation_lists_and_hides_key_text() {

@@ -121,6 +121,10 @@ impl ObjectStore for LocalStore {
         format!("local directory {}", self.root.display())
     }
 
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError> {
         let path = self.path(key)?;
         let target = path.clone();

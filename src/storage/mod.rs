@@ -81,6 +81,12 @@ pub trait ObjectStore: Send + Sync {
     /// Where it is, for people; never holds credentials.
     fn describe(&self) -> String;
 
+    /// The directory a local store keeps its objects in (`None` for remote stores): what
+    /// a configuration written for another process must name.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Stores an object (atomically: readers see the old object or the whole new one).
     /// Returns the bytes written.
     async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError>;

@@ -8,6 +8,7 @@ pub mod names;
 pub mod plan;
 pub mod presence;
 pub mod reader;
+pub mod restore_config;
 
 pub use names::{Lsn, SegmentName, WalFile};
 
