@@ -84,9 +84,14 @@ fn torture(kills_wanted: usize) {
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() {
+                // With --json the answer is JSON on stdout: {"error": "no run ..."}.
+                let said = serde_json::from_str::<serde_json::Value>(&stdout)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or_default();
                 assert!(
-                    stderr.contains(&format!("no run \"{run}\"")),
-                    "store failed to reopen after kill {kills}: {stderr}"
+                    said.contains(&format!("no run \"{run}\"")),
+                    "store failed to reopen after kill {kills}: {stdout}{stderr}"
                 );
                 assert!(
                     !created,

@@ -77,17 +77,20 @@ impl Pitr {
     /// Polls a run's report until `ready` says so (180 s at most).
     fn wait_for(&self, run: &str, what: &str, ready: impl Fn(&Value) -> bool) {
         let started = Instant::now();
+        let mut last = Value::Null;
         loop {
             let out = self.lazarus(&["status", run, "--json"]);
-            if let Ok(report) = serde_json::from_slice::<Value>(&out.stdout)
-                && ready(&report)
-            {
-                return;
+            if let Ok(report) = serde_json::from_slice::<Value>(&out.stdout) {
+                if ready(&report) {
+                    return;
+                }
+                last = report;
             }
             // Generous: the suite runs several clusters at once on two cores.
             assert!(
                 started.elapsed() < Duration::from_secs(180),
-                "{run}: {what} did not happen in 180 s"
+                "{run}: {what} did not happen in 180 s; last report: {}",
+                serde_json::to_string_pretty(&last).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

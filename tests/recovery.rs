@@ -554,7 +554,11 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
     std::fs::write(&local, &bytes).unwrap();
     assert_eq!(bytes.len() as u64, size);
     let out = w.recover("b6", &["--backup", &id]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "damaged everywhere: refused, not halted"
+    );
     let error = error_of("b6");
     assert!(
         error.contains("no store could serve a good copy"),

@@ -335,8 +335,11 @@ impl Activity for Download {
                     reasons.join("; ")
                 );
                 drop(file);
+                // Damaged in every store: no resume can fix it; another backup can.
                 return Err(if integrity {
-                    ActivityError::permanent(message)
+                    ActivityError::refused(format!(
+                        "{message}; every copy is damaged there: pick another backup (`lazarus backups` lists them)"
+                    ))
                 } else {
                     ActivityError::retryable(message)
                 });

@@ -183,18 +183,22 @@ impl Context {
         takes_runs: bool,
         mut op: impl for<'a> FnMut(&'a dyn Control) -> ControlFuture<'a, T>,
     ) -> Result<(T, Session)> {
-        let mut tries = 0;
+        // An owner that is closing (a `status` that held the store for a moment) answers
+        // "connect again". Someone polling `status` in a loop starts such owners one after
+        // another: retry soon and at varied moments, so the gap between two of them is found,
+        // for up to 30 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            tries += 1;
             let session = self.session().await?;
             if let (false, Some(engine)) = (takes_runs, session.engine()) {
                 engine.close_if_idle();
             }
             let result = op(session.control()).await;
             match result {
-                Err(ControlError::Retry) if tries < 50 => {
+                Err(ControlError::Retry) if std::time::Instant::now() < deadline => {
                     session.finish().await;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let pause = 5 + rand::random::<u64>() % 25;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 Err(e) => {
                     session.finish().await;

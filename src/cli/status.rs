@@ -115,6 +115,20 @@ pub fn print_report(r: &RunReport) {
             s.id,
             s.activity
         );
+        // Stores passed over (pre-flight or download), named with why: the JSON is not
+        // the only place a damaged copy shows.
+        let output = s.output.as_ref();
+        for key in ["passed_over", "skipped"] {
+            for bad in output.and_then(|o| o[key].as_array()).into_iter().flatten() {
+                let why = bad["problem"].as_str().or(bad["reason"].as_str());
+                if let (Some(store), Some(why)) = (bad["store"].as_str(), why) {
+                    println!("  {:width$}    passed over store {store}: {why}", "");
+                }
+            }
+        }
+        if let Some(store) = output.and_then(|o| o["served_by"].as_str()) {
+            println!("  {:width$}    served by store {store}", "");
+        }
     }
     for s in &r.steps {
         if let Some(summary) = s.output.as_ref().and_then(|o| o["summary"].as_str()) {
@@ -133,13 +147,15 @@ pub fn print_report(r: &RunReport) {
 pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
     // Looking creates nothing: no state directory means no runs.
     if !ctx.state.is_dir() {
-        return Ok(no_report(
-            args.json,
-            &format!(
-                "no runs: the state directory {} does not exist (pass --state DIR or set LAZARUS_STATE to where the runs live)",
-                ctx.state.display()
-            ),
-        ));
+        let missing = format!(
+            "the state directory {} does not exist (pass --state DIR or set LAZARUS_STATE to where the runs live)",
+            ctx.state.display()
+        );
+        let message = match &args.run {
+            Some(run) => format!("no run \"{run}\"; `lazarus runs` lists the runs ({missing})"),
+            None => format!("no runs: {missing}"),
+        };
+        return Ok(no_report(args.json, &message));
     }
     let run = args.run.clone();
     let asked = ctx
