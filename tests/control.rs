@@ -109,10 +109,13 @@ fn unknown_run_is_a_clear_error() {
     let sb = Sandbox::new();
     let out = sb.run(&["status", "nope", "--json"]);
     assert_eq!(out.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        common::text(&out).contains("no run \"nope\"; `lazarus runs` lists the runs"),
-        "{}",
-        common::text(&out)
+        answer["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no run \"nope\"; `lazarus runs` lists the runs"),
+        "{answer}"
     );
     let out = sb.run(&["halt", "nope"]);
     assert!(common::text(&out).contains("no run \"nope\""));

@@ -491,7 +491,11 @@ fn bad_inputs_get_clear_errors_and_leave_nothing_under_the_final_name() {
     fx.put_local("a", &object[..object.len() - 50]);
     fx.put_local("b", &object[..object.len() - 50]);
     let out = fx.fetch("m2", &[]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "damaged everywhere: refused, not halted"
+    );
     let error = fx.sb.status("m2")["error"].as_str().unwrap().to_string();
     assert!(error.contains("truncated"), "{error}");
     assert!(
@@ -521,7 +525,7 @@ fn bad_inputs_get_clear_errors_and_leave_nothing_under_the_final_name() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let report = fx.sb.status("m3");
     let error = report["error"].as_str().unwrap().to_string();
     assert!(

@@ -338,7 +338,7 @@ impl Activity for Download {
                 // Damaged in every store: no resume can fix it; another backup can.
                 return Err(if integrity {
                     ActivityError::refused(format!(
-                        "{message}; every copy is damaged there: pick another backup (`lazarus backups` lists them)"
+                        "{message}; every copy fails there — damaged in every store, or encrypted with a key that is not configured: pick another backup (`lazarus backups` lists them) or configure its key"
                     ))
                 } else {
                     ActivityError::retryable(message)
