@@ -109,11 +109,43 @@ fn directory(path: &Path) -> PathBuf {
     }
 }
 
+/// Whether this process may give a file `owner`'s user and group (root may; anyone else
+/// only keeps their own).
+fn can_give(owner: &Ownership) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    me == 0
+        || (me == owner.uid
+            && (nix::unistd::getegid().as_raw() == owner.gid
+                || nix::unistd::getgroups()
+                    .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == owner.gid))))
+}
+
+/// Writes over the file itself: its owner, group and mode stay by construction. Used when
+/// this process may write the file but not give a replacement its owner (not root, not
+/// the owner); not atomic, so it is the fallback, not the rule.
+fn rewrite_in_place(path: &Path, content: &[u8]) -> Result<(), UserFileError> {
+    let fail = |what: &'static str| {
+        let path = path.to_path_buf();
+        move |source| UserFileError::Write { path, what, source }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(fail("opening it for writing"))?;
+    file.write_all(content).map_err(fail("writing it"))?;
+    file.sync_all().map_err(fail("flushing it"))
+}
+
 /// Replaces the content of `path` with `content`, keeping its owner, group and mode: the
 /// new text is written to a private temporary file beside it, given the old file's owner
-/// and mode, flushed, and renamed over it; the directory is flushed too.
+/// and mode, flushed, and renamed over it; the directory is flushed too. A process that
+/// may not give the file its owner writes over it in place instead.
 pub fn rewrite(path: &Path, content: &[u8]) -> Result<(), UserFileError> {
     let owner = check_rewritable(path)?;
+    if !can_give(&owner) {
+        return rewrite_in_place(path, content);
+    }
     let dir = directory(path);
     let name = path
         .file_name()

@@ -168,6 +168,28 @@ impl Pitr {
             .collect()
     }
 
+    /// A `ticks` table, a base backup, then `n` rows committed one by one and archived:
+    /// the (id, commit time) pairs.
+    fn backed_up_with_commits(&self, n: i32) -> Vec<(i32, String)> {
+        let primary = self.a.cluster.port;
+        psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+        let workdir = format!("workdir={}", self.state.path().join("work").display());
+        ok(
+            self.lazarus(&[
+                "run",
+                "base-backup",
+                "--reason",
+                "test",
+                "--param",
+                &workdir,
+            ]),
+            "base backup",
+        );
+        let commits = self.commit_rows(primary, 1..=n);
+        self.archive_now(primary);
+        commits
+    }
+
     /// Switches WAL on a server and waits until the archive has the segment.
     fn archive_now(&self, port: u16) {
         let segment = psql_at(port, "SELECT pg_walfile_name(pg_current_wal_lsn())");
@@ -446,22 +468,7 @@ fn resumes_after_kill_9_mid_download_and_mid_replay() {
 #[test]
 fn a_target_exactly_at_the_last_archived_commit_is_reached() {
     let mut p = Pitr::new();
-    let primary = p.a.cluster.port;
-    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
-    let commits = p.commit_rows(primary, 1..=5);
-    p.archive_now(primary);
+    let commits = p.backed_up_with_commits(5);
     // The window printed ends at the last archived commit, and that very moment plans.
     let last = commits[4].1.clone();
     let plan: Value = serde_json::from_str(&ok(
@@ -486,22 +493,7 @@ fn a_target_exactly_at_the_last_archived_commit_is_reached() {
 #[test]
 fn a_planned_segment_missing_from_every_store_is_refused_before_anything_is_restored() {
     let p = Pitr::new();
-    let primary = p.a.cluster.port;
-    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
-    let commits = p.commit_rows(primary, 1..=4);
-    p.archive_now(primary);
+    let commits = p.backed_up_with_commits(4);
     let target = commits[1].1.clone();
     let plan: Value = serde_json::from_str(&ok(
         p.lazarus(&["pitr", "plan", "--to", &target, "--json"]),
@@ -543,22 +535,7 @@ fn a_planned_segment_missing_from_every_store_is_refused_before_anything_is_rest
 #[test]
 fn pitr_runs_on_the_embedded_default_with_keys_from_the_environment() {
     let mut p = Pitr::new();
-    let primary = p.a.cluster.port;
-    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
-    let commits = p.commit_rows(primary, 1..=6);
-    p.archive_now(primary);
+    let commits = p.backed_up_with_commits(6);
     // A new host with no lazarus.toml: the embedded default's store (STATE/store) holds a
     // copy of the archive, and the keys come from LAZARUS_KEYS.
     let state = p.a.cluster.root.join("embedded-state");

@@ -136,6 +136,22 @@ impl World {
             .to_string()
     }
 
+    /// The object key and size of backup `id`, from `backups --json`.
+    fn backup_key_and_size(&self, id: &str) -> (String, u64) {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["backups", "--json"])).unwrap();
+        let backup = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("backup {id} not listed: {list}"));
+        (
+            backup["key"].as_str().unwrap().to_string(),
+            backup["size"].as_u64().unwrap(),
+        )
+    }
+
     fn through_bouncer(&self, sql: &str) -> String {
         self.pg.psql_at(self.bouncer.port, DB, sql)
     }
@@ -531,20 +547,7 @@ fn bad_inputs_get_clear_errors_and_touch_nothing_live() {
     w.ok(&["cancel", "b5"]);
 
     // Corrupted on every store: the download refuses every copy.
-    let (key, size) = {
-        let list: serde_json::Value = serde_json::from_str(&w.ok(&["backups", "--json"])).unwrap();
-        let b = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["id"] == id.as_str())
-            .unwrap()
-            .clone();
-        (
-            b["key"].as_str().unwrap().to_string(),
-            b["size"].as_u64().unwrap(),
-        )
-    };
+    let (key, size) = w.backup_key_and_size(&id);
     let local = w.sb.path().join("local-store").join(&key);
     let mut bytes = std::fs::read(&local).unwrap();
     bytes[100] ^= 1;
@@ -573,16 +576,7 @@ fn damaged_copies_in_the_first_stores_are_passed_over_before_anything_is_downloa
     let w = World::new(1, None);
     let original = w.pg.checksums(DB);
     let id = w.verified_backup();
-    let list: serde_json::Value = serde_json::from_str(&w.ok(&["backups", "--json"])).unwrap();
-    let backup = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == id.as_str())
-        .unwrap()
-        .clone();
-    let key = backup["key"].as_str().unwrap().to_string();
-    let size = backup["size"].as_u64().unwrap();
+    let (key, size) = w.backup_key_and_size(&id);
     let good = std::fs::read(w.sb.path().join("local-store").join(&key)).unwrap();
     // r2 (moto) holds half the file; b2 (s3s) the whole size, its index flipped.
     common::s3::put_object(

@@ -40,41 +40,10 @@ fn fetched(a: &Archiving, state: &Path, segment: &str, dest: &Path) -> Vec<u8> {
 
 /// (lsn, kind, time in µs) of every commit/abort pg_waldump finds in one segment file.
 fn waldump_xacts(file: &Path) -> Vec<(String, String, i64)> {
-    let out = Command::new(
-        Tools::new(None)
-            .path("pg_waldump")
-            .expect("pg_waldump (Debian: apt-get install postgresql)"),
-    )
-    .args(["--rmgr=Transaction"])
-    .arg(file)
-    .env("TZ", "UTC")
-    .output()
-    .expect("run pg_waldump");
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(lsn) = line.split("lsn: ").nth(1).and_then(|s| s.split(',').next()) else {
-            continue;
-        };
-        let Some(desc) = line.split("desc: ").nth(1) else {
-            continue;
-        };
-        let mut words = desc.splitn(2, ' ');
-        let kind = words.next().unwrap_or("").to_string();
-        if kind != "COMMIT" && kind != "ABORT" {
-            continue;
-        }
-        let rest = words.next().unwrap_or("");
-        let stamp: String = rest.split(';').next().unwrap_or("").trim().to_string();
-        let time = chrono::NaiveDateTime::parse_from_str(
-            stamp.trim_end_matches(" UTC"),
-            "%Y-%m-%d %H:%M:%S%.f",
-        )
-        .unwrap_or_else(|e| panic!("pg_waldump time {stamp:?}: {e}"))
-        .and_utc()
-        .timestamp_micros();
-        found.push((lsn.to_string(), kind, time));
-    }
-    found
+    waldump_xacts_across(file, None)
+        .into_iter()
+        .map(|(lsn, _, kind, time)| (lazarus::wal::Lsn(lsn).to_string(), kind, time))
+        .collect()
 }
 
 #[test]
@@ -151,8 +120,9 @@ fn wal_reader_agrees_with_pg_waldump_on_commit_times() {
 }
 
 /// (lsn, total length, kind, time in µs) of every commit/abort pg_waldump reads from the
-/// segment files `first` to `last` (records that cross from one into the next included).
-fn waldump_xacts_across(first: &Path, last: &Path) -> Vec<(u64, u64, String, i64)> {
+/// segment file `first`, or from `first` to `last` (records that cross from one into the
+/// next included).
+fn waldump_xacts_across(first: &Path, last: Option<&Path>) -> Vec<(u64, u64, String, i64)> {
     let out = Command::new(
         Tools::new(None)
             .path("pg_waldump")
@@ -160,7 +130,7 @@ fn waldump_xacts_across(first: &Path, last: &Path) -> Vec<(u64, u64, String, i64
     )
     .args(["--rmgr=Transaction"])
     .arg(first)
-    .arg(last)
+    .args(last)
     .env("TZ", "UTC")
     .output()
     .expect("run pg_waldump");
@@ -239,7 +209,7 @@ fn a_transaction_end_that_crosses_a_segment_boundary_belongs_to_the_segment_it_s
             let name = |n: u64| format!("{}{:08X}{:08X}", &current[..8], n >> 8, n & 0xFF);
             let (before, after) = (a.pg_wal().join(name(segno - 1)), a.pg_wal().join(&current));
             let boundary = segno << 24;
-            let theirs = waldump_xacts_across(&before, &after);
+            let theirs = waldump_xacts_across(&before, Some(&after));
             if let Some(x) = theirs
                 .iter()
                 .find(|x| x.2 == kind && x.0 < boundary && x.0 + x.1 > boundary)

@@ -307,6 +307,9 @@ impl Activity for Download {
         // A copy whose whole-object check failed is bad everywhere; a damaged chunk only
         // rules its store out for that chunk: later chunks may still come from it.
         let mut bad = vec![false; order.len()];
+        // Copies found damaged as a whole (a legacy token's HMAC, the manifest's checksum),
+        // as opposed to stores that could not be read.
+        let mut damaged = vec![false; order.len()];
         let mut bad_at: Vec<std::collections::BTreeSet<u64>> =
             vec![Default::default(); order.len()];
         let mut current = start_at;
@@ -328,7 +331,7 @@ impl Activity for Download {
                     .iter()
                     .map(|s| format!("{}: {}", s.store, s.reason))
                     .collect();
-                let integrity = (0..order.len()).all(|i| bad[i] || bad_at[i].contains(&offset));
+                let integrity = (0..order.len()).all(|i| damaged[i] || bad_at[i].contains(&offset));
                 let message = format!(
                     "no store could serve a good copy of {} ({})",
                     inputs.key,
@@ -455,6 +458,7 @@ impl Activity for Download {
                     for source in &progress.sources {
                         if let Some(i) = order.iter().position(|s| s.name() == source.store) {
                             bad[i] = true;
+                            damaged[i] = true;
                         }
                     }
                     let served: Vec<String> =

@@ -290,12 +290,12 @@ impl Activity for UnpackBaseBackup {
                     _ => work.clone(),
                 };
                 reach::grant_traverse(&dir, &within, uid.as_raw(), gid.as_raw())
-                    .map_err(ActivityError::refused)?
+                    .map_err(ActivityError::permanent)?
             }
             (Some((uid, gid)), _) => {
                 let blocked = reach::blocked_ancestors(&dir, uid.as_raw(), gid.as_raw());
                 if let Some(first) = blocked.first() {
-                    return Err(ActivityError::refused(format!(
+                    return Err(ActivityError::permanent(format!(
                         "the server's user cannot reach {}: {} blocks it; pick a data_dir that user can reach (e.g. under /var/lib/postgresql)",
                         dir.display(),
                         first.display()
@@ -497,7 +497,7 @@ impl StartRecovery {
         let keys = self
             .services
             .keys()
-            .map_err(|e| ActivityError::refused(e.to_string()))?;
+            .map_err(|e| ActivityError::permanent(e.to_string()))?;
         let owner = if running_as_root() {
             let (uid, gid) = postgres_ids().map_err(pg_failure)?;
             Some((uid.as_raw(), gid.as_raw()))
@@ -517,11 +517,12 @@ impl StartRecovery {
                     Some(state) if state.join("owner.pid").exists() => state.to_path_buf(),
                     _ => root.clone(),
                 };
-                reach::grant_traverse(&root, &within, uid, gid).map_err(ActivityError::refused)?;
+                reach::grant_traverse(&root, &within, uid, gid)
+                    .map_err(ActivityError::permanent)?;
             }
         }
         let written = RestoreConfig::write(data, &self.services.stores, &keys, owner)
-            .map_err(ActivityError::refused)?;
+            .map_err(ActivityError::permanent)?;
         Ok(written.config)
     }
 }
@@ -676,7 +677,7 @@ impl Activity for StartRecovery {
                         &data,
                     )
                 })
-                .map_err(ActivityError::refused)?;
+                .map_err(ActivityError::permanent)?;
             }
             let timeline = inputs
                 .timeline
@@ -704,8 +705,9 @@ impl Activity for StartRecovery {
                 .ok_or_else(|| ActivityError::permanent("target time out of range"))?;
             // The last archived transaction end has no later record to stop before: stop
             // right after it, by its position.
+            // (Exclusive, the time target stops before that very record, which exists.)
             let (target_line, inclusive) = match inputs.stop_lsn.as_deref().map(str::trim) {
-                Some(lsn) if !lsn.is_empty() => {
+                Some(lsn) if !lsn.is_empty() && inputs.inclusive => {
                     (format!("recovery_target_lsn = {}", quote(lsn)), true)
                 }
                 _ => (

@@ -289,12 +289,13 @@ impl RunReport {
         }
     }
 
-    /// Whether the run can still change (not succeeded, rolled back or cancelled).
+    /// Whether the run can no longer change: succeeded, rolled back, cancelled, or failed
+    /// for good (a refused input ends the run; a failed rollback has no end yet).
     pub fn is_finished(&self) -> bool {
         matches!(
             self.status.as_str(),
             "succeeded" | "rolled_back" | "cancelled"
-        )
+        ) || (self.status == "failed" && self.ended_at.is_some())
     }
 }
 

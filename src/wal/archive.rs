@@ -91,6 +91,12 @@ pub struct WalManifest {
     /// that record needs the next segment too.
     #[serde(default)]
     pub runs_off: bool,
+    /// That record is a transaction end (its time counts in this segment's).
+    #[serde(default)]
+    pub runs_off_xact: bool,
+    /// With `runs_off_xact`: the latest transaction end that ends in this segment.
+    #[serde(default)]
+    pub last_complete_xact_time: Option<String>,
     /// The cluster's system identifier (segments).
     pub system_id: Option<String>,
     /// PostgreSQL major version that wrote it (segments).
@@ -477,6 +483,8 @@ fn encode_file(
         aborts: 0,
         switched: false,
         runs_off: false,
+        runs_off_xact: false,
+        last_complete_xact_time: None,
         system_id: None,
         server_version: None,
         history: Vec::new(),
@@ -533,6 +541,8 @@ fn encode_file(
             manifest.aborts = scan.aborts;
             manifest.switched = scan.switched;
             manifest.runs_off = scan.runs_off;
+            manifest.runs_off_xact = scan.runs_off_xact;
+            manifest.last_complete_xact_time = scan.last_complete_xact_time.map(micros_to_rfc3339);
             manifest.last_xact_lsn = scan.last_xact_lsn.map(|l| l.to_string());
             manifest.system_id = Some(scan.system_id.to_string());
             manifest.server_version = Some(scan.server_version);

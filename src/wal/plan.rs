@@ -148,6 +148,19 @@ pub enum PlanError {
         /// What is covered.
         window: Window,
     },
+    /// The transaction end that decides the target continues into a segment that is not
+    /// archived yet: replay could not read it.
+    #[error(
+        "the first transaction end at or after {target} continues into segment {next}, which is not archived yet: wait until it is (`lazarus wal status`), or pick a target before {reachable}"
+    )]
+    Unfinished {
+        /// The target.
+        target: String,
+        /// The segment replay would need.
+        next: String,
+        /// The latest moment reachable without it.
+        reachable: String,
+    },
     /// The chain has a hole.
     #[error(
         "WAL segments {first} to {last} are missing from the archive, so base backup {backup} cannot replay to {target}; this archive covers {window} without crossing the gap — take a new base backup, or pick a target before the gap"
@@ -302,13 +315,13 @@ pub fn plan(
         if let Some(&(time, segno)) = candidates.iter().min_by_key(|(_, s)| *s) {
             // A record that starts in the segment and ends in the next (a commit with many
             // subtransactions) is read whole only with the next segment at hand.
-            let runs_off = catalog
-                .segment(archive, tli, segno)?
-                .is_some_and(|m| m.runs_off);
-            let end = if runs_off
-                && segno < last
-                && catalog.segment(archive, tli, segno + 1)?.is_some()
-            {
+            let manifest = catalog.segment(archive, tli, segno)?;
+            let next_archived = catalog.segment(archive, tli, segno + 1)?.is_some();
+            if let Some(m) = &manifest {
+                unfinished(m, target, next_archived, segment_size)?;
+            }
+            let runs_off = manifest.as_ref().is_some_and(|m| m.runs_off);
+            let end = if runs_off && segno < last && next_archived {
                 segno + 1
             } else {
                 segno
@@ -325,7 +338,7 @@ pub fn plan(
         // The target is the last archived transaction end: nothing later passes it, so
         // replay stops right after the last such record instead.
         (None, Some((time, tli, segno))) if time == target => {
-            let (end, lsn) = last_transaction_end(catalog, archive, tli, segno)?;
+            let (end, lsn) = last_transaction_end(catalog, archive, tli, segno, target)?;
             let Some(lsn) = lsn else {
                 return Err(PlanError::AfterWindow {
                     target: target_text,
@@ -433,20 +446,61 @@ fn last_transaction_end(
     archive: &str,
     timeline: u32,
     segno: u64,
+    target: i64,
 ) -> Result<(u64, Option<String>), PlanError> {
-    let mut last = (segno, None, false);
+    let mut last = (segno, None);
     let mut next = segno;
     while let Some(m) = catalog.segment(archive, timeline, next)? {
         if m.commits + m.aborts > 0 || next == segno {
-            last = (next, m.last_xact_lsn.clone(), m.runs_off);
+            last = (next, Some(m));
         }
         next += 1;
     }
-    let (mut end, lsn, runs_off) = last;
-    if runs_off && catalog.segment(archive, timeline, end + 1)?.is_some() {
+    let (mut end, manifest) = last;
+    let Some(m) = manifest else {
+        return Ok((end, None));
+    };
+    let next_archived = catalog.segment(archive, timeline, end + 1)?.is_some();
+    unfinished(
+        &m,
+        target,
+        next_archived,
+        m.segment_size.unwrap_or(super::names::DEFAULT_SEGMENT_SIZE),
+    )?;
+    if m.runs_off && next_archived {
         end += 1;
     }
-    Ok((end, lsn))
+    Ok((end, m.last_xact_lsn.clone()))
+}
+
+/// Refuses a stop at segment `m` when the transaction end that would stop replay is the
+/// record running into the next segment, and that segment is not archived.
+fn unfinished(
+    m: &super::archive::WalManifest,
+    target: i64,
+    next_archived: bool,
+    segment_size: u64,
+) -> Result<(), PlanError> {
+    if !m.runs_off_xact || next_archived {
+        return Ok(());
+    }
+    let complete = m
+        .last_complete_xact_time
+        .as_deref()
+        .and_then(super::archive::rfc3339_to_micros);
+    if complete.is_some_and(|c| c > target) {
+        return Ok(());
+    }
+    let next = SegmentName {
+        timeline: m.timeline,
+        segno: m.segno.unwrap_or(0) + 1,
+    }
+    .file_name(segment_size);
+    Err(PlanError::Unfinished {
+        target: micros_to_rfc3339(target),
+        next,
+        reachable: complete.map_or_else(|| format!("the start of {}", m.file), micros_to_rfc3339),
+    })
 }
 
 /// A synthetic archive for tests and benchmarks: `segments` segments on timeline 1, one
@@ -488,6 +542,8 @@ pub fn synthetic_archive(
             aborts: 0,
             switched: false,
             runs_off: false,
+            runs_off_xact: false,
+            last_complete_xact_time: None,
             system_id: Some("1".into()),
             server_version: Some(15),
             history: Vec::new(),
@@ -538,6 +594,53 @@ mod tests {
             plan(&c, "main", last + 1, TimelineChoice::Latest, &[backup]),
             Err(PlanError::AfterWindow { .. })
         ));
+    }
+
+    #[test]
+    fn a_transaction_end_running_into_an_unarchived_segment_is_not_promised() {
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 20, T0, 60).unwrap();
+        let size = super::super::names::DEFAULT_SEGMENT_SIZE;
+        // Segment 20's last record is a commit that continues into 21, not archived yet.
+        let mut last = c.segment("main", 1, 20).unwrap().unwrap();
+        let complete = T0 + 19 * 60_000_000 + 30_000_000;
+        last.runs_off = true;
+        last.runs_off_xact = true;
+        last.last_complete_xact_time = Some(micros_to_rfc3339(complete));
+        c.insert(&last).unwrap();
+        // Before the last complete commit: an earlier record of segment 20 stops replay.
+        let fine = plan_from(&c, complete - 1, &backup);
+        assert_eq!(fine.chain.last().unwrap().last_segno, 20);
+        // After it, only the unfinished record would: refused, naming segment 21.
+        let err = plan(
+            &c,
+            "main",
+            complete + 1,
+            TimelineChoice::Latest,
+            std::slice::from_ref(&backup),
+        )
+        .unwrap_err()
+        .to_string();
+        let next = SegmentName {
+            timeline: 1,
+            segno: 21,
+        }
+        .file_name(size);
+        assert!(
+            err.contains(&next) && err.contains("not archived yet"),
+            "{err}"
+        );
+        let at_end = plan(
+            &c,
+            "main",
+            T0 + 20 * 60_000_000 - 1,
+            TimelineChoice::Latest,
+            &[backup],
+        );
+        assert!(
+            matches!(at_end, Err(PlanError::Unfinished { .. })),
+            "{at_end:?}"
+        );
     }
 
     fn plan_from(c: &WalCatalog, target: i64, backup: &BaseBackup) -> PitrPlan {

@@ -117,6 +117,13 @@ pub struct SegmentScan {
     /// at it) needs that segment too.
     #[serde(default)]
     pub runs_off: bool,
+    /// That record is a transaction end: stopping at it needs the next segment.
+    #[serde(default)]
+    pub runs_off_xact: bool,
+    /// With `runs_off_xact`: the latest transaction end among the records that end in this
+    /// segment (what replay can reach without the next one).
+    #[serde(default)]
+    pub last_complete_xact_time: Option<i64>,
     /// Every transaction end, when asked for.
     pub xacts: Vec<XactRecord>,
 }
@@ -255,6 +262,8 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         switched: false,
         ends_early: false,
         runs_off: false,
+        runs_off_xact: false,
+        last_complete_xact_time: None,
         xacts: Vec::new(),
     };
 
@@ -305,7 +314,13 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
                         if record[17] == RM_XACT_ID
                             && let Some(main) = leading_main_data(&record)
                         {
+                            let before = scan.commits + scan.aborts;
+                            let complete = scan.last_xact_time;
                             note_xact(&mut scan, &record, main, record_lsn, record[16], options);
+                            scan.runs_off_xact = scan.commits + scan.aborts > before;
+                            if scan.runs_off_xact {
+                                scan.last_complete_xact_time = complete;
+                            }
                         }
                     }
                     scan.end_lsn = Lsn(start + segment_size);
@@ -428,7 +443,10 @@ fn header_is_plausible(record: &[u8], prev: Option<u64>) -> bool {
     let (Some(total), Some(link)) = (u32_at(record, 0), u64_at(record, 8)) else {
         return false;
     };
-    (total as usize) > record.len()
+    // The whole header is needed (rmid and info are at 16 and 17); PostgreSQL may split a
+    // header across the segment end, and then this segment cannot say what the record is.
+    record.len() >= RECORD_HEADER
+        && (total as usize) > record.len()
         && (RECORD_HEADER..=MAX_RECORD).contains(&(total as usize))
         && prev.is_none_or(|p| p == link)
 }
@@ -710,6 +728,17 @@ mod tests {
             last + RECORD_HEADER as u64 > PAGE as u64,
             "the last commit's header straddles a page ({last})"
         );
+    }
+
+    #[test]
+    fn a_header_split_by_the_segment_end_is_not_read_past_the_bytes_there() {
+        // A record that starts 16 bytes before the segment's end: the first 16 bytes of its
+        // header (length, xid, back link) are all this segment holds.
+        let mut partial = vec![0u8; 16];
+        partial[0..4].copy_from_slice(&100u32.to_le_bytes());
+        assert!(!header_is_plausible(&partial, None));
+        partial.resize(RECORD_HEADER, 0);
+        assert!(header_is_plausible(&partial, None));
     }
 
     #[test]

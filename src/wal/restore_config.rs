@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use crate::crypto::Keyring;
 use crate::storage::StoreSet;
 
+/// How long fetching one segment as the server's user may take before the check gives up.
+const FETCH_CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// File names inside the data directory.
 const CONFIG_NAME: &str = "lazarus-restore.toml";
 const KEYS_NAME: &str = "lazarus-restore.keys";
@@ -127,7 +130,7 @@ pub fn check_fetch(
     } else {
         std::process::Command::new(exe)
     };
-    let out = cmd
+    let mut child = cmd
         .arg("--config")
         .arg(config)
         .arg("--state")
@@ -135,8 +138,27 @@ pub fn check_fetch(
         .args(["wal", "fetch", "--archive", archive, segment])
         .arg(&dest)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {exe} to check restore_command: {e}"))?;
+    // A store that hangs must not hang the step: one segment takes seconds, not minutes.
+    let deadline = std::time::Instant::now() + FETCH_CHECK_LIMIT;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&dest);
+            return Err(format!(
+                "restore_command would hang: `lazarus wal fetch {segment}` run as the server's user did not finish in {}s; check that its stores answer (`lazarus storage check`)",
+                FETCH_CHECK_LIMIT.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot read the check's output: {e}"))?;
     let _ = std::fs::remove_file(&dest);
     if out.status.success() {
         return Ok(());
