@@ -153,3 +153,15 @@ fn looking_creates_no_state_and_json_stays_json() {
     assert!(run["error"].as_str().unwrap().contains("exit"), "{run}");
     assert!(run.get("ended_at").is_some(), "{run}");
 }
+
+#[test]
+fn help_pages_show_examples() {
+    let sb = Sandbox::new();
+    for command in ["recover", "backup", "drill", "run", "resume", "rollback"] {
+        let help = sb.ok(&[command, "--help"]);
+        assert!(
+            help.contains("Example"),
+            "{command} --help has no example:\n{help}"
+        );
+    }
+}

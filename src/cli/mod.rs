@@ -52,14 +52,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a run of a workflow (a file, ./workflows/NAME.toml, or a built-in runbook).
+    #[command(
+        after_help = "Examples:\n  lazarus run example --reason \"trying lazarus\"\n  lazarus run base-backup --reason nightly\n  lazarus run my-runbook.toml --reason \"...\" -p database=shop --halt-before cutover"
+    )]
     Run(execute::RunArgs),
     /// Continue a halted, failed or interrupted run from its journal.
+    #[command(
+        after_help = "Examples:\n  lazarus resume disaster-recovery-3f2a1c\n  lazarus resume RUN --detach"
+    )]
     Resume(execute::ResumeArgs),
     /// Halt a run at the next step boundary (or at once with --now).
     Halt(manage::HaltArgs),
     /// Approve the step a run waits at.
     Approve(manage::ApproveArgs),
     /// Undo a run: compensations of its completed steps, newest first.
+    #[command(
+        after_help = "Example:\n  lazarus rollback RUN --reason \"wrong backup: traffic back to the old database\""
+    )]
     Rollback(execute::RollbackArgs),
     /// Stop a run for good, without compensation.
     Cancel(manage::CancelArgs),
@@ -74,6 +83,9 @@ pub enum Command {
     /// List the activities steps can use, with their inputs.
     Activities,
     /// Back up a database (pg_dump, zstd, encrypt, every store), or import an old backup.
+    #[command(
+        after_help = "Examples:\n  lazarus backup --database shop\n  lazarus backup import old.dump.gz.enc --database shop\n\nExit status 6: the backup landed in fewer stores than are configured."
+    )]
     Backup(backups::BackupArgs),
     /// List backups (from the catalog; rebuilt from the stores when empty).
     Backups(backups::BackupsArgs),
@@ -81,8 +93,14 @@ pub enum Command {
     #[command(subcommand)]
     Catalog(backups::CatalogCommand),
     /// Restore a backup into a scratch database, check it, mark it VERIFIED or FAILED.
+    #[command(
+        after_help = "Examples:\n  lazarus drill --database shop\n  lazarus drill --database shop --backup shop-20261124T213500Z"
+    )]
     Drill(backups::DrillArgs),
     /// Recover a database: the disaster-recovery runbook (restore beside, check, cut over).
+    #[command(
+        after_help = "Examples:\n  lazarus recover --database shop --reason \"primary lost its disk\"\n  lazarus recover --database shop --backup shop-20261124T213500Z --reason \"...\" -p cutover=none\n  lazarus recover --database shop --reason \"...\" --halt-before cutover\n  lazarus recover --to 2026-11-24T02:14:00Z --database shop --reason \"bad migration at 02:15\"\n\n`lazarus workflows` lists every -p parameter of the runbooks and their step ids."
+    )]
     Recover(backups::RecoverArgs),
     /// Write a commented example lazarus.toml.
     Init(setup::InitArgs),
