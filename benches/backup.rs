@@ -18,7 +18,7 @@
 //! Run: `cargo bench --bench backup` (LAZARUS_BENCH_SCALE overrides the pgbench scale).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -33,34 +33,6 @@ fn env(cmd: &mut Command, port: u16) -> &mut Command {
         .env("PGPORT", port.to_string())
         .env("PGUSER", "postgres")
         .env_remove("PGDATABASE")
-}
-
-fn load(tools: &Tools, sql: &Sql, port: u16, db: &str, scale: u32, rows: u32) {
-    sql.execute("postgres", &format!("CREATE DATABASE {db}"))
-        .unwrap();
-    let ok = env(
-        Command::new(tools.path("pgbench").unwrap()).args([
-            "-i",
-            "-q",
-            "-s",
-            &scale.to_string(),
-            db,
-        ]),
-        port,
-    )
-    .stderr(Stdio::null())
-    .status()
-    .unwrap();
-    assert!(ok.success());
-    sql.execute(
-        db,
-        &format!(
-            "CREATE TABLE notes (id int PRIMARY KEY, body text); \
-             INSERT INTO notes SELECT g, md5(g::text || random()::text) || md5(random()::text) \
-             || md5(random()::text) || md5(random()::text) FROM generate_series(1, {rows}) g; ANALYZE"
-        ),
-    )
-    .unwrap();
 }
 
 fn best_and_median(mut v: Vec<Duration>) -> (f64, f64) {
@@ -92,8 +64,8 @@ fn main() {
 
     eprintln!("loading pgbench -s {scale} + 3M md5 rows, and a database a tenth the size");
     let started = Instant::now();
-    load(&tools, &sql, port, "bench", scale, 3_000_000);
-    load(&tools, &sql, port, "small", (scale / 10).max(1), 300_000);
+    common::load_dataset(&tools, &sql, port, "bench", scale, 3_000_000);
+    common::load_dataset(&tools, &sql, port, "small", (scale / 10).max(1), 300_000);
     let size = |db: &str| -> u64 {
         sql.scalar(db, &format!("SELECT pg_database_size('{db}')"))
             .unwrap()
@@ -108,35 +80,9 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let key_file = root.join("keys");
-    let lz = env!("CARGO_BIN_EXE_lazarus");
-    let config = root.join("lazarus.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    let lazarus = |args: &[&str]| {
-        let mut cmd = Command::new(lz);
-        cmd.current_dir(&root)
-            .arg("--state")
-            .arg(root.join("state"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("LAZARUS_KEYS")
-            .stderr(Stdio::null());
-        cmd
-    };
-    assert!(
-        lazarus(&["key", "generate", "--file", key_file.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let bench_lazarus = common::BenchLazarus::new(&root, port);
+    let key_file = bench_lazarus.key_file.clone();
+    let lazarus = |args: &[&str]| bench_lazarus.cmd(args);
     let key = std::fs::read_to_string(&key_file)
         .unwrap()
         .lines()

@@ -18,7 +18,7 @@
 //! Run: `cargo bench --bench recovery` (LAZARUS_BENCH_SCALE overrides the pgbench scale).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -63,29 +63,7 @@ fn main() {
 
     eprintln!("loading pgbench -s {scale} and 3M rows of random md5 text");
     let started = Instant::now();
-    sql.execute("postgres", &format!("CREATE DATABASE {DB}"))
-        .unwrap();
-    let ok = env(
-        Command::new(tools.path("pgbench").unwrap()).args([
-            "-i",
-            "-q",
-            "-s",
-            &scale.to_string(),
-            DB,
-        ]),
-        port,
-    )
-    .stderr(Stdio::null())
-    .status()
-    .unwrap();
-    assert!(ok.success());
-    sql.execute(
-        DB,
-        "CREATE TABLE notes (id int PRIMARY KEY, body text); \
-         INSERT INTO notes SELECT g, md5(g::text || random()::text) || md5(random()::text) \
-         || md5(random()::text) || md5(random()::text) FROM generate_series(1, 3000000) g; ANALYZE",
-    )
-    .unwrap();
+    common::load_dataset(&tools, &sql, port, DB, scale, 3_000_000);
     let size = sql
         .scalar(DB, &format!("SELECT pg_database_size('{DB}')"))
         .unwrap()
@@ -113,35 +91,9 @@ fn main() {
     assert!(ok.success());
 
     // Lazarus's backup, in its local store.
-    let key_file = root.join("keys");
-    let lz = env!("CARGO_BIN_EXE_lazarus");
-    let config = root.join("lazarus.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    let lazarus = |args: &[&str]| {
-        let mut cmd = Command::new(lz);
-        cmd.current_dir(&root)
-            .arg("--state")
-            .arg(root.join("state"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("LAZARUS_KEYS")
-            .stderr(Stdio::null());
-        cmd
-    };
-    assert!(
-        lazarus(&["key", "generate", "--file", key_file.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let bench_lazarus = common::BenchLazarus::new(&root, port);
+    let key_file = bench_lazarus.key_file.clone();
+    let lazarus = |args: &[&str]| bench_lazarus.cmd(args);
     let work = format!("workdir={}", root.join("work").display());
     assert!(
         lazarus(&["backup", "--database", DB, "--param", &work])

@@ -266,22 +266,7 @@ fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
 #[test]
 fn recovers_to_exact_moments_across_three_timelines() {
     let mut p = Pitr::new();
-    let primary = p.a.cluster.port;
-    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
-    let commits = p.commit_rows(primary, 1..=12);
-    p.archive_now(primary);
+    let commits = p.backed_up_with_commits(12);
 
     // The plan, before anything moves.
     let t1 = commits[5].1.clone();

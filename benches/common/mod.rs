@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each benchmark uses its own subset
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,4 +64,89 @@ pub fn measure(cmd: &mut Command) -> (Duration, u64) {
 /// Bytes as MiB.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
+}
+
+/// Lazarus as a benchmark runs it: a key file and a configuration in `root` with one local
+/// store and the server on `port`; commands use them and no key from the environment.
+pub struct BenchLazarus {
+    /// Where it works.
+    pub root: PathBuf,
+    /// lazarus.toml.
+    pub config: PathBuf,
+    /// The key file it names.
+    pub key_file: PathBuf,
+}
+
+impl BenchLazarus {
+    /// Writes the configuration and generates the key.
+    pub fn new(root: &Path, port: u16) -> BenchLazarus {
+        let key_file = root.join("keys");
+        let config = root.join("lazarus.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        let lazarus = BenchLazarus {
+            root: root.to_path_buf(),
+            config,
+            key_file,
+        };
+        let key = lazarus.key_file.display().to_string();
+        run_ok(
+            &mut lazarus.cmd(&["key", "generate", "--file", &key]),
+            "key generate",
+        );
+        lazarus
+    }
+
+    /// `lazarus ARGS` with this state directory and configuration; stderr discarded.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazarus"));
+        cmd.current_dir(&self.root)
+            .arg("--state")
+            .arg(self.root.join("state"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("LAZARUS_KEYS")
+            .stderr(Stdio::null());
+        cmd
+    }
+}
+
+/// The recovery benchmarks' data in a new database `db`: `pgbench -i -s SCALE` plus a `notes`
+/// table of `rows` rows of four random md5s (about 1.4 GB at scale 60 and 3 million rows).
+pub fn load_dataset(
+    tools: &lazarus::pg::Tools,
+    sql: &lazarus::pg::sql::Sql,
+    port: u16,
+    db: &str,
+    scale: u32,
+    rows: u32,
+) {
+    sql.execute("postgres", &format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let ok = Command::new(tools.path("pgbench").unwrap())
+        .args(["-i", "-q", "-s", &scale.to_string(), db])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "postgres")
+        .env_remove("PGDATABASE")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pgbench -i failed");
+    sql.execute(
+        db,
+        &format!(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text); \
+             INSERT INTO notes SELECT g, md5(g::text || random()::text) || md5(random()::text) \
+             || md5(random()::text) || md5(random()::text) FROM generate_series(1, {rows}) g; ANALYZE"
+        ),
+    )
+    .unwrap();
 }
