@@ -363,7 +363,7 @@ impl Activity for SelectBackup {
         checks.push(format!(
             "present in {} ({} bytes)",
             copy.store.name(),
-            copy.size
+            manifest.size
         ));
         match (&copy.key_id, manifest.format.as_str()) {
             (Some(key), "chunked") => checks.push(format!("key {key} decrypts its index")),

@@ -65,8 +65,6 @@ impl fmt::Display for BadCopy {
 pub struct GoodCopy {
     /// The first store whose copy checked out.
     pub store: Arc<dyn ObjectStore>,
-    /// Its size.
-    pub size: u64,
     /// The key that decrypts it, when the format names one.
     pub key_id: Option<String>,
     /// Stores tried first whose copies cannot serve, in order.
@@ -157,12 +155,12 @@ async fn read_range(
 }
 
 /// Checks one store's copy: its size, and for the chunked format its trailer and the
-/// authenticated index (a ranged read of the file's end, a few KiB).
+/// authenticated index (a ranged read of the file's end, a few KiB); the key that reads it.
 async fn check_copy(
     store: &dyn ObjectStore,
     manifest: &Manifest,
     keys: &Keyring,
-) -> Result<(u64, Option<String>), CopyProblem> {
+) -> Result<Option<String>, CopyProblem> {
     let meta = match store.head(&manifest.key).await {
         Ok(Some(meta)) => meta,
         Ok(None) | Err(StorageError::NotFound { .. }) => return Err(CopyProblem::Missing),
@@ -175,7 +173,7 @@ async fn check_copy(
         });
     }
     if manifest.format != "chunked" {
-        return Ok((meta.size, manifest.key_id.clone()));
+        return Ok(manifest.key_id.clone());
     }
     let tail = read_range(
         store,
@@ -212,7 +210,7 @@ async fn check_copy(
             "its authenticated index does not match the manifest (a different backup under this name?)".into(),
         ));
     }
-    Ok((meta.size, Some(trailer.key_id)))
+    Ok(Some(trailer.key_id))
 }
 
 /// Finds the first store, in failover order, whose copy of the backup checks out; the
@@ -235,10 +233,9 @@ pub async fn find_good_copy(
     let mut passed_over = Vec::new();
     for store in stores.stores() {
         match check_copy(store.as_ref(), manifest, keys).await {
-            Ok((size, key_id)) => {
+            Ok(key_id) => {
                 return Ok(GoodCopy {
                     store: Arc::clone(store),
-                    size,
                     key_id,
                     passed_over,
                 });
