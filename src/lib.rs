@@ -16,6 +16,7 @@ pub mod owner;
 pub mod parallel;
 pub mod pg;
 pub mod runbooks;
+pub mod size;
 pub mod storage;
 pub mod userfile;
 pub mod wal;

@@ -165,3 +165,28 @@ fn help_pages_show_examples() {
         );
     }
 }
+
+#[test]
+fn an_empty_listing_says_which_configuration_and_stores_it_looked_in() {
+    let sb = Sandbox::new();
+    let shown = sb.ok(&["backups"]);
+    assert!(
+        shown.contains("embedded default configuration") && shown.contains("local"),
+        "{shown}"
+    );
+    let shown = sb.ok(&["wal", "list"]);
+    assert!(
+        shown.contains("nothing archived") && shown.contains("embedded default"),
+        "{shown}"
+    );
+
+    let config = sb.write(
+        "lazarus.toml",
+        "[[stores]]\nname = \"nas\"\nkind = \"local\"\npath = \"nas-store\"\n",
+    );
+    let shown = sb.ok(&["backups"]);
+    assert!(
+        shown.contains(&config.display().to_string()) && shown.contains("nas"),
+        "{shown}"
+    );
+}

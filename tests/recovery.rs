@@ -200,7 +200,7 @@ fn recovery_restores_identical_content_and_traffic_reaches_it_until_rolled_back(
 /// Polls the run's report until `ready` holds.
 fn wait_report(w: &World, run: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut last = serde_json::Value::Null;
+    let mut last;
     loop {
         let out = w.lz(&["status", run, "--json"]);
         if out.status.success()
@@ -210,6 +210,8 @@ fn wait_report(w: &World, run: &str, what: &str, ready: impl Fn(&serde_json::Val
                 return;
             }
             last = report;
+        } else {
+            last = serde_json::Value::String(text(&out));
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -804,4 +806,166 @@ fn a_new_host_rebuilds_the_catalog_from_any_one_store() {
         "{}",
         text(&synced)
     );
+}
+
+/// Entries of `dir` whose names start with `run.`.
+fn work_files_of(dir: &std::path::Path, run: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{run}.")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn database_exists(w: &World, name: &str) -> bool {
+    w.pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    ) == "1"
+}
+
+#[test]
+fn cancel_rollback_and_gc_clean_up_what_a_run_made_and_say_what_they_kept() {
+    let w = World::new(10, Some(256 << 10));
+    w.verified_backup();
+
+    // Killed inside the restore, then rolled back without a resume: the half-restored
+    // database, the download and the streamed archive go; the killed step is not left
+    // "running".
+    let args = w.recover_args("rb", &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut runner = w.sb.spawn(&refs);
+    wait_report(&w, "rb", "restore running", |r| {
+        step_status(r, "restore") == "running"
+    });
+    let restored = lazarus::activities::restore::restored_name(DB, "rb");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !database_exists(&w, &restored) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{restored} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill9(&mut runner);
+    assert!(
+        !work_files_of(&w.work, "rb").is_empty(),
+        "the run made work files"
+    );
+    let out = w.lz(&["rollback", "rb", "--reason", "wrong backup"]);
+    let shown = text(&out);
+    assert!(
+        !shown.contains("▸ restore started"),
+        "the killed step is not shown restarting: {shown}"
+    );
+    let report = w.sb.status("rb");
+    assert_eq!(report["status"], "rolled_back", "{report}");
+    assert_eq!(step_status(&report, "restore"), "failed", "{report}");
+    assert!(
+        !database_exists(&w, &restored),
+        "the partial database is dropped"
+    );
+    assert_eq!(work_files_of(&w.work, "rb"), Vec::<String>::new());
+    let removed = Sandbox::step(&report, "restore")["discarded"]["removed"].to_string();
+    assert!(removed.contains(&restored), "{report}");
+    assert!(
+        Sandbox::step(&report, "download")["discarded"]["removed"]
+            .to_string()
+            .contains("rb.lzr"),
+        "{report}"
+    );
+    assert!(
+        !report["results"].to_string().contains(&restored),
+        "a dropped database is no result: {report}"
+    );
+    let status = w.ok(&["status", "rb"]);
+    assert!(
+        status.contains("cleanup") && status.contains(&restored),
+        "{status}"
+    );
+
+    // Cancelled inside the (slow) download while another process drives it: the partial
+    // file goes, and `cancel` says so.
+    let args = w.recover_args("cx", &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut runner = w.sb.spawn(&refs);
+    wait_report(&w, "cx", "download running", |r| {
+        step_status(r, "download") == "running"
+    });
+    let part = w.work.join("cx.lzr.part");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !part.exists() {
+        assert!(std::time::Instant::now() < deadline, "no partial download");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = w.ok(&["cancel", "cx"]);
+    assert!(
+        said.contains("cx.lzr.part"),
+        "{said}\n{}\n{}",
+        w.sb.status("cx"),
+        std::fs::read_to_string(w.sb.state().join("lazarus.log")).unwrap_or_default()
+    );
+    let _ = runner.wait();
+    assert!(!part.exists(), "the partial download is removed");
+    assert_eq!(w.sb.status("cx")["status"], "cancelled");
+
+    // A succeeded recovery rolled back: traffic went to the restored database, so it may
+    // hold writes made since; it is kept, and the report says why.
+    let out = w.recover("ok", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let served = w.restored_database("ok");
+    let out = w.lz(&["rollback", "ok", "--reason", "back to the live database"]);
+    assert_eq!(w.sb.status("ok")["status"], "rolled_back", "{}", text(&out));
+    assert!(
+        database_exists(&w, &served),
+        "a database that took traffic is kept"
+    );
+    let report = w.sb.status("ok");
+    let kept = Sandbox::step(&report, "restore")["discarded"]["kept"].to_string();
+    assert!(
+        kept.contains(&served) && kept.contains("traffic"),
+        "{report}"
+    );
+    let status = w.ok(&["status", "ok"]);
+    assert!(
+        status.contains("(before the rollback)") && status.contains("undone: cutover"),
+        "the summary does not leave \"traffic cut over\" standing: {status}"
+    );
+
+    // gc: what a crash kept the cleanup from removing goes; what no run here made is listed
+    // and left alone; --dry-run removes nothing.
+    std::fs::write(w.work.join("cx.dump"), b"left by a crash").unwrap();
+    let own_work = w.sb.state().join("work");
+    std::fs::create_dir_all(&own_work).unwrap();
+    std::fs::write(own_work.join("stranger.lzr"), b"not ours").unwrap();
+    w.pg.psql("postgres", &format!("CREATE DATABASE {DB}_restored_abcdef"));
+    let dry = w.ok(&["gc", "--dry-run"]);
+    assert!(
+        dry.contains("would remove") && dry.contains("cx.dump"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("stranger.lzr") && dry.contains(&format!("{DB}_restored_abcdef")),
+        "{dry}"
+    );
+    assert!(w.work.join("cx.dump").exists(), "a dry run removes nothing");
+    let done = w.ok(&["gc"]);
+    assert!(
+        done.contains("removed") && done.contains("cx.dump"),
+        "{done}"
+    );
+    assert!(!w.work.join("cx.dump").exists());
+    assert!(
+        own_work.join("stranger.lzr").exists(),
+        "what no run made is left alone"
+    );
+    assert!(
+        database_exists(&w, &served),
+        "gc keeps a database that took traffic"
+    );
+    assert!(database_exists(&w, &format!("{DB}_restored_abcdef")));
 }

@@ -222,7 +222,7 @@ impl Activity for MarkBackup {
             .ok_or_else(|| ActivityError::permanent(format!("no backup with id {}", inputs.id)))?;
         manifest.status = inputs.status.clone();
         manifest.verification = Some(Verification {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             run: ctx.run_id.clone(),
             restore_seconds: inputs.restore_seconds,
             error: inputs.error,

@@ -88,6 +88,18 @@ impl Activity for BaseBackup {
         &SPEC
     }
 
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: crate::engine::Leftovers,
+    ) -> Result<crate::engine::Discarded, ActivityError> {
+        let inputs: Inputs = inputs::parse("base_backup", leftovers.inputs)?;
+        Ok(crate::engine::Discarded {
+            removed: super::files::remove_output(&inputs.dest, leftovers.dry_run)?,
+            ..Default::default()
+        })
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("base_backup", inputs)?;
         let started = Instant::now();

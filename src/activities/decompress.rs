@@ -100,7 +100,7 @@ impl Activity for Decompress {
             let out = File::create(&part)
                 .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
             let mut counting = Counting {
-                inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter(out)),
+                inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter::new(out, &part)),
                 written: 0,
                 reported: 0,
                 ctx,
@@ -108,6 +108,8 @@ impl Activity for Decompress {
             std::io::copy(&mut decoder, &mut counting).map_err(|e| {
                 if ctx.cancellation().is_cancelled() {
                     "stopped".to_string()
+                } else if super::files::is_write_failure(&e) {
+                    e.to_string()
                 } else {
                     format!(
                         "{} does not decompress: {e} (truncated or damaged?)",
@@ -115,9 +117,7 @@ impl Activity for Decompress {
                     )
                 }
             })?;
-            counting
-                .flush()
-                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            counting.flush().map_err(|e| e.to_string())?;
             Ok((format, counting.written))
         });
         let (format, written) = match outcome {

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::files::{
-    PieceWriter, WRITE_PIECE, WriteBehind, boot_id, commit, commit_unflushed, discard, part_path,
-    prepare_dir,
+    PieceWriter, WRITE_PIECE, WriteBehind, boot_id, commit, commit_unflushed, discard,
+    is_write_failure, part_path, prepare_dir, remove_output,
 };
 use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
@@ -24,7 +24,10 @@ use super::streamed::{StreamPlan, write_archive};
 use crate::codec::{self, Compression};
 use crate::crypto::chunked::{self, Opened};
 use crate::crypto::{CryptoError, Keyring, legacy};
-use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::engine::{
+    Activity, ActivityContext, ActivityError, ActivitySpec, Discarded, InputSpec, Leftovers,
+    Progress,
+};
 use crate::parallel::available_threads;
 use crate::pg::archive_layout::{self, ArchiveLayout, LayoutError};
 use crate::pg::dir_archive;
@@ -203,7 +206,7 @@ fn decode_chunked(
     std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(written_before))
         .map_err(|e| CryptoError::Io(format!("cannot seek in {}: {e}", part.display())))?;
     let counter = CountingWriter {
-        inner: BufWriter::with_capacity(WRITE_PIECE, WriteBehind::new(out, written_before)),
+        inner: BufWriter::with_capacity(WRITE_PIECE, WriteBehind::new(out, part, written_before)),
         written: written_before,
     };
     let shared = std::sync::Mutex::new(counter);
@@ -312,7 +315,7 @@ fn decode_for_restore(
     let out = File::create(part).map_err(|e| io("create", e))?;
     let writer = BufWriter::with_capacity(
         WRITE_PIECE,
-        PieceWriter(out.try_clone().map_err(|e| io("open", e))?),
+        PieceWriter::new(out.try_clone().map_err(|e| io("open", e))?, part),
     );
     let mut layout = ArchiveLayout::new(writer, part_bytes);
     let decoded = chunked::decode(
@@ -419,7 +422,7 @@ fn decrypt_legacy(
     let out = File::create(part)
         .map_err(|e| CryptoError::Io(format!("cannot create {}: {e}", part.display())))?;
     let mut out = CountingWriter {
-        inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter(out)),
+        inner: BufWriter::with_capacity(WRITE_PIECE, PieceWriter::new(out, part)),
         written: 0,
     };
     let write_err =
@@ -445,7 +448,11 @@ fn decrypt_legacy(
                 .map_err(|_| CryptoError::Io("the decrypting thread panicked".into()))?;
             decrypted?;
             copied.map_err(|e| {
-                CryptoError::Malformed(format!("the decrypted data does not decompress: {e}"))
+                if is_write_failure(&e) {
+                    CryptoError::Io(e.to_string())
+                } else {
+                    CryptoError::Malformed(format!("the decrypted data does not decompress: {e}"))
+                }
             })
         })?
     } else {
@@ -501,6 +508,18 @@ fn head_of(path: &Path) -> Result<Vec<u8>, ActivityError> {
 impl Activity for Decrypt {
     fn spec(&self) -> &'static ActivitySpec {
         &SPEC
+    }
+
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        let inputs: Inputs = inputs::parse("decrypt", leftovers.inputs)?;
+        Ok(Discarded {
+            removed: remove_output(&inputs.dest, leftovers.dry_run)?,
+            ..Discarded::default()
+        })
     }
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {

@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
-use super::files::{commit, part_path, prepare_dir};
+use super::files::{commit, part_path, prepare_dir, remove_output};
 use super::inputs::{self, lenient_opt_u64};
 use super::services::Services;
-use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::engine::{
+    Activity, ActivityContext, ActivityError, ActivitySpec, Discarded, InputSpec, Leftovers,
+    Progress,
+};
 use crate::storage::verify::{Verified, Verifier};
 use crate::storage::{ObjectStore, StorageError, StoreSet};
 
@@ -197,6 +200,18 @@ impl Progression {
 impl Activity for Download {
     fn spec(&self) -> &'static ActivitySpec {
         &SPEC
+    }
+
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        let inputs: Inputs = inputs::parse("download", leftovers.inputs)?;
+        Ok(Discarded {
+            removed: remove_output(&inputs.dest, leftovers.dry_run)?,
+            ..Discarded::default()
+        })
     }
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {

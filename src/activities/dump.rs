@@ -210,6 +210,18 @@ impl Activity for Dump {
         &SPEC
     }
 
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: crate::engine::Leftovers,
+    ) -> Result<crate::engine::Discarded, ActivityError> {
+        let inputs: Inputs = inputs::parse("dump", leftovers.inputs)?;
+        Ok(crate::engine::Discarded {
+            removed: super::files::remove_output(&inputs.dest, leftovers.dry_run)?,
+            ..Default::default()
+        })
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("dump", inputs)?;
         let started = Instant::now();
@@ -280,8 +292,8 @@ impl Activity for Dump {
             kind: "logical".into(),
             database: inputs.database.clone(),
             server_version: version,
-            created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             key: object_key.clone(),
             size: summary.encoded_size,
             sha256: summary.encoded_sha256.clone(),

@@ -125,7 +125,7 @@ impl Activity for InspectLegacy {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| new_backup_id(&inputs.database, created));
         let key = backup_key(&inputs.database, &id, ".dump.gz.enc");
-        let when = created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let when = created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let manifest = Manifest {
             manifest_version: MANIFEST_VERSION,
             id: id.clone(),

@@ -11,7 +11,7 @@ pub mod decrypt;
 pub mod download;
 pub mod dump;
 pub mod encrypt;
-mod files;
+pub mod files;
 pub mod http_check;
 pub mod import;
 mod inputs;

@@ -12,10 +12,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::dump::pg_failure;
+use super::files::remove_leftover;
 use super::inputs::{self, lenient_bool, lenient_u64};
 use super::services::Services;
 use crate::crypto::chunked;
-use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::engine::{
+    Activity, ActivityContext, ActivityError, ActivitySpec, Discarded, InputSpec, Leftovers,
+    Progress,
+};
 use crate::pg::cluster::{Cluster, postgres_ids};
 use crate::pg::untar::Untar;
 use crate::pg::{Server, tail_lines};
@@ -239,6 +243,43 @@ impl UnpackBaseBackup {
 impl Activity for UnpackBaseBackup {
     fn spec(&self) -> &'static ActivitySpec {
         &UNPACK_SPEC
+    }
+
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        let inputs: UnpackInputs = inputs::parse("unpack_base_backup", leftovers.inputs)?;
+        let chosen = match (&inputs.data_dir, &inputs.default_dir) {
+            (d, Some(default)) if d.as_os_str().is_empty() => default.clone(),
+            (d, _) => d.clone(),
+        };
+        let mut done = Discarded::default();
+        if chosen.as_os_str().is_empty() || !chosen.exists() {
+            return Ok(done);
+        }
+        let dir = std::path::absolute(&chosen).unwrap_or(chosen);
+        if leftovers.used {
+            done.kept.push(format!(
+                "data directory {}: traffic was cut over to the server on it, so it may hold writes made since",
+                dir.display()
+            ));
+        } else if server_running(&self.services, &dir) {
+            done.kept.push(format!(
+                "data directory {}: a server still runs on it (stop it with pg_ctl -D {} stop, then run lazarus gc)",
+                dir.display(),
+                dir.display()
+            ));
+        } else {
+            done.removed
+                .extend(remove_leftover(&dir, leftovers.dry_run)?);
+            done.removed.extend(remove_leftover(
+                &dir.with_extension("log"),
+                leftovers.dry_run,
+            )?);
+        }
+        Ok(done)
     }
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
@@ -556,6 +597,64 @@ fn log_tail(path: &std::path::Path) -> String {
 impl Activity for StartRecovery {
     fn spec(&self) -> &'static ActivitySpec {
         &START_SPEC
+    }
+
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        let inputs: StartInputs = inputs::parse("start_recovery", leftovers.inputs)?;
+        let mut done = Discarded::default();
+        let data = std::path::absolute(&inputs.data_dir).unwrap_or(inputs.data_dir);
+        if !data.exists() {
+            return Ok(done);
+        }
+        let keys = data.join(crate::wal::restore_config::KEYS_NAME);
+        if keys.exists() {
+            if !leftovers.dry_run {
+                RestoreConfig::remove(&data);
+            }
+            done.removed.push(format!("key file {}", keys.display()));
+        }
+        let port = leftovers
+            .output
+            .as_ref()
+            .and_then(|o| o["port"].as_u64())
+            .unwrap_or(inputs.port);
+        if !server_running(&self.services, &data) {
+            return Ok(done);
+        }
+        if leftovers.used {
+            done.kept.push(format!(
+                "the server on port {port} ({}): traffic was cut over to it",
+                data.display()
+            ));
+            return Ok(done);
+        }
+        if !leftovers.dry_run {
+            let stopped = tokio::task::block_in_place(|| {
+                Cluster::server_command(&self.services.pg_tools, "pg_ctl").map(|mut cmd| {
+                    cmd.arg("-D")
+                        .arg(&data)
+                        .args(["-m", "fast", "-w", "stop"])
+                        .stdin(std::process::Stdio::null())
+                        .output()
+                })
+            })
+            .map_err(pg_failure)?
+            .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;
+            if !stopped.status.success() {
+                return Err(ActivityError::retryable(format!(
+                    "cannot stop the server on port {port} ({}): {}",
+                    data.display(),
+                    tail_lines(&stopped.stderr, 3)
+                )));
+            }
+        }
+        done.removed
+            .push(format!("the server on port {port} (stopped)"));
+        Ok(done)
     }
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {

@@ -260,7 +260,8 @@ impl Activity for RecoveryReport {
             "rpo_met": rpo_met,
             "restored_database": inputs.restored_database,
             "data_directory": inputs.data_directory,
-            "port": port,
+            // A number, as everywhere else a port or a count appears in JSON.
+            "port": port.as_deref().map(|p| p.parse::<u64>().map_or_else(|_| json!(p), |n| json!(n))),
             "target_time": inputs.target_time,
             "reached_time": inputs.reached_time,
             "backup_id": inputs.backup_id,

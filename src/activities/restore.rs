@@ -17,9 +17,12 @@ use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
 use super::streamed::{self, FeedError, Streams};
 use super::supervise::Supervised;
-use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::engine::{
+    Activity, ActivityContext, ActivityError, ActivitySpec, Discarded, InputSpec, Leftovers,
+    Progress,
+};
 use crate::parallel::available_threads;
-use crate::pg::sql::{Sql, ident};
+use crate::pg::sql::{Sql, ident, literal};
 use crate::pg::tail_lines;
 
 static RESTORE: ActivitySpec = ActivitySpec {
@@ -423,19 +426,82 @@ impl Activity for Restore {
             "results": { "restored_database": target },
         }))
     }
+
+    async fn discard(
+        &self,
+        ctx: &ActivityContext,
+        leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        let inputs: RestoreInputs = inputs::parse("restore", leftovers.inputs)?;
+        let mut done = Discarded::default();
+        let live = inputs.live_database.clone().filter(|s| !s.is_empty());
+        let target = match (inputs.database.clone().filter(|s| !s.is_empty()), &live) {
+            _ if inputs.in_place => {
+                if let Some(live) = live {
+                    done.kept.push(format!(
+                        "database {live}: it was restored in place, and dropping it would lose the live database"
+                    ));
+                }
+                return Ok(done);
+            }
+            (Some(name), _) => name,
+            (None, Some(live)) => restored_name(live, &ctx.run_id),
+            (None, None) => return Ok(done),
+        };
+        if live.as_deref() == Some(target.as_str()) {
+            return Ok(done);
+        }
+        let sql = Sql::new(&self.services.pg_tools, &self.services.pg_server);
+        let size = tokio::task::block_in_place(|| {
+            sql.scalar(
+                "postgres",
+                &format!(
+                    "SELECT pg_database_size(oid) FROM pg_database WHERE datname = {}",
+                    literal(&target)
+                ),
+            )
+        })
+        .map_err(|e| ActivityError::retryable(format!("cannot look for database {target}: {e}")))?;
+        let Some(size) = size else {
+            return Ok(done);
+        };
+        let size = crate::size::human_size(size.trim().parse().unwrap_or(0));
+        if leftovers.used {
+            done.kept.push(format!(
+                "database {target} ({size}): traffic was cut over to it, so it may hold writes made since; drop it by hand once they are safe (DROP DATABASE {})",
+                ident(&target)
+            ));
+            return Ok(done);
+        }
+        if !leftovers.dry_run {
+            tokio::task::block_in_place(|| {
+                sql.execute(
+                    "postgres",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&target)),
+                )
+            })
+            .map_err(|e| ActivityError::retryable(format!("cannot drop database {target}: {e}")))?;
+        }
+        done.removed.push(format!("database {target} ({size})"));
+        Ok(done)
+    }
 }
 
 /// The database a run restores beside `live`: `LIVE_restored_XXXXXX` (6 hex digits from the
 /// run id), within PostgreSQL's 63 bytes.
 pub fn restored_name(live: &str, run_id: &str) -> String {
-    use sha2::Digest;
-    let tag = &hex::encode(sha2::Sha256::digest(run_id.as_bytes()))[..6];
-    let suffix = format!("_restored_{tag}");
+    let suffix = format!("_restored_{}", restored_tag(run_id));
     let mut base = live.to_string();
     while base.len() + suffix.len() > 63 {
         base.pop();
     }
     format!("{base}{suffix}")
+}
+
+/// The 6 hex digits that tie a restored database's name to the run that made it.
+pub fn restored_tag(run_id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(run_id.as_bytes()))[..6].to_string()
 }
 
 static DROP: ActivitySpec = ActivitySpec {

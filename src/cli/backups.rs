@@ -180,28 +180,21 @@ pub async fn backup(ctx: &Context, args: BackupArgs) -> Result<ExitCode> {
     }
 }
 
-/// A size for people: 142 KiB, 3.4 MiB, 1.2 GiB — never "0 MiB".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value < 10.0 {
-        format!("{value:.1} {}", UNITS[unit])
-    } else {
-        format!("{value:.0} {}", UNITS[unit])
-    }
+pub use crate::size::human_size;
+
+/// An RFC 3339 time to the second, for a table column (the JSON keeps milliseconds).
+fn to_the_second(time: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|_| time.to_string())
 }
 
-fn print_backups(backups: &[Manifest]) {
+fn print_backups(backups: &[Manifest], note: &str) {
     if backups.is_empty() {
-        println!("no backups in the catalog (try `lazarus catalog sync`)");
+        println!("no backups in the catalog (try `lazarus catalog sync`)\n  looked with {note}");
         return;
     }
     println!(
@@ -213,7 +206,7 @@ fn print_backups(backups: &[Manifest]) {
             "{:<32} {:<12} {:<21} {:>10}  {:<14} {:<11} {}",
             b.id,
             b.database,
-            b.created_at,
+            to_the_second(&b.created_at),
             human_size(b.size),
             b.format,
             b.status,
@@ -247,7 +240,7 @@ pub async fn backups(ctx: &Context, args: BackupsArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        print_backups(&list);
+        print_backups(&list, &ctx.configuration_note());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -308,17 +301,4 @@ pub async fn recover(ctx: &Context, args: RecoverArgs) -> Result<ExitCode> {
     run.detach = args.detach;
     run.json = args.json;
     execute::run(ctx, run).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_size;
-
-    #[test]
-    fn sizes_read_as_people_write_them() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(142 * 1024), "142 KiB");
-        assert_eq!(human_size(3_565_158), "3.4 MiB");
-        assert_eq!(human_size(1 << 30), "1.0 GiB");
-    }
 }

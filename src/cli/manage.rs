@@ -70,13 +70,30 @@ pub async fn approve(ctx: &Context, args: ApproveArgs) -> Result<ExitCode> {
 /// `lazarus cancel`.
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<ExitCode> {
     let by = ctx.operator.clone();
+    // `call`, not `query`: the cancel starts a cleanup of what the run made, which this
+    // command waits for and shows.
     let (message, session) = ctx
-        .query(|c| {
+        .call(|c| {
             let (run, by) = (args.run.clone(), by.clone());
             Box::pin(async move { c.cancel(&run, &by).await })
         })
         .await?;
-    session.finish().await;
     println!("{message}");
+    let cleaned = super::follow::follow(session.control(), &args.run, &ctx.operator, false).await;
+    session.finish().await;
+    if let Ok(report) = cleaned {
+        let lines: Vec<String> = report
+            .steps
+            .iter()
+            .filter_map(|s| s.discarded.as_ref().map(|d| (s, d)))
+            .filter(|(_, d)| !d.is_empty())
+            .map(|(s, d)| super::render::cleanup_line(&s.id, d))
+            .collect();
+        if lines.is_empty() {
+            println!("nothing to clean up");
+        } else {
+            println!("cleaned up:\n{}", lines.join("\n"));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ mod backups;
 mod demo;
 mod execute;
 mod follow;
+mod gc;
 mod manage;
 mod render;
 mod serve;
@@ -70,8 +71,11 @@ pub enum Command {
         after_help = "Example:\n  lazarus rollback RUN --reason \"wrong backup: traffic back to the old database\""
     )]
     Rollback(execute::RollbackArgs),
-    /// Stop a run for good, without compensation.
+    /// Stop a run for good, without compensation; what it made is cleaned up.
     Cancel(manage::CancelArgs),
+    /// Remove what no live run needs: leftovers of cancelled, rolled-back and refused runs.
+    #[command(after_help = "Examples:\n  lazarus gc --dry-run\n  lazarus gc")]
+    Gc(gc::GcArgs),
     /// Show a run's report (the latest run by default).
     Status(status::StatusArgs),
     /// List runs.
@@ -158,6 +162,30 @@ impl Context {
     /// The configuration in force.
     pub fn loaded_config(&self) -> Result<Loaded> {
         Ok(Loaded::load(self.config.as_deref())?)
+    }
+
+    /// Which configuration and stores a command used, for an empty listing: a command run
+    /// where there is no `lazarus.toml` silently uses the embedded default.
+    pub fn configuration_note(&self) -> String {
+        let Ok(loaded) = self.loaded_config() else {
+            return String::new();
+        };
+        let stores = loaded
+            .stores(&self.state)
+            .map(|set| {
+                set.stores()
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name(), s.describe()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        match &loaded.file {
+            Some(file) => format!("configuration {}; stores: {stores}", file.display()),
+            None => format!(
+                "the embedded default configuration (no lazarus.toml here, no --config); stores: {stores}"
+            ),
+        }
     }
 
     /// Stores and keys as configured.
@@ -250,6 +278,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Halt(args) => manage::halt(&ctx, args).await,
         Command::Approve(args) => manage::approve(&ctx, args).await,
         Command::Cancel(args) => manage::cancel(&ctx, args).await,
+        Command::Gc(args) => gc::gc(&ctx, args).await,
         Command::Status(args) => status::status(&ctx, args).await,
         Command::Runs(args) => status::runs(&ctx, args).await,
         Command::Workflows(args) => workflows::list(args),

@@ -1,6 +1,6 @@
 //! Turning a stream of run reports and progress into lines and a live progress bar.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use crate::engine::{Progress, RunReport};
 /// Prints what changed between successive reports of one run.
 pub struct Renderer {
     seen: HashMap<String, (String, u32)>,
+    cleaned: HashSet<String>,
     run_status: Option<String>,
     bar: Option<(String, ProgressBar)>,
     tty: bool,
@@ -28,6 +29,7 @@ impl Renderer {
     pub fn new() -> Self {
         Self {
             seen: HashMap::new(),
+            cleaned: HashSet::new(),
             run_status: None,
             bar: None,
             tty: std::io::stderr().is_terminal(),
@@ -113,6 +115,11 @@ impl Renderer {
             ));
         }
         for step in &report.steps {
+            if let Some(d) = step.discarded.as_ref().filter(|d| !d.is_empty())
+                && self.cleaned.insert(step.id.clone())
+            {
+                self.line(&cleanup_line(&step.id, d));
+            }
             let key = (step.status.clone(), step.attempts);
             let before = self.seen.insert(step.id.clone(), key.clone());
             if before.as_ref() == Some(&key) {
@@ -229,4 +236,21 @@ impl Renderer {
             }
         }
     }
+}
+
+/// One line saying what was cleaned up after a step of a run that ended without success.
+pub fn cleanup_line(step: &str, discarded: &crate::engine::Discarded) -> String {
+    let mut parts = Vec::new();
+    if !discarded.removed.is_empty() {
+        parts.push(format!("removed {}", discarded.removed.join(", ")));
+    }
+    for kept in &discarded.kept {
+        parts.push(format!("kept {kept}"));
+    }
+    if let Some(failed) = &discarded.failed {
+        parts.push(format!(
+            "could not clean up ({failed}); `lazarus gc` tries again"
+        ));
+    }
+    format!("  ⌫ {step}: {}", parts.join("; "))
 }

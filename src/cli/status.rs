@@ -130,9 +130,46 @@ pub fn print_report(r: &RunReport) {
             println!("  {:width$}    served by store {store}", "");
         }
     }
+    // A summary is written when its step runs: after a rollback, say it was, and what the
+    // rollback undid, rather than leave "traffic cut over" standing.
+    let undone: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.compensation.as_ref().is_some_and(|c| c.completed))
+        .map(|s| s.id.as_str())
+        .collect();
     for s in &r.steps {
         if let Some(summary) = s.output.as_ref().and_then(|o| o["summary"].as_str()) {
-            println!("  summary   {}", summary.replace('\n', "\n            "));
+            let when = if r.rollback.is_some() {
+                "(before the rollback) "
+            } else {
+                ""
+            };
+            println!(
+                "  summary   {when}{}",
+                summary.replace('\n', "\n            ")
+            );
+        }
+    }
+    if let Some(rollback) = &r.rollback {
+        println!(
+            "  rollback  {} by {} — {}; undone: {}",
+            r.status.replace('_', " "),
+            rollback.get("by").map_or("?", String::as_str),
+            rollback.get("reason").map_or("", String::as_str),
+            if undone.is_empty() {
+                "nothing".to_string()
+            } else {
+                undone.join(", ")
+            }
+        );
+    }
+    for s in &r.steps {
+        if let Some(d) = s.discarded.as_ref().filter(|d| !d.is_empty()) {
+            println!(
+                "  cleanup  {}",
+                super::render::cleanup_line(&s.id, d).trim_start_matches("  ⌫")
+            );
         }
     }
     if let Some(error) = &r.error {

@@ -233,7 +233,7 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
-                print_list(&answer);
+                print_list(&answer, &ctx.configuration_note());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -528,11 +528,14 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-fn print_list(answer: &Value) {
+fn print_list(answer: &Value, note: &str) {
     let empty = Vec::new();
     let files = answer["files"].as_array().unwrap_or(&empty);
     if files.is_empty() {
-        println!("archive {}: nothing archived", text(&answer["archive"]));
+        println!(
+            "archive {}: nothing archived\n  looked with {note}",
+            text(&answer["archive"])
+        );
         return;
     }
     // Times are transaction ends: commits and aborts alike, as recovery targets stop at

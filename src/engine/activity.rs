@@ -258,6 +258,53 @@ pub trait Activity: Send + Sync {
             self.spec().name
         )))
     }
+
+    /// Removes what this step made that nothing needs once its run has ended without
+    /// success (cancelled, rolled back, refused): a partial download, unpacked files, a
+    /// restored database no traffic reached. Called for every step that started, completed
+    /// or not, and again by `lazarus gc`, so it must be idempotent. The default makes
+    /// nothing to remove.
+    async fn discard(
+        &self,
+        _ctx: &ActivityContext,
+        _leftovers: Leftovers,
+    ) -> Result<Discarded, ActivityError> {
+        Ok(Discarded::default())
+    }
+}
+
+/// What the engine hands [`Activity::discard`] about one step of a run that ended without
+/// success.
+#[derive(Debug, Clone)]
+pub struct Leftovers {
+    /// The step's inputs, rendered as its attempts saw them.
+    pub inputs: Value,
+    /// Its output, when it completed.
+    pub output: Option<Value>,
+    /// A later step that changed something outside the run (a cut-over) completed after it:
+    /// what this step made may hold data written since, so it is kept.
+    pub used: bool,
+    /// List what would go, remove nothing (`lazarus gc --dry-run`).
+    pub dry_run: bool,
+}
+
+/// What [`Activity::discard`] did: one line per thing, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Discarded {
+    /// What was removed (or, in a dry run, would be), with its size where known.
+    pub removed: Vec<String>,
+    /// What was left in place, each with the reason.
+    pub kept: Vec<String>,
+    /// Why the cleanup could not finish, if it could not (`lazarus gc` tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl Discarded {
+    /// Nothing removed, nothing kept, nothing failed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.kept.is_empty() && self.failed.is_none()
+    }
 }
 
 /// Activities by name. The product registry holds only real activities; benchmarks and

@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::activity::{ActivityContext, ActivityError, FailureKind};
+use super::activity::{ActivityContext, ActivityError, Discarded, FailureKind, Leftovers};
 use super::duration::format_duration;
 use super::host::AttemptHost;
 use super::records::{Event, HaltReason};
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
-use super::state::{RunState, RunStatus, StepState};
+use super::state::{RunState, RunStatus, StepState, StepStatus};
 use super::template::Scope;
 use super::workflow::{OnFailure, RetryPolicy, Workflow, evaluate_condition};
 
@@ -68,10 +68,16 @@ impl Engine {
                     if let Some(target) = &record.target {
                         self.journal.release_lock(target, run_id)?;
                     }
+                    if state.status != RunStatus::Succeeded {
+                        self.discard_leftovers(run_id, false, true).await?;
+                    }
                     return Ok(());
                 }
                 RunStatus::Halted | RunStatus::Failed => return Ok(()),
-                RunStatus::RollingBack => return self.roll_back(run_id, handle).await,
+                RunStatus::RollingBack => {
+                    self.roll_back(run_id, handle).await?;
+                    continue;
+                }
                 RunStatus::Running | RunStatus::WaitingApproval => {}
             }
             if let Some(request) = handle.take_request() {
@@ -182,6 +188,110 @@ impl Engine {
                 },
             }
         }
+    }
+
+    /// Cleans up after a run that ended without success: asks each step that started,
+    /// newest first, to remove what it made that nothing needs (see
+    /// [`crate::engine::Activity::discard`]), and journals what each removed and kept.
+    /// `only_new` skips steps already cleaned up (the driver); `lazarus gc` looks again. A
+    /// step that cannot clean up is reported, never fatal: `lazarus gc` tries again later.
+    pub async fn discard_leftovers(
+        self: &Arc<Self>,
+        run_id: &str,
+        dry_run: bool,
+        only_new: bool,
+    ) -> Result<Vec<(String, Discarded)>, EngineError> {
+        let (record, workflow, state) = self.load(run_id)?;
+        let outputs = state.outputs();
+        let scope = Scope {
+            params: &record.params,
+            outputs: &outputs,
+            run_id,
+        };
+        let mut done = Vec::new();
+        for (index, step) in state.steps.iter().enumerate().rev() {
+            if step.attempts.is_empty() || (only_new && step.discarded.is_some()) {
+                continue;
+            }
+            let Some(def) = workflow.step(&step.id) else {
+                continue;
+            };
+            let Some(activity) = self.registry.get(&def.activity).cloned() else {
+                continue;
+            };
+            let Ok(inputs) = scope.render(&def.with) else {
+                continue;
+            };
+            // Something outside the run (traffic) may have used this step's product.
+            let used = state.steps[index + 1..]
+                .iter()
+                .any(|later| later.completed_us.is_some() && self.has_effect(&workflow, later));
+            let handle = Arc::new(RunHandle::new());
+            let host = Arc::new(AttemptHost::new(
+                Arc::clone(self),
+                run_id.to_string(),
+                step.id.clone(),
+                0,
+                handle,
+            ));
+            let ctx = ActivityContext::new(
+                run_id.to_string(),
+                step.id.clone(),
+                0,
+                CancellationToken::new(),
+                step.checkpoint.clone(),
+                host,
+            );
+            let leftovers = Leftovers {
+                inputs,
+                output: step.output.clone(),
+                used,
+                dry_run,
+            };
+            let discarded = activity
+                .discard(&ctx, leftovers)
+                .await
+                .unwrap_or_else(|e| Discarded {
+                    failed: Some(e.message),
+                    ..Discarded::default()
+                });
+            if discarded.is_empty() {
+                continue;
+            }
+            if !dry_run && step.discarded.as_ref() != Some(&discarded) {
+                let output = serde_json::to_vec(&discarded).unwrap_or_default();
+                self.append_durable(
+                    run_id,
+                    Event::Discarded {
+                        step: step.id.clone(),
+                        output,
+                    },
+                )
+                .await?;
+            }
+            match &discarded.failed {
+                Some(e) => {
+                    tracing::warn!(run = %run_id, step = %step.id, error = %e, "could not clean up; `lazarus gc` tries again");
+                }
+                None => {
+                    tracing::info!(run = %run_id, step = %step.id, removed = ?discarded.removed, kept = ?discarded.kept, "cleaned up");
+                }
+            }
+            done.push((step.id.clone(), discarded));
+        }
+        Ok(done)
+    }
+
+    /// A completed step that changed something outside the run, which a rollback undoes.
+    fn has_effect(&self, workflow: &Workflow, step: &StepState) -> bool {
+        step.status != StepStatus::Skipped
+            && workflow.step(&step.id).is_some_and(|def| {
+                def.compensate.is_some()
+                    || self
+                        .registry
+                        .get(&def.activity)
+                        .is_some_and(|a| a.compensates_itself(&def.with))
+            })
     }
 
     /// A completed step whose effect a rollback would undo (its compensation has not run).

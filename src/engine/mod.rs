@@ -16,8 +16,8 @@ pub mod template;
 pub mod workflow;
 
 pub use activity::{
-    Activity, ActivityContext, ActivityError, ActivitySpec, Approval, FailureKind, InputSpec,
-    Progress, Registry, StepHost,
+    Activity, ActivityContext, ActivityError, ActivitySpec, Approval, Discarded, FailureKind,
+    InputSpec, Leftovers, Progress, Registry, StepHost,
 };
 pub use journal::{Journal, JournalError, SledJournal};
 pub use report::{RunReport, RunSummary};

@@ -127,6 +127,10 @@ pub enum Event {
     /// A step refused the run's own input: the run ended, failed, and released its target
     /// (appended last: older records keep their encoding).
     Refused { step: String, error: String },
+    /// After a run ended without success, what one step made was cleaned up (JSON of
+    /// [`crate::engine::activity::Discarded`]); the only event a finished run still takes.
+    /// Appended last: older records keep their encoding.
+    Discarded { step: String, output: Vec<u8> },
 }
 
 /// An event with its journal time.

@@ -68,6 +68,9 @@ pub struct StepReport {
     pub attempt_log: Vec<AttemptReport>,
     /// Its compensation, once rollback reached it.
     pub compensation: Option<CompensationReport>,
+    /// What was cleaned up (and kept, with why) after the run ended without success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<super::activity::Discarded>,
 }
 
 /// Where and why a run halted.
@@ -205,6 +208,7 @@ impl RunReport {
                         output: c.output.clone(),
                         error: c.error.clone(),
                     }),
+                    discarded: s.discarded.clone(),
                 }
             })
             .collect();
@@ -260,6 +264,7 @@ impl RunReport {
                     s.compensation
                         .as_ref()
                         .is_none_or(|c| c.completed_us.is_none())
+                        && s.discarded.as_ref().is_none_or(|d| d.removed.is_empty())
                 })
                 .filter_map(|s| s.output.as_ref()?.get("results")?.as_object().cloned())
                 .flatten()

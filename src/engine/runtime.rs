@@ -94,7 +94,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RunHandle {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             interrupt: Mutex::new(CancellationToken::new()),
             request: Mutex::new(None),
@@ -126,6 +126,9 @@ impl Active {
         self.runs.is_empty() && self.launching == 0
     }
 }
+
+/// A run as `lazarus gc` sees it: id, status, parameters.
+pub type KnownRun = (String, RunStatus, BTreeMap<String, String>);
 
 /// Drives runs against a journal with a registry of activities.
 pub struct Engine {
@@ -201,6 +204,22 @@ impl Engine {
     pub fn set_state_dir(&self, dir: &std::path::Path) {
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let _ = self.state_dir.set(absolute.display().to_string());
+    }
+
+    /// The state directory, once the owner has said where it is.
+    pub fn state_dir(&self) -> Option<std::path::PathBuf> {
+        self.state_dir.get().map(std::path::PathBuf::from)
+    }
+
+    /// Every run the journal holds with its status and parameters, for `lazarus gc`.
+    pub fn statuses(&self) -> Result<Vec<KnownRun>, EngineError> {
+        let mut out = Vec::new();
+        for record in self.journal.runs()? {
+            if let Ok((record, _, state)) = self.load(&record.id) {
+                out.push((record.id.clone(), state.status, record.params.clone()));
+            }
+        }
+        Ok(out)
     }
 
     /// The activity registry workflows are checked against.
@@ -826,7 +845,7 @@ impl Engine {
     }
 
     /// Stops a run for good, without compensation, and releases its target.
-    pub fn cancel(&self, run_id: &str, by: &str) -> Result<String, EngineError> {
+    pub fn cancel(self: &Arc<Self>, run_id: &str, by: &str) -> Result<String, EngineError> {
         let _serial = lock(&self.control);
         let record = self
             .journal
@@ -854,6 +873,14 @@ impl Engine {
             self.journal.release_lock(target, run_id)?;
         }
         tracing::info!(run = %run_id, by, "cancelled");
+        // Clean up what it made (partial downloads, a restored database): a driver finds
+        // the run finished and does only that. A closing process leaves it to `lazarus gc`.
+        if let Err(e) = self.start(run_id) {
+            tracing::info!(run = %run_id, error = %e, "cleanup left to lazarus gc");
+            return Ok(format!(
+                "run {run_id} cancelled; what it made is left for `lazarus gc`"
+            ));
+        }
         Ok(format!("run {run_id} cancelled"))
     }
 

@@ -152,6 +152,8 @@ pub struct StepState {
     pub approval_prompt: Option<String>,
     /// Rollback progress for this step.
     pub compensation: Option<CompensationState>,
+    /// What was cleaned up after the run ended without success.
+    pub discarded: Option<super::activity::Discarded>,
 }
 
 impl StepState {
@@ -217,6 +219,7 @@ impl RunState {
                     approval: None,
                     approval_prompt: None,
                     compensation: None,
+                    discarded: None,
                 })
                 .collect(),
             halt: None,
@@ -246,6 +249,12 @@ impl RunState {
     fn apply(&mut self, record: &EventRecord) {
         // A finished run changes no more; only a rollback of a success reopens it. Events
         // that raced a cancel or a finish into the journal are ignored.
+        if let Event::Discarded { step, output } = &record.event {
+            if let Some(s) = self.step_mut(step) {
+                s.discarded = serde_json::from_slice(output).ok();
+            }
+            return;
+        }
         if self.status.is_terminal()
             && !(self.status == RunStatus::Succeeded
                 && matches!(record.event, Event::RollbackStarted { .. }))
@@ -333,20 +342,7 @@ impl RunState {
                 });
             }
             Event::Resumed { .. } => {
-                // An attempt still open when the run is resumed was cut short by the death
-                // of the process running it: say so rather than leave it "running".
-                for s in &mut self.steps {
-                    if matches!(s.status, StepStatus::Running | StepStatus::WaitingApproval)
-                        && let Some(a) = s.attempts.last_mut()
-                        && a.ended_us.is_none()
-                    {
-                        a.ended_us = Some(at);
-                        a.error = Some("interrupted: the process running it stopped".into());
-                        a.failure = Some(FailureKind::Cancelled);
-                        s.status = StepStatus::Failed;
-                        s.approval_prompt = None;
-                    }
-                }
+                self.close_open_attempts(at);
                 self.halt = None;
                 self.pending_halt = None;
                 self.error = None;
@@ -385,6 +381,7 @@ impl RunState {
                 }
             }
             Event::RollbackStarted { by, reason } => {
+                self.close_open_attempts(at);
                 self.ended_us = None;
                 self.rollback = Some((by.clone(), reason.clone()));
                 self.status = RunStatus::RollingBack;
@@ -425,6 +422,7 @@ impl RunState {
                 self.error = Some(format!("rollback stopped at step \"{step}\": {error}"));
             }
             Event::Cancelled { by } => {
+                self.close_open_attempts(at);
                 self.status = RunStatus::Cancelled;
                 self.cancelled_by = Some(by.clone());
                 self.pending_halt = None;
@@ -435,11 +433,13 @@ impl RunState {
                 self.ended_us = Some(at);
             }
             Event::Refused { error, .. } => {
+                self.close_open_attempts(at);
                 self.status = RunStatus::Refused;
                 self.error = Some(error.clone());
                 self.pending_halt = None;
                 self.ended_us = Some(at);
             }
+            Event::Discarded { .. } => {}
             Event::StepSkipped {
                 step,
                 condition,
@@ -455,6 +455,23 @@ impl RunState {
                     }));
                     s.completed_us = Some(at);
                 }
+            }
+        }
+    }
+
+    /// An attempt still open when the run is resumed, rolled back or ended was cut short
+    /// by the death of the process running it: say so rather than leave it "running".
+    fn close_open_attempts(&mut self, at: i64) {
+        for s in &mut self.steps {
+            if matches!(s.status, StepStatus::Running | StepStatus::WaitingApproval)
+                && let Some(a) = s.attempts.last_mut()
+                && a.ended_us.is_none()
+            {
+                a.ended_us = Some(at);
+                a.error = Some("interrupted: the process running it stopped".into());
+                a.failure = Some(FailureKind::Cancelled);
+                s.status = StepStatus::Failed;
+                s.approval_prompt = None;
             }
         }
     }

@@ -69,6 +69,8 @@ pub trait Control: Send + Sync {
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError>;
     /// Answers a question about a WAL archive.
     async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError>;
+    /// Removes (or, with `dry_run`, lists) what no live run needs.
+    async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError>;
 }
 
 /// The catalog's backups, syncing from the stores first when it is empty (a new host).
@@ -286,6 +288,10 @@ impl Control for LocalControl {
     async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
         super::wal::answer(&self.services, query).await
     }
+
+    async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError> {
+        super::gc::collect(&self.engine, &self.services, dry_run).await
+    }
 }
 
 /// Control through the owner's socket.
@@ -471,6 +477,13 @@ impl Control for RemoteControl {
     async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
         match self.call(&Request::Wal { query }).await? {
             Response::Wal { answer } => Ok(answer),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError> {
+        match self.call(&Request::Gc { dry_run }).await? {
+            Response::Gc { answer } => Ok(answer),
             other => Err(unexpected(&other)),
         }
     }

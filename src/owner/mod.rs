@@ -4,6 +4,7 @@
 //! only when no owner is alive.
 
 pub mod control;
+pub mod gc;
 pub mod protocol;
 mod server;
 pub mod wal;

@@ -68,6 +68,8 @@ pub enum Request {
     CatalogSync { store: Option<String> },
     /// A question about a WAL archive.
     Wal { query: super::wal::WalQuery },
+    /// Remove (or list) what no live run needs.
+    Gc { dry_run: bool },
 }
 
 /// The owner's answer to a request.
@@ -90,6 +92,8 @@ pub enum Response {
     Synced { store: String, count: usize },
     /// The answer to a WAL question.
     Wal { answer: serde_json::Value },
+    /// What `gc` removed, kept and left.
+    Gc { answer: serde_json::Value },
     /// The request was refused or failed; `retry` means the owner is going away and the
     /// client should connect again.
     Error { message: String, retry: bool },

@@ -162,6 +162,10 @@ async fn handle(
                 Response::Wal { answer }
             })
         }
+        Request::Gc { dry_run } => control_answer(
+            super::gc::collect(&engine, &services, dry_run).await,
+            |answer| Response::Gc { answer },
+        ),
         Request::Follow { run } => {
             let mut items = match follow_local(&engine, &run) {
                 Ok(items) => items,

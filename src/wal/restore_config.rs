@@ -16,7 +16,8 @@ const FETCH_CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(12
 
 /// File names inside the data directory.
 const CONFIG_NAME: &str = "lazarus-restore.toml";
-const KEYS_NAME: &str = "lazarus-restore.keys";
+/// The key file written for the restored server's restore_command, inside its data directory.
+pub const KEYS_NAME: &str = "lazarus-restore.keys";
 
 /// A written restore configuration.
 #[derive(Debug, Clone)]
