@@ -60,6 +60,9 @@ pub struct StoreConfig {
     pub access_key_id_env: Option<String>,
     /// s3: name of the environment variable holding the secret key.
     pub secret_access_key_env: Option<String>,
+    /// s3: how long the store may stay silent (no answer, or no bytes of a download)
+    /// before it is given up for the next store ("10s" by default).
+    pub timeout: Option<String>,
 }
 
 /// The `[postgres]` table: the server to back up and restore to. Unset fields fall back
@@ -288,6 +291,18 @@ impl Loaded {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
+        let timeout = match &s.timeout {
+            None => crate::storage::s3::DEFAULT_TIMEOUT,
+            Some(text) => crate::engine::duration::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "store \"{}\": timeout = \"{text}\" is not a duration such as \"10s\" or \"1m\"",
+                        s.name
+                    ))
+                })?,
+        };
         Ok(S3Settings {
             name: s.name.clone(),
             endpoint: s.endpoint.clone(),
@@ -296,6 +311,7 @@ impl Loaded {
             prefix,
             path_style: s.path_style.unwrap_or(true),
             credentials,
+            timeout,
         })
     }
 }
@@ -320,6 +336,7 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # prefix = "prod/"
 # access_key_id_env = "R2_ACCESS_KEY_ID"
 # secret_access_key_env = "R2_SECRET_ACCESS_KEY"
+# timeout = "10s"   # silence (no answer, no bytes) before the next store is tried
 
 # Backblaze B2 (S3-compatible).
 # [[stores]]

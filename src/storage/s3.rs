@@ -43,7 +43,15 @@ pub struct S3Settings {
     pub path_style: bool,
     /// Static credentials; `None` uses the usual AWS environment and profiles.
     pub credentials: Option<(String, String)>,
+    /// How long the store may stay silent before it is given up (see [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
 }
+
+/// How long a store may stay silent — no answer to a request, or no bytes of a download
+/// for this long — before it is given up and the next store is tried. Long enough for a
+/// store under load (first bytes usually arrive in well under a second), short enough that
+/// a hung one costs seconds, not minutes, of the recovery.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for S3Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,8 +84,8 @@ impl S3Store {
             .get_or_init(|| async {
                 let s = &self.settings;
                 let timeouts = TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(30))
+                    .connect_timeout(s.timeout.min(Duration::from_secs(5)))
+                    .read_timeout(s.timeout)
                     .build();
                 let mut builder = aws_sdk_s3::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
@@ -156,11 +164,27 @@ impl S3Store {
                 store,
                 message: format!("{what} {key}: {}", describe(&error)),
             },
+            SdkError::TimeoutError(_) => StorageError::Transient {
+                store,
+                message: format!("{what} {key}: {}", self.silent()),
+            },
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => StorageError::Transient {
+                store,
+                message: format!("{what} {key}: {}", self.silent()),
+            },
             _ => StorageError::Transient {
                 store,
                 message: format!("{what} {key}: {}", describe(&error)),
             },
         }
+    }
+
+    /// Why a silent store was given up, with the setting that decides it.
+    fn silent(&self) -> String {
+        format!(
+            "no answer within {} (the store's timeout; set timeout = \"...\" in its [[stores]] entry)",
+            crate::engine::duration::format_duration(self.settings.timeout)
+        )
     }
 
     async fn put_multipart(
@@ -431,7 +455,14 @@ impl ObjectStore for S3Store {
                 });
             }
         }
-        Ok(Box::pin(out.body.into_async_read()))
+        Ok(Box::pin(IdleTimeout {
+            inner: out.body.into_async_read(),
+            limit: self.settings.timeout,
+            timer: Box::pin(tokio::time::sleep(self.settings.timeout)),
+            store: self.settings.name.clone(),
+            key: key.to_string(),
+            at: offset,
+        }))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
@@ -504,5 +535,145 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.classify("delete of", key, e))?;
         Ok(())
+    }
+}
+
+/// A download body that fails when the store sends nothing for `limit`: the SDK's read
+/// timeout covers the answer's first bytes, not a body that stalls half-way. The error
+/// names the store, the object, the byte and the limit.
+struct IdleTimeout<R> {
+    inner: R,
+    limit: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    store: String,
+    key: String,
+    at: u64,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let got = (buf.filled().len() - before) as u64;
+                this.at += got;
+                let deadline = tokio::time::Instant::now() + this.limit;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(result.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "store {} failed while sending {} at byte {}: {}",
+                            this.store,
+                            this.key,
+                            this.at,
+                            describe(&e)
+                        ),
+                    )
+                }))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "store {} sent nothing for {} while sending {} at byte {} (the store's timeout; set timeout = \"...\" in its [[stores]] entry)",
+                        this.store,
+                        crate::engine::duration::format_duration(this.limit),
+                        this.key,
+                        this.at
+                    ),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::{ObjectStore, S3Settings, S3Store};
+    use crate::storage::StorageError;
+
+    fn store(port: u16, timeout: Duration) -> S3Store {
+        S3Store::new(S3Settings {
+            name: "hung".into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: "us-east-1".into(),
+            bucket: "backups".into(),
+            prefix: String::new(),
+            path_style: true,
+            credentials: Some(("id".into(), "secret".into())),
+            timeout,
+        })
+    }
+
+    /// A server that reads each request and then answers with `reply` (possibly nothing),
+    /// keeping the connection open without another byte.
+    fn stalling_server(reply: &'static [u8]) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(reply);
+                held.push(conn);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_answers_is_given_up_after_its_timeout_and_says_so() {
+        let port = stalling_server(b"");
+        let s = store(port, Duration::from_millis(800));
+        let started = Instant::now();
+        let Err(e) = s.get("backups/x.lzr", 0, None).await else {
+            panic!("a silent store answered");
+        };
+        let waited = started.elapsed();
+        // One SDK retry: two timeouts at most, not two of 30 s.
+        assert!(waited < Duration::from_secs(4), "took {waited:?}");
+        assert!(matches!(e, StorageError::Transient { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("hung") && text.contains("no answer within"),
+            "{text}"
+        );
+        assert!(!text.contains("streaming error"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_download_that_stalls_half_way_names_the_store_the_byte_and_the_timeout() {
+        let port = stalling_server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/octet-stream\r\n\r\n0123456789",
+        );
+        let s = store(port, Duration::from_millis(800));
+        let mut body = s.get("backups/x.lzr", 0, None).await.unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let e = body.read_to_end(&mut got).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(got, b"0123456789");
+        let text = e.to_string();
+        assert!(
+            text.contains("store hung sent nothing for 800ms")
+                && text.contains("backups/x.lzr at byte 10")
+                && text.contains("timeout"),
+            "{text}"
+        );
     }
 }
