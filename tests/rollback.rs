@@ -151,3 +151,34 @@ fn rollback_killed_half_way_resumes_where_it_stopped() {
         "undo-c ran once, undo-b was re-run, undo-a ran once"
     );
 }
+
+#[test]
+fn a_skipped_step_is_not_undone() {
+    // As `cutover = none` skips the pgbouncer step, whose own undo needs what a cut-over
+    // would have recorded: undoing the skip made the whole rollback fail.
+    let sb = Sandbox::new();
+    sb.write(
+        "s.toml",
+        r#"
+name = "skips"
+
+[params]
+cutover = { default = "none" }
+
+[[steps]]
+id = "a"
+activity = "command"
+with = { shell = 'echo a >> log', undo = 'echo undo-a >> log' }
+
+[[steps]]
+id = "cut"
+activity = "command"
+when = "${params.cutover} != none"
+with = { shell = 'echo cut >> log', undo = 'echo undo-cut >> log; exit 9' }
+"#,
+    );
+    sb.ok(&["run", "s.toml", "--id", "s1", "--reason", "test"]);
+    sb.ok(&["rollback", "s1", "--reason", "test"]);
+    assert_eq!(sb.read("log"), "a\nundo-a\n");
+    assert_eq!(sb.status("s1")["status"], "rolled_back");
+}

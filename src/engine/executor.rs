@@ -295,6 +295,7 @@ impl Engine {
     }
 
     /// A completed step whose effect a rollback would undo (its compensation has not run).
+    /// A skipped step did nothing, so there is nothing to undo (its output is the skip).
     fn needs_undo(&self, workflow: &Workflow, step: &StepState) -> bool {
         step.output.is_some()
             && step
@@ -302,13 +303,7 @@ impl Engine {
                 .as_ref()
                 .and_then(|c| c.completed_us)
                 .is_none()
-            && workflow.step(&step.id).is_some_and(|def| {
-                def.compensate.is_some()
-                    || self
-                        .registry
-                        .get(&def.activity)
-                        .is_some_and(|a| a.compensates_itself(&def.with))
-            })
+            && self.has_effect(workflow, step)
     }
 
     /// Some completed step has an effect to undo: a refusal then halts (or rolls back) as
