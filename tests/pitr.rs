@@ -98,31 +98,37 @@ impl Pitr {
 
     /// The PITR arguments of `recover`.
     fn recover_args(&self, to: &str, name: &str) -> Vec<String> {
+        self.target_args(&["--to", to], name)
+    }
+
+    /// The PITR arguments of `recover` with any target (`--to-lsn X`, `--immediate`, ...).
+    fn target_args(&self, target: &[&str], name: &str) -> Vec<String> {
         let data = self.a.cluster.root.join(name);
-        [
-            "recover",
-            "--to",
-            to,
-            "--reason",
-            "test",
-            "--id",
-            &format!("pitr-{name}"),
-            "--param",
-            "cutover=none",
-            "--param",
-            &format!("data_dir={}", data.display()),
-            "--param",
-            &format!("config={}", self.a.config.display()),
-            "--param",
-            &format!("lazarus={}", self.a.binary.display()),
-            "--param",
-            "database=postgres",
-            "--param",
-            "check_tables=ticks",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args: Vec<String> = vec!["recover".into()];
+        args.extend(target.iter().map(|s| s.to_string()));
+        args.extend(
+            [
+                "--reason",
+                "test",
+                "--id",
+                &format!("pitr-{name}"),
+                "--param",
+                "cutover=none",
+                "--param",
+                &format!("data_dir={}", data.display()),
+                "--param",
+                &format!("config={}", self.a.config.display()),
+                "--param",
+                &format!("lazarus={}", self.a.binary.display()),
+                "--param",
+                "database=postgres",
+                "--param",
+                "check_tables=ticks",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
     }
 
     fn lazarus(&self, args: &[&str]) -> Output {
@@ -186,7 +192,10 @@ impl Pitr {
             "base backup",
         );
         let commits = self.commit_rows(primary, 1..=n);
-        self.archive_now(primary);
+        // With nothing written since the backup, a WAL switch is a no-op: nothing to wait for.
+        if n > 0 {
+            self.archive_now(primary);
+        }
         commits
     }
 
@@ -216,9 +225,19 @@ impl Pitr {
 
     /// Runs the PITR runbook to `to`, leaving the server up; returns the report and port.
     fn recover(&mut self, to: &str, name: &str) -> (Value, u16) {
+        self.recover_to(&["--to", to], name, true)
+    }
+
+    /// Runs the PITR runbook to any target; `check_rows` asks for rows in `ticks` after it.
+    fn recover_to(&mut self, target: &[&str], name: &str, check_rows: bool) -> (Value, u16) {
         let data = self.a.cluster.root.join(name);
         let run = format!("pitr-{name}");
-        let args = self.recover_args(to, name);
+        let mut args = self.target_args(target, name);
+        if !check_rows {
+            for a in args.iter_mut().filter(|a| *a == "check_tables=ticks") {
+                *a = "check_tables=".into();
+            }
+        }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.lazarus(&refs);
         let report = ok(self.lazarus(&["status", &run, "--json"]), "status");
@@ -233,7 +252,7 @@ impl Pitr {
         if data.join("postmaster.pid").exists() {
             self.restored.push(Restored { data: data.clone() });
         }
-        ok(out, &format!("recover --to {to}"));
+        ok(out, &format!("recover {target:?}"));
         let port = recover["output"]["port"].as_u64().unwrap() as u16;
         (report, port)
     }
@@ -593,4 +612,83 @@ fn pitr_runs_on_the_embedded_default_with_keys_from_the_environment() {
     );
     let port = recover["port"].as_u64().unwrap() as u16;
     assert_eq!(ids(port), (1..=3).collect::<Vec<_>>());
+}
+
+#[test]
+fn recovers_to_an_lsn_a_transaction_a_named_restore_point_and_the_base_backup() {
+    let mut p = Pitr::new();
+    let primary = p.a.cluster.port;
+    // The base backup sees an empty table; then rows 1-3, a restore point, row 4, the LSN
+    // after it, row 5 (its transaction id noted), rows 6-7.
+    p.backed_up_with_commits(0);
+    p.commit_rows(primary, 1..=3);
+    psql_at(
+        primary,
+        "SELECT pg_create_restore_point('before_migration')",
+    );
+    p.commit_rows(primary, 4..=4);
+    let lsn = psql_at(primary, "SELECT pg_current_wal_insert_lsn()");
+    p.commit_rows(primary, 5..=5);
+    let xid = psql_at(primary, "SELECT xmin FROM ticks WHERE id = 5");
+    p.commit_rows(primary, 6..=7);
+    p.archive_now(primary);
+
+    let listed = ok(p.lazarus(&["wal", "restore-points"]), "wal restore-points");
+    assert!(listed.contains("before_migration"), "{listed}");
+
+    // Each kind is planned before anything moves; what the archive cannot reach is refused
+    // with what there is.
+    for (flag, value, kind) in [
+        ("--to-name", "before_migration", "name"),
+        ("--to-lsn", lsn.as_str(), "lsn"),
+        ("--to-xid", xid.as_str(), "xid"),
+    ] {
+        let plan: Value = serde_json::from_str(&ok(
+            p.lazarus(&["pitr", "plan", flag, value, "--json"]),
+            "pitr plan",
+        ))
+        .unwrap();
+        assert_eq!(plan["target_kind"], kind, "{plan}");
+        assert!(plan["segments"].as_u64().unwrap() >= 1, "{plan}");
+    }
+    for (args, says) in [
+        (vec!["--to-name", "after_migration"], "before_migration"),
+        (
+            vec!["--to-xid", "4000000000"],
+            "no archived transaction end of xid 4000000000",
+        ),
+        (vec!["--to-lsn", "FF/0"], "past the archived WAL"),
+        (vec!["--to-lsn", "nonsense"], "is not an LSN"),
+    ] {
+        let mut full = vec!["pitr", "plan"];
+        full.extend(args.iter().copied());
+        let out = p.lazarus(&full);
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && text.contains(says),
+            "{args:?}: {text}"
+        );
+    }
+
+    // The restored data, exactly. (The restored servers do not archive: the archive keeps
+    // one timeline, and every target is planned along it.)
+    const QUIET: [&str; 2] = ["--param", "archive_mode=off"];
+    let (_, at_name) = p.recover_to(
+        &["--to-name", "before_migration", QUIET[0], QUIET[1]],
+        "rp",
+        true,
+    );
+    assert_eq!(ids(at_name), vec![1, 2, 3], "stopped at the restore point");
+    let (_, at_lsn) = p.recover_to(&["--to-lsn", &lsn, QUIET[0], QUIET[1]], "lsn", true);
+    assert_eq!(ids(at_lsn), vec![1, 2, 3, 4], "stopped at the LSN");
+    let (_, at_xid) = p.recover_to(&["--to-xid", &xid, QUIET[0], QUIET[1]], "xid", true);
+    assert_eq!(
+        ids(at_xid),
+        vec![1, 2, 3, 4, 5],
+        "stopped after transaction {xid}"
+    );
+    let (report, at_start) = p.recover_to(&["--immediate", QUIET[0], QUIET[1]], "imm", false);
+    assert_eq!(ids(at_start), Vec::<i32>::new(), "the base backup's state");
+    assert_eq!(step(&report, "plan")["output"]["target_kind"], "immediate");
 }

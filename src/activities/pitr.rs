@@ -27,6 +27,7 @@ use crate::pg::{reach, running_as_root};
 use crate::wal::plan::{self, TimelineChoice};
 use crate::wal::presence;
 use crate::wal::restore_config::{RestoreConfig, check_fetch};
+use crate::wal::targets::{Target, plan_target};
 
 // ---------------------------------------------------------------------------------------
 // pitr_plan
@@ -59,6 +60,8 @@ static PLAN_SPEC: ActivitySpec = ActivitySpec {
         "sha256",
         "backup_finished_at",
         "target",
+        "target_kind",
+        "target_time",
         "timeline",
         "segments",
         "stop_lsn",
@@ -97,7 +100,7 @@ impl Activity for PitrPlan {
 
     async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: PlanInputs = inputs::parse("pitr_plan", inputs)?;
-        let target = crate::wal::parse_target_time(&inputs.to).map_err(ActivityError::permanent)?;
+        let target = Target::parse(&inputs.to).map_err(ActivityError::refused)?;
         let choice = match inputs.timeline.as_deref().map(str::trim) {
             None | Some("") | Some("latest") => TimelineChoice::Latest,
             Some(n) => TimelineChoice::Exactly(n.parse().map_err(|_| {
@@ -112,13 +115,14 @@ impl Activity for PitrPlan {
             .await
             .map_err(|e| ActivityError::retryable(e.to_string()))?;
         let backups = crate::owner::wal::base_backups(&manifests, &inputs.archive);
-        let plan = plan::plan(catalog, &inputs.archive, target, choice, &backups).map_err(|e| {
-            match e {
-                plan::PlanError::Catalog(_) => ActivityError::retryable(e.to_string()),
-                // A target the archive cannot reach is the run's own input.
-                _ => ActivityError::refused(e.to_string()),
-            }
-        })?;
+        let plan =
+            plan_target(catalog, &inputs.archive, &target, choice, &backups).map_err(|e| {
+                match e {
+                    plan::PlanError::Catalog(_) => ActivityError::retryable(e.to_string()),
+                    // A target the archive cannot reach is the run's own input.
+                    _ => ActivityError::refused(e.to_string()),
+                }
+            })?;
         // The plan is a promise made before anything is downloaded: prove its segments are
         // in the stores, not only in the index.
         let parts: Vec<(u32, u64, u64)> = plan
@@ -166,6 +170,8 @@ impl Activity for PitrPlan {
             "sha256": manifest.sha256,
             "backup_finished_at": manifest.finished_at,
             "target": plan.target,
+            "target_kind": plan.target_kind,
+            "target_time": plan.target_time,
             "timeline": plan.timeline,
             "segments": plan.segments,
             "stop_lsn": plan.stop_lsn.clone().unwrap_or_default(),
@@ -797,23 +803,29 @@ impl Activity for StartRecovery {
                 .filter(|l| !l.ends_with(SETTINGS_MARK))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            let target_micros =
-                crate::wal::parse_target_time(&inputs.target).map_err(ActivityError::permanent)?;
-            let target_pg = chrono::DateTime::from_timestamp_micros(target_micros)
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
-                .ok_or_else(|| ActivityError::permanent("target time out of range"))?;
-            // The last archived transaction end has no later record to stop before: stop
-            // right after it, by its position.
-            // (Exclusive, the time target stops before that very record, which exists.)
-            let (target_line, inclusive) = match inputs.stop_lsn.as_deref().map(str::trim) {
-                Some(lsn) if !lsn.is_empty() && inputs.inclusive => {
-                    (format!("recovery_target_lsn = {}", quote(lsn)), true)
-                }
-                _ => (
-                    format!("recovery_target_time = {}", quote(&target_pg)),
-                    inputs.inclusive,
-                ),
-            };
+            let target = Target::parse(&inputs.target).map_err(ActivityError::permanent)?;
+            let (target_line, inclusive) =
+                match (&target, inputs.stop_lsn.as_deref().map(str::trim)) {
+                    // The last archived transaction end has no later record to stop before:
+                    // stop right after it, by its position. (Exclusive, the time target stops
+                    // before that very record, which exists.)
+                    (Target::Time(_), Some(lsn)) if !lsn.is_empty() && inputs.inclusive => {
+                        (format!("recovery_target_lsn = {}", quote(lsn)), true)
+                    }
+                    (Target::Time(micros), _) => {
+                        let target_pg = chrono::DateTime::from_timestamp_micros(*micros)
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+                            .ok_or_else(|| ActivityError::permanent("target time out of range"))?;
+                        (
+                            format!("recovery_target_time = {}", quote(&target_pg)),
+                            inputs.inclusive,
+                        )
+                    }
+                    (other, _) => (
+                        other.recovery_settings().unwrap_or_default(),
+                        inputs.inclusive,
+                    ),
+                };
             for line in [
                 format!("port = {port}"),
                 format!("restore_command = {}", quote(&restore_command)),

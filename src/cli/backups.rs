@@ -89,13 +89,12 @@ pub struct DrillArgs {
 /// Arguments of `lazarus recover`.
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
-    /// Database to recover (for --to: the database checked and cut over).
-    #[arg(long, required_unless_present = "to")]
+    /// Database to recover (for a point in time: the database checked and cut over).
+    #[arg(long, required_unless_present = "target")]
     pub database: Option<String>,
-    /// Point-in-time recovery to this moment (RFC 3339 or PostgreSQL's timestamptz text):
-    /// runs the pitr runbook instead.
-    #[arg(long)]
-    pub to: Option<String>,
+    /// Point-in-time recovery (the pitr runbook instead): where to stop.
+    #[command(flatten)]
+    pub target: super::wal::TargetArgs,
     /// The backup to restore (default: the latest VERIFIED).
     #[arg(long)]
     pub backup: Option<String>,
@@ -277,14 +276,14 @@ pub async fn recover(ctx: &Context, args: RecoverArgs) -> Result<ExitCode> {
     if let Some(database) = args.database.clone() {
         base.push(("database".to_string(), database));
     }
-    let workflow = match &args.to {
+    let workflow = match args.target.spec() {
         Some(to) => {
             if args.backup.is_some() {
                 anyhow::bail!(
-                    "--backup picks a logical backup; with --to the plan picks the base backup"
+                    "--backup picks a logical backup; with a point in time the plan picks the base backup"
                 );
             }
-            base.push(("to".into(), to.clone()));
+            base.push(("to".into(), to));
             "pitr"
         }
         None => {

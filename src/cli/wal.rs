@@ -120,6 +120,14 @@ pub enum WalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The named restore points in the archive (pg_create_restore_point), for --to-name.
+    RestorePoints {
+        #[command(flatten)]
+        archive: ArchiveArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Archive lag (now − last archived commit) against the RPO target; exit 1 when exceeded.
     Status {
         #[command(flatten)]
@@ -149,9 +157,8 @@ pub enum WalCommand {
 pub enum PitrCommand {
     /// The base backup and WAL chain for a moment, proven gap-free, before anything moves.
     Plan {
-        /// The target: RFC 3339 or PostgreSQL's timestamptz text.
-        #[arg(long)]
-        to: String,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Recover along this timeline (default: the newest).
         #[arg(long)]
         timeline: Option<u32>,
@@ -161,6 +168,42 @@ pub enum PitrCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a point-in-time recovery stops: exactly one of these.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "target", multiple = false)]
+pub struct TargetArgs {
+    /// A moment: RFC 3339 or PostgreSQL's timestamptz text (a time without a zone is UTC).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// A WAL position, as PostgreSQL prints it (pg_current_wal_lsn()): 0/3000060.
+    #[arg(long)]
+    pub to_lsn: Option<String>,
+    /// The end of a transaction (txid_current() modulo 2^32).
+    #[arg(long)]
+    pub to_xid: Option<String>,
+    /// A restore point made with pg_create_restore_point('NAME') (`lazarus wal
+    /// restore-points` lists them).
+    #[arg(long)]
+    pub to_name: Option<String>,
+    /// The base backup's consistent point: the earliest state the archive can give.
+    #[arg(long)]
+    pub immediate: bool,
+}
+
+impl TargetArgs {
+    /// The target as the pitr runbook's `to` carries it; `None` when none is given.
+    pub fn spec(&self) -> Option<String> {
+        if self.immediate {
+            return Some("immediate".into());
+        }
+        self.to
+            .clone()
+            .or_else(|| self.to_lsn.as_ref().map(|l| format!("lsn:{l}")))
+            .or_else(|| self.to_xid.as_ref().map(|x| format!("xid:{x}")))
+            .or_else(|| self.to_name.as_ref().map(|n| format!("name:{n}")))
+    }
 }
 
 /// Exit status for a file the archive cannot serve right now: above 125, so PostgreSQL
@@ -257,6 +300,50 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
             }
             Ok(status_code(answer["ok"].as_bool() == Some(true)))
         }
+        WalCommand::RestorePoints { archive, json } => {
+            let answer = ask(
+                ctx,
+                WalQuery::RestorePoints {
+                    archive: archive.archive,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let points = answer["restore_points"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if points.is_empty() {
+                println!(
+                    "archive {}: no restore points archived (make one with SELECT pg_create_restore_point('NAME'), then pg_switch_wal() or wait for the segment to be archived)\n  looked with {}",
+                    text(&answer["archive"]),
+                    ctx.configuration_note()
+                );
+            } else {
+                println!(
+                    "{:<32} {:<27} {:<14} {:>8}  SEGMENT",
+                    "NAME", "TIME", "LSN", "TIMELINE"
+                );
+                for p in &points {
+                    println!(
+                        "{:<32} {:<27} {:<14} {:>8}  {}",
+                        text(&p["name"]),
+                        text(&p["time"]),
+                        text(&p["lsn"]),
+                        p["timeline"],
+                        text(&p["segment"])
+                    );
+                }
+                println!("recover to one: lazarus recover --to-name NAME --reason \"...\"");
+            }
+            if let Some(w) = answer["warning"].as_str() {
+                eprintln!("warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         WalCommand::Status { archive, rpo, json } => {
             let rpo = parse_duration(&rpo).map_err(anyhow::Error::msg)?;
             let answer = ask(
@@ -302,11 +389,14 @@ pub async fn wal(ctx: &Context, command: WalCommand) -> Result<ExitCode> {
 /// `lazarus pitr …`.
 pub async fn pitr(ctx: &Context, command: PitrCommand) -> Result<ExitCode> {
     let PitrCommand::Plan {
-        to,
+        target,
         timeline,
         archive,
         json,
     } = command;
+    let to = target.spec().ok_or_else(|| {
+        anyhow::anyhow!("say where to stop: --to TIME, --to-lsn LSN, --to-xid XID, --to-name NAME or --immediate")
+    })?;
     let answer = ask(
         ctx,
         WalQuery::Plan {
@@ -651,6 +741,17 @@ fn print_plan(plan: &Value) {
         text(&plan["target"])
     );
     println!("  timeline        {}", plan["timeline"]);
+    if plan["target_kind"].as_str().is_some_and(|k| k != "time") {
+        println!(
+            "  stops           {} (recovery_target_{}); around {}",
+            text(&plan["target"]),
+            match text(&plan["target_kind"]) {
+                "immediate" => "immediate: the base backup's consistent point",
+                other => other,
+            },
+            text(&plan["target_time"])
+        );
+    }
     let b = &plan["backup"];
     println!(
         "  base backup     {} (timeline {}, start {}, consistent at {})",

@@ -11,7 +11,7 @@ use crate::catalog::Manifest;
 use crate::wal::archive::{micros_to_rfc3339, rfc3339_to_micros};
 use crate::wal::catalog::WalCatalog;
 use crate::wal::names::{Lsn, SegmentName};
-use crate::wal::plan::{self, BaseBackup, TimelineChoice};
+use crate::wal::plan::{BaseBackup, TimelineChoice};
 use crate::wal::presence;
 
 /// A question about a WAL archive.
@@ -47,11 +47,16 @@ pub enum WalQuery {
         /// Forget the index first.
         full: bool,
     },
+    /// The named restore points archived, on every timeline.
+    RestorePoints {
+        /// Archive name.
+        archive: String,
+    },
     /// A point-in-time recovery plan.
     Plan {
         /// Archive name.
         archive: String,
-        /// The target time (RFC 3339 or PostgreSQL's timestamptz text).
+        /// The target: a time, `lsn:X/Y`, `xid:N`, `name:NAME` or `immediate`.
         to: String,
         /// A timeline; the newest when absent.
         timeline: Option<u32>,
@@ -136,17 +141,36 @@ pub async fn answer(services: &Services, query: WalQuery) -> Result<Value, Contr
             report["warning"] = json!(warning);
             Ok(report)
         }
+        WalQuery::RestorePoints { archive } => {
+            let warning = refresh(services, catalog, &archive).await;
+            let mut points = Vec::new();
+            for tli in catalog.timelines(&archive).map_err(refused)? {
+                for (segno, point) in catalog.restore_points(&archive, tli).map_err(refused)? {
+                    points.push(json!({
+                        "name": point.name,
+                        "time": point.time,
+                        "lsn": point.lsn,
+                        "timeline": tli,
+                        "segment": crate::wal::names::SegmentName { timeline: tli, segno }
+                            .file_name(crate::wal::names::DEFAULT_SEGMENT_SIZE),
+                    }));
+                }
+            }
+            Ok(json!({ "archive": archive, "restore_points": points, "warning": warning }))
+        }
         WalQuery::Plan {
             archive,
             to,
             timeline,
         } => {
-            let target = crate::wal::parse_target_time(&to).map_err(refused)?;
+            let target = crate::wal::targets::Target::parse(&to).map_err(refused)?;
             let warning = refresh(services, catalog, &archive).await;
             let manifests = crate::owner::control::list_backups(services, None).await?;
             let backups = base_backups(&manifests, &archive);
             let choice = timeline.map_or(TimelineChoice::Latest, TimelineChoice::Exactly);
-            let plan = plan::plan(catalog, &archive, target, choice, &backups).map_err(refused)?;
+            let plan =
+                crate::wal::targets::plan_target(catalog, &archive, &target, choice, &backups)
+                    .map_err(refused)?;
             let mut value = serde_json::to_value(&plan).map_err(refused)?;
             value["warning"] = json!(warning);
             // Planning is fast because it reads the index; `recover --to` proves the chain

@@ -97,6 +97,15 @@ pub struct WalManifest {
     /// With `runs_off_xact`: the latest transaction end that ends in this segment.
     #[serde(default)]
     pub last_complete_xact_time: Option<String>,
+    /// The smallest transaction id among the segment's transaction ends (`--to-xid`).
+    #[serde(default)]
+    pub xid_min: Option<u32>,
+    /// The largest.
+    #[serde(default)]
+    pub xid_max: Option<u32>,
+    /// Named restore points made in the segment (`--to-name`), in order.
+    #[serde(default)]
+    pub restore_points: Vec<RestorePointEntry>,
     /// The cluster's system identifier (segments).
     pub system_id: Option<String>,
     /// PostgreSQL major version that wrote it (segments).
@@ -105,6 +114,17 @@ pub struct WalManifest {
     pub history: Vec<HistoryEntry>,
     /// When it was archived, RFC 3339.
     pub archived_at: String,
+}
+
+/// A named restore point as a manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePointEntry {
+    /// The name given to `pg_create_restore_point`.
+    pub name: String,
+    /// When, RFC 3339 with microseconds.
+    pub time: String,
+    /// Where its record starts, e.g. `0/3000028`.
+    pub lsn: String,
 }
 
 /// Microseconds since the Unix epoch as RFC 3339 with microseconds.
@@ -485,6 +505,9 @@ fn encode_file(
         runs_off: false,
         runs_off_xact: false,
         last_complete_xact_time: None,
+        xid_min: None,
+        xid_max: None,
+        restore_points: Vec::new(),
         system_id: None,
         server_version: None,
         history: Vec::new(),
@@ -544,6 +567,17 @@ fn encode_file(
             manifest.runs_off_xact = scan.runs_off_xact;
             manifest.last_complete_xact_time = scan.last_complete_xact_time.map(micros_to_rfc3339);
             manifest.last_xact_lsn = scan.last_xact_lsn.map(|l| l.to_string());
+            manifest.xid_min = scan.xid_range.map(|r| r.0);
+            manifest.xid_max = scan.xid_range.map(|r| r.1);
+            manifest.restore_points = scan
+                .restore_points
+                .iter()
+                .map(|p| RestorePointEntry {
+                    name: p.name.clone(),
+                    time: micros_to_rfc3339(p.time),
+                    lsn: p.lsn.to_string(),
+                })
+                .collect();
             manifest.system_id = Some(scan.system_id.to_string());
             manifest.server_version = Some(scan.server_version);
         }

@@ -5,11 +5,15 @@
 //!
 //! Keys (each prefixed by a tag byte and `archive\0`):
 //! `s` timeline+segno → manifest; `t` timeline+time+segno → (); `r` timeline → runs;
-//! `h` timeline → history manifest; `o` file → manifest of other files; `k` file → ().
+//! `h` timeline → history manifest; `o` file → manifest of other files; `k` file → ();
+//! `x` timeline+segno → the xid range of its transaction ends (8 bytes); `p` timeline+segno
+//! → its restore points (JSON), for segments that have any.
 
 use serde::{Deserialize, Serialize};
 
-use super::archive::{ArchiveError, FileKind, WalManifest, read_manifests, rfc3339_to_micros};
+use super::archive::{
+    ArchiveError, FileKind, RestorePointEntry, WalManifest, read_manifests, rfc3339_to_micros,
+};
 use super::names::HistoryEntry;
 use crate::storage::StoreSet;
 
@@ -109,6 +113,30 @@ impl WalCatalog {
                 {
                     self.tree
                         .insert(time_key(archive, manifest.timeline, t, segno), &[])
+                        .map_err(store_err)?;
+                }
+                match (manifest.xid_min, manifest.xid_max) {
+                    (Some(lo), Some(hi)) => {
+                        let mut range = lo.to_be_bytes().to_vec();
+                        range.extend_from_slice(&hi.to_be_bytes());
+                        self.tree
+                            .insert(key(b'x', archive, &rest), range)
+                            .map_err(store_err)?;
+                    }
+                    _ => {
+                        self.tree
+                            .remove(key(b'x', archive, &rest))
+                            .map_err(store_err)?;
+                    }
+                }
+                if manifest.restore_points.is_empty() {
+                    self.tree
+                        .remove(key(b'p', archive, &rest))
+                        .map_err(store_err)?;
+                } else {
+                    let points = serde_json::to_vec(&manifest.restore_points).map_err(store_err)?;
+                    self.tree
+                        .insert(key(b'p', archive, &rest), points)
                         .map_err(store_err)?;
                 }
                 self.add_to_runs(archive, manifest.timeline, segno)?;
@@ -246,6 +274,105 @@ impl WalCatalog {
         Ok(None)
     }
 
+    /// Segments on `timeline` in `first..=last` whose transaction ends span `xid`, in
+    /// segment order: the transaction ends in one of them (a long transaction's end can make
+    /// several ranges hold it).
+    pub fn segments_spanning_xid(
+        &self,
+        archive: &str,
+        timeline: u32,
+        xid: u32,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, WalCatalogError> {
+        let mut out = Vec::new();
+        let start = key(b'x', archive, &seg_rest(timeline, first));
+        let end = key(
+            b'x',
+            archive,
+            &seg_rest(timeline, last.saturating_add(1).max(first)),
+        );
+        let range: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if last == u64::MAX {
+                Box::new(
+                    self.tree
+                        .range(start..key(b'x', archive, &(timeline + 1).to_be_bytes())),
+                )
+            } else {
+                Box::new(self.tree.range(start..end))
+            };
+        for entry in range {
+            let (k, v) = entry.map_err(store_err)?;
+            let (Some(segno), Some(lo), Some(hi)) = (
+                k.get(k.len() - 8..)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                v.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes),
+                v.get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes),
+            ) else {
+                continue;
+            };
+            if (lo..=hi).contains(&xid) {
+                out.push(segno);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The smallest and largest transaction id of the transaction ends indexed on
+    /// `timeline` (what a `--to-xid` can reach), if any segment carries a range.
+    pub fn xid_span(
+        &self,
+        archive: &str,
+        timeline: u32,
+    ) -> Result<Option<(u32, u32)>, WalCatalogError> {
+        let mut span: Option<(u32, u32)> = None;
+        for entry in self
+            .tree
+            .scan_prefix(key(b'x', archive, &timeline.to_be_bytes()))
+        {
+            let (_, v) = entry.map_err(store_err)?;
+            if let (Some(lo), Some(hi)) = (
+                v.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes),
+                v.get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes),
+            ) {
+                span = Some(span.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+            }
+        }
+        Ok(span)
+    }
+
+    /// Every restore point indexed on `timeline`, in WAL order: (segno, point).
+    pub fn restore_points(
+        &self,
+        archive: &str,
+        timeline: u32,
+    ) -> Result<Vec<(u64, RestorePointEntry)>, WalCatalogError> {
+        let mut out = Vec::new();
+        for entry in self
+            .tree
+            .scan_prefix(key(b'p', archive, &timeline.to_be_bytes()))
+        {
+            let (k, v) = entry.map_err(store_err)?;
+            let segno = k
+                .get(k.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let points: Vec<RestorePointEntry> = serde_json::from_slice(&v).map_err(store_err)?;
+            out.extend(points.into_iter().map(|p| (segno, p)));
+        }
+        Ok(out)
+    }
+
     /// Every indexed manifest of an archive: segments in order, then the others.
     pub fn list(&self, archive: &str) -> Result<Vec<WalManifest>, WalCatalogError> {
         let mut out = Vec::new();
@@ -295,7 +422,7 @@ impl WalCatalog {
 
     /// Forgets one archive's index (before a full rebuild).
     pub fn clear(&self, archive: &str) -> Result<(), WalCatalogError> {
-        for tag in [b's', b't', b'r', b'h', b'o', b'k'] {
+        for tag in [b's', b't', b'r', b'h', b'o', b'k', b'x', b'p'] {
             for entry in self.tree.scan_prefix(key(tag, archive, &[])) {
                 let (k, _) = entry.map_err(store_err)?;
                 self.tree.remove(k).map_err(store_err)?;

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod presence;
 pub mod reader;
 pub mod restore_config;
+pub mod targets;
 
 pub use names::{Lsn, SegmentName, WalFile};
 

@@ -106,6 +106,18 @@ pub struct PitrPlan {
     /// right after that record (`recovery_target_lsn`, inclusive).
     #[serde(default)]
     pub stop_lsn: Option<String>,
+    /// `time`, `lsn`, `xid`, `name` or `immediate`.
+    #[serde(default = "time_kind")]
+    pub target_kind: String,
+    /// When replay stops, RFC 3339: the target itself for a time; otherwise as well as the
+    /// catalog knows (a restore point's time, the latest transaction end of the stop
+    /// segment, the base backup's consistent point) — for the RPO and the report.
+    #[serde(default)]
+    pub target_time: String,
+}
+
+fn time_kind() -> String {
+    "time".into()
 }
 
 /// Why no plan.
@@ -161,6 +173,9 @@ pub enum PlanError {
         /// The latest moment reachable without it.
         reachable: String,
     },
+    /// A target other than a time that the archive cannot reach, with what it can.
+    #[error("{0}")]
+    Unreachable(String),
     /// The chain has a hole.
     #[error(
         "WAL segments {first} to {last} are missing from the archive, so base backup {backup} cannot replay to {target}; this archive covers {window} without crossing the gap — take a new base backup, or pick a target before the gap"
@@ -181,13 +196,14 @@ pub enum PlanError {
 
 /// One timeline's stretch of a path: `[begin, end)` in LSNs.
 #[derive(Debug, Clone, Copy)]
-struct PathPart {
-    timeline: u32,
-    begin: Lsn,
-    end: Option<Lsn>,
+pub(super) struct PathPart {
+    pub(super) timeline: u32,
+    pub(super) begin: Lsn,
+    pub(super) end: Option<Lsn>,
 }
 
-fn timeline_path(
+/// The timelines a recovery along `timeline` passes through, oldest first.
+pub(super) fn timeline_path(
     catalog: &WalCatalog,
     archive: &str,
     timeline: u32,
@@ -364,7 +380,41 @@ pub fn plan(
             });
         }
     };
-    // The gap proof: every stretch lies inside one run of archived segments.
+    let (parts, count) = prove_chain(catalog, archive, chain, backup, &target_text, segment_size)?;
+    let newest = last_commit.map_or(found_time, |(t, _, _)| t);
+    Ok(PitrPlan {
+        archive: archive.to_string(),
+        target: target_text,
+        target_micros: target,
+        timeline,
+        backup: backup.clone(),
+        chain: parts,
+        segments: count,
+        target_segment: SegmentName {
+            timeline: found_tli,
+            segno: found_seg,
+        }
+        .file_name(segment_size),
+        target_segment_last_commit: micros_to_rfc3339(found_time),
+        window,
+        newer_history_seconds: (newest - target) as f64 / 1e6,
+        stop_lsn,
+        target_kind: time_kind(),
+        target_time: micros_to_rfc3339(target),
+    })
+}
+
+/// The gap proof: every stretch of the chain lies inside one run of archived segments.
+/// Returns the chain as parts and its length in segments, or the gap with what can be
+/// reached without crossing it.
+pub(super) fn prove_chain(
+    catalog: &WalCatalog,
+    archive: &str,
+    chain: Vec<(u32, u64, u64)>,
+    backup: &BaseBackup,
+    target_text: &str,
+    segment_size: u64,
+) -> Result<(Vec<ChainPart>, u64), PlanError> {
     let mut parts = Vec::new();
     let mut count = 0u64;
     for (tli, first, last) in chain {
@@ -392,7 +442,7 @@ pub fn plan(
                     first: name(missing_from),
                     last: name(missing_to),
                     backup: backup.id.clone(),
-                    target: target_text,
+                    target: target_text.to_string(),
                     window: Box::new(Window {
                         from: Some(micros_to_rfc3339(backup.stop_time)),
                         to: reach,
@@ -416,25 +466,7 @@ pub fn plan(
             last_file: name(last),
         });
     }
-    let newest = last_commit.map_or(found_time, |(t, _, _)| t);
-    Ok(PitrPlan {
-        archive: archive.to_string(),
-        target: target_text,
-        target_micros: target,
-        timeline,
-        backup: backup.clone(),
-        chain: parts,
-        segments: count,
-        target_segment: SegmentName {
-            timeline: found_tli,
-            segno: found_seg,
-        }
-        .file_name(segment_size),
-        target_segment_last_commit: micros_to_rfc3339(found_time),
-        window,
-        newer_history_seconds: (newest - target) as f64 / 1e6,
-        stop_lsn,
-    })
+    Ok((parts, count))
 }
 
 /// The last transaction end archived on `timeline` from segment `segno` on (the segment of
@@ -543,6 +575,9 @@ pub fn synthetic_archive(
             switched: false,
             runs_off: false,
             runs_off_xact: false,
+            xid_min: None,
+            xid_max: None,
+            restore_points: Vec::new(),
             last_complete_xact_time: None,
             system_id: Some("1".into()),
             server_version: Some(15),

@@ -33,6 +33,9 @@ const MAX_RECORD: usize = 1020 << 20;
 const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
 const XLOG_SWITCH: u8 = 0x40;
+const XLOG_RESTORE_POINT: u8 = 0x70;
+/// `MAXFNAMELEN`: the room `pg_create_restore_point` names have, NUL included.
+const RESTORE_POINT_NAME: usize = 64;
 const XLOG_XACT_OPMASK: u8 = 0x70;
 const XLOG_XACT_COMMIT: u8 = 0x00;
 const XLOG_XACT_ABORT: u8 = 0x20;
@@ -76,6 +79,17 @@ pub struct XactRecord {
     pub xid: u32,
     /// `xact_time`, microseconds since the Unix epoch.
     pub time: i64,
+}
+
+/// A named restore point (`pg_create_restore_point`) found in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    /// Its name.
+    pub name: String,
+    /// When it was made, microseconds since the Unix epoch.
+    pub time: i64,
+    /// Where its record starts.
+    pub lsn: Lsn,
 }
 
 /// What a scan of one segment found.
@@ -124,6 +138,13 @@ pub struct SegmentScan {
     /// segment (what replay can reach without the next one).
     #[serde(default)]
     pub last_complete_xact_time: Option<i64>,
+    /// The smallest and largest transaction id among the transaction ends that begin in
+    /// this segment (a `--to-xid` target ends in a segment whose range holds it).
+    #[serde(default)]
+    pub xid_range: Option<(u32, u32)>,
+    /// Named restore points made in this segment, in order.
+    #[serde(default)]
+    pub restore_points: Vec<RestorePoint>,
     /// Every transaction end, when asked for.
     pub xacts: Vec<XactRecord>,
 }
@@ -264,6 +285,8 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         runs_off: false,
         runs_off_xact: false,
         last_complete_xact_time: None,
+        xid_range: None,
+        restore_points: Vec::new(),
         xacts: Vec::new(),
     };
 
@@ -344,6 +367,12 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
             scan.switched = true;
             break;
+        }
+        if rmid == RM_XLOG_ID
+            && info & 0xF0 == XLOG_RESTORE_POINT
+            && let Some(point) = main_data(rec).and_then(|main| restore_point(main, record_lsn))
+        {
+            scan.restore_points.push(point);
         }
         if rmid == RM_XACT_ID
             && let Some(main) = main_data(rec)
@@ -542,6 +571,14 @@ fn note_xact(
     scan.first_xact_time = Some(scan.first_xact_time.map_or(time, |t| t.min(time)));
     scan.last_xact_time = Some(scan.last_xact_time.map_or(time, |t| t.max(time)));
     scan.last_xact_lsn = Some(Lsn(lsn));
+    // COMMIT/ABORT PREPARED records carry no xid of their own in the header (0).
+    let xid = u32_at(record, 4).unwrap_or(0);
+    if xid != 0 {
+        scan.xid_range = Some(match scan.xid_range {
+            Some((lo, hi)) => (lo.min(xid), hi.max(xid)),
+            None => (xid, xid),
+        });
+    }
     if options.collect_xacts {
         scan.xacts.push(XactRecord {
             lsn: Lsn(lsn),
@@ -550,6 +587,18 @@ fn note_xact(
             time,
         });
     }
+}
+
+/// `xl_restore_point`: the time, then the NUL-terminated name.
+fn restore_point(main: &[u8], lsn: u64) -> Option<RestorePoint> {
+    let time = (u64_at(main, 0)? as i64).saturating_add(PG_EPOCH_OFFSET_MICROS);
+    let name = main.get(8..(8 + RESTORE_POINT_NAME).min(main.len()))?;
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(RestorePoint {
+        name: String::from_utf8_lossy(&name[..len]).into_owned(),
+        time,
+        lsn: Lsn(lsn),
+    })
 }
 
 /// Builds small, valid WAL segments for tests and fuzzing seeds.
@@ -690,6 +739,33 @@ mod tests {
     use super::*;
 
     const T: i64 = 1_795_000_000_000_000;
+
+    #[test]
+    fn records_restore_points_and_the_xid_range_of_transaction_ends() {
+        let mut b = Builder::new(1, 5);
+        b.commit(700, T).unwrap();
+        let mut point = ((T - PG_EPOCH_OFFSET_MICROS + 5) as u64)
+            .to_le_bytes()
+            .to_vec();
+        let mut name = b"before_migration".to_vec();
+        name.resize(RESTORE_POINT_NAME, 0);
+        point.extend_from_slice(&name);
+        let at = b.record(0, RM_XLOG_ID, XLOG_RESTORE_POINT, &point).unwrap();
+        b.commit(650, T + 10).unwrap();
+        b.commit(702, T + 20).unwrap();
+        // A record of another resource manager with the same info bits is no restore point.
+        b.record(0, 10, XLOG_RESTORE_POINT, &point).unwrap();
+        let scan = scan_segment(&b.data, ScanOptions::default()).unwrap();
+        assert_eq!(
+            scan.restore_points,
+            vec![RestorePoint {
+                name: "before_migration".into(),
+                time: T + 5,
+                lsn: Lsn(at),
+            }]
+        );
+        assert_eq!(scan.xid_range, Some((650, 702)));
+    }
 
     #[test]
     fn reads_commit_times_across_page_boundaries() {
