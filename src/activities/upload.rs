@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::inputs::{self, lenient_opt_u64};
+use super::inputs::{self, lenient_bool, lenient_opt_u64};
 use super::services::Services;
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
 use crate::storage::Body;
@@ -38,6 +38,11 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "copies that must land (default: every store)",
         },
+        InputSpec {
+            name: "finished",
+            required: false,
+            help: "the file is an earlier step's finished output that nothing changes any more: a local store on the same filesystem links it instead of copying (default false)",
+        },
     ],
     outputs: &["key", "size", "copies", "landed", "seconds"],
 };
@@ -50,6 +55,8 @@ struct Inputs {
     stores: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     min_copies: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    finished: bool,
 }
 
 /// The `upload` activity.
@@ -91,7 +98,11 @@ impl Activity for Upload {
             .map_or(stores.stores().len(), |n| n as usize)
             .min(stores.stores().len());
         let copies = tokio::select! {
-            copies = stores.put_all(&inputs.key, Body::File(inputs.src.clone())) => copies,
+            copies = stores.put_all(&inputs.key, if inputs.finished {
+                Body::Finished(inputs.src.clone())
+            } else {
+                Body::File(inputs.src.clone())
+            }) => copies,
             _ = ctx.cancellation().cancelled() => return Err(ActivityError::cancelled("upload stopped")),
         };
         let landed = copies.iter().filter(|c| c.bytes == Some(size)).count();

@@ -67,6 +67,24 @@ fn write_atomically(target: &Path, body: &Body) -> std::io::Result<u64> {
             std::fs::File::open(&tmp)?.sync_all()?;
             n
         }
+        Body::Finished(source) => {
+            let _ = std::fs::remove_file(&tmp);
+            // On the same filesystem the object is the finished file itself under a second
+            // name: no second full write and flush (a backup's upload would otherwise copy
+            // all of it again). Elsewhere (another filesystem), a copy.
+            match std::fs::hard_link(source, &tmp) {
+                Ok(()) => {
+                    let f = std::fs::File::open(&tmp)?;
+                    f.sync_all()?;
+                    f.metadata()?.len()
+                }
+                Err(_) => {
+                    let n = std::fs::copy(source, &tmp)?;
+                    std::fs::File::open(&tmp)?.sync_all()?;
+                    n
+                }
+            }
+        }
     };
     std::fs::rename(&tmp, target)?;
     // The rename is durable once the directory is.
@@ -202,6 +220,32 @@ impl ObjectStore for LocalStore {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_finished_file_is_linked_not_written_again_and_any_other_file_is_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new("local", dir.path().join("store"));
+        let src = dir.path().join("backup.lzr");
+        std::fs::write(&src, b"finished bytes").unwrap();
+        store
+            .put("b/linked", Body::Finished(src.clone()))
+            .await
+            .unwrap();
+        store
+            .put("b/copied", Body::File(src.clone()))
+            .await
+            .unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let linked = dir.path().join("store/b/linked");
+        let copied = dir.path().join("store/b/copied");
+        assert_eq!(ino(&linked), ino(&src), "one write for both names");
+        assert_ne!(ino(&copied), ino(&src));
+        // The work name goes after the upload; the object stays whole.
+        std::fs::remove_file(&src).unwrap();
+        assert_eq!(std::fs::read(&linked).unwrap(), b"finished bytes");
+        assert_eq!(std::fs::read(&copied).unwrap(), b"finished bytes");
+    }
 
     #[tokio::test]
     async fn put_get_ranges_list_and_delete() {

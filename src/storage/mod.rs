@@ -40,6 +40,10 @@ pub enum Body {
     Bytes(Bytes),
     /// A file, streamed (multipart for large ones on S3).
     File(PathBuf),
+    /// A finished file that nothing changes any more (an earlier step's output): a local
+    /// store on the same filesystem links it under the object's name instead of writing it
+    /// a second time.
+    Finished(PathBuf),
 }
 
 /// How a storage operation failed; decides whether to retry, fail over or give up.

@@ -380,7 +380,7 @@ impl ObjectStore for S3Store {
                 let n = bytes.len() as u64;
                 (SdkStream::from(bytes), n)
             }
-            Body::File(path) => {
+            Body::File(path) | Body::Finished(path) => {
                 let size = std::fs::metadata(&path)
                     .map_err(|e| StorageError::Permanent {
                         store: self.settings.name.clone(),
