@@ -35,11 +35,11 @@ pub async fn collect(
                     })
                     .collect();
                 if !steps.is_empty() {
-                    runs.push(json!({ "run": run, "status": status_word(status), "steps": steps }));
+                    runs.push(json!({ "run": run, "status": status.as_str(), "steps": steps }));
                 }
             }
             RunStatus::Succeeded => {}
-            other => live.push(json!({ "run": run, "status": status_word(other) })),
+            other => live.push(json!({ "run": run, "status": other.as_str() })),
         }
     }
     let known: Vec<&str> = statuses.iter().map(|(id, _, _)| id.as_str()).collect();
@@ -54,20 +54,6 @@ pub async fn collect(
         "databases_error": databases.as_ref().err(),
         "live_runs": live,
     }))
-}
-
-fn status_word(status: &RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::Halted => "halted",
-        RunStatus::WaitingApproval => "waiting_approval",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::RollingBack => "rolling_back",
-        RunStatus::RolledBack => "rolled_back",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::Refused => "refused",
-    }
 }
 
 /// Runs as the journal knows them: id, status, parameters.

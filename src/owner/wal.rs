@@ -151,8 +151,10 @@ pub async fn answer(services: &Services, query: WalQuery) -> Result<Value, Contr
                         "time": point.time,
                         "lsn": point.lsn,
                         "timeline": tli,
-                        "segment": crate::wal::names::SegmentName { timeline: tli, segno }
-                            .file_name(crate::wal::names::DEFAULT_SEGMENT_SIZE),
+                        "segment": catalog
+                            .segment(&archive, tli, segno)
+                            .map_err(refused)?
+                            .map(|m| m.file),
                     }));
                 }
             }

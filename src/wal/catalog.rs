@@ -303,16 +303,11 @@ impl WalCatalog {
             };
         for entry in range {
             let (k, v) = entry.map_err(store_err)?;
-            let (Some(segno), Some(lo), Some(hi)) = (
+            let (Some(segno), Some((lo, hi))) = (
                 k.get(k.len() - 8..)
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_be_bytes),
-                v.get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes),
-                v.get(4..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes),
+                xid_range(&v),
             ) else {
                 continue;
             };
@@ -336,14 +331,7 @@ impl WalCatalog {
             .scan_prefix(key(b'x', archive, &timeline.to_be_bytes()))
         {
             let (_, v) = entry.map_err(store_err)?;
-            if let (Some(lo), Some(hi)) = (
-                v.get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes),
-                v.get(4..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes),
-            ) {
+            if let Some((lo, hi)) = xid_range(&v) {
                 span = Some(span.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
             }
         }
@@ -430,6 +418,13 @@ impl WalCatalog {
         }
         Ok(())
     }
+}
+
+/// An `x` entry's value: the smallest and largest xid, big-endian.
+fn xid_range(value: &[u8]) -> Option<(u32, u32)> {
+    let lo = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
+    let hi = u32::from_be_bytes(value.get(4..8)?.try_into().ok()?);
+    Some((lo, hi))
 }
 
 fn time_key(archive: &str, timeline: u32, micros: i64, segno: u64) -> Vec<u8> {

@@ -236,15 +236,26 @@ pub(super) fn timeline_path(
     Ok(path)
 }
 
-/// Plans a recovery of `archive` to `target` (microseconds since the Unix epoch).
-pub fn plan(
+/// Where every plan starts: the timeline, its path, each part's segment range, and the
+/// base backups on the path.
+pub(super) struct Route<'a> {
+    pub(super) timeline: u32,
+    pub(super) path: Vec<PathPart>,
+    pub(super) segment_size: u64,
+    /// Per path part: (timeline, first segno, last segno); the segment holding a switch
+    /// point is read from the newer timeline, as PostgreSQL does.
+    pub(super) ranges: Vec<(u32, u64, u64)>,
+    /// Base backups started within their timeline's stretch of the path, unsorted.
+    pub(super) usable: Vec<&'a BaseBackup>,
+}
+
+/// Resolves the timeline and lays out its path for a plan.
+pub(super) fn route<'a>(
     catalog: &WalCatalog,
     archive: &str,
-    target: i64,
     timeline: TimelineChoice,
-    backups: &[BaseBackup],
-) -> Result<PitrPlan, PlanError> {
-    let target_text = micros_to_rfc3339(target);
+    backups: &'a [BaseBackup],
+) -> Result<Route<'a>, PlanError> {
     let timeline = match timeline {
         TimelineChoice::Exactly(t) => t,
         TimelineChoice::Latest => *catalog
@@ -258,21 +269,14 @@ pub fn plan(
         .map(|b| b.segment_size)
         .unwrap_or(super::names::DEFAULT_SEGMENT_SIZE);
     let seg = |lsn: Lsn| lsn.segno(segment_size);
-    // Segment ranges per path part: the segment holding a switch point is read from the
-    // newer timeline, as PostgreSQL does.
-    let ranges: Vec<(u32, u64, u64)> = path
+    let ranges = path
         .iter()
         .map(|p| {
-            let first = seg(p.begin);
-            let last = match p.end {
-                Some(end) => seg(end).saturating_sub(1),
-                None => u64::MAX,
-            };
-            (p.timeline, first, last)
+            let last = p.end.map_or(u64::MAX, |end| seg(end).saturating_sub(1));
+            (p.timeline, seg(p.begin), last)
         })
         .collect();
-    // Base backups on this path (started within their timeline's stretch of it).
-    let mut usable: Vec<&BaseBackup> = backups
+    let usable = backups
         .iter()
         .filter(|b| {
             path.iter().any(|p| {
@@ -282,6 +286,32 @@ pub fn plan(
             })
         })
         .collect();
+    Ok(Route {
+        timeline,
+        path,
+        segment_size,
+        ranges,
+        usable,
+    })
+}
+
+/// Plans a recovery of `archive` to `target` (microseconds since the Unix epoch).
+pub fn plan(
+    catalog: &WalCatalog,
+    archive: &str,
+    target: i64,
+    timeline: TimelineChoice,
+    backups: &[BaseBackup],
+) -> Result<PitrPlan, PlanError> {
+    let target_text = micros_to_rfc3339(target);
+    let Route {
+        timeline,
+        path: _,
+        segment_size,
+        ranges,
+        mut usable,
+    } = route(catalog, archive, timeline, backups)?;
+    let seg = |lsn: Lsn| lsn.segno(segment_size);
     usable.sort_by_key(|b| (b.stop_time, b.stop_lsn));
     let mut last_commit: Option<(i64, u32, u64)> = None;
     for &(tli, first, last) in ranges.iter().rev() {

@@ -7,9 +7,9 @@ use std::fmt;
 
 use super::archive::rfc3339_to_micros;
 use super::catalog::WalCatalog;
-use super::names::{DEFAULT_SEGMENT_SIZE, Lsn, SegmentName};
+use super::names::{Lsn, SegmentName};
 use super::plan::{
-    self, BaseBackup, PitrPlan, PlanError, TimelineChoice, Window, prove_chain, timeline_path,
+    self, BaseBackup, PitrPlan, PlanError, Route, TimelineChoice, Window, prove_chain, route,
 };
 
 /// Where a recovery stops.
@@ -138,36 +138,14 @@ pub fn plan_target(
         Target::Immediate => Position::Immediate,
     };
     let text = target.to_string();
-    let timeline = match timeline {
-        TimelineChoice::Exactly(t) => t,
-        TimelineChoice::Latest => *catalog
-            .timelines(archive)?
-            .last()
-            .ok_or_else(|| PlanError::Empty(archive.to_string()))?,
-    };
-    let path = timeline_path(catalog, archive, timeline)?;
-    let segment_size = backups
-        .first()
-        .map(|b| b.segment_size)
-        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let Route {
+        timeline,
+        path,
+        segment_size,
+        ranges,
+        mut usable,
+    } = route(catalog, archive, timeline, backups)?;
     let seg = |lsn: Lsn| lsn.segno(segment_size);
-    let ranges: Vec<(u32, u64, u64)> = path
-        .iter()
-        .map(|p| {
-            let last = p.end.map_or(u64::MAX, |end| seg(end).saturating_sub(1));
-            (p.timeline, seg(p.begin), last)
-        })
-        .collect();
-    let mut usable: Vec<&BaseBackup> = backups
-        .iter()
-        .filter(|b| {
-            path.iter().any(|p| {
-                p.timeline == b.timeline
-                    && b.start_lsn >= p.begin
-                    && p.end.is_none_or(|end| b.stop_lsn <= end)
-            })
-        })
-        .collect();
     usable.sort_by_key(|b| (b.stop_lsn, b.stop_time));
     let Some(newest) = usable.last().copied() else {
         return Err(PlanError::Unreachable(format!(
@@ -352,7 +330,7 @@ pub fn plan_target(
     }
     if !reached {
         return Err(PlanError::Unreachable(format!(
-            "{text} is not reachable from base backup {} along timeline {timeline}",
+            "{text} is not reachable from base backup {} along timeline {timeline}: pick the timeline it is on (--timeline N; `lazarus wal list` shows them)",
             backup.id
         )));
     }
