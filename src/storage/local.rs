@@ -44,9 +44,39 @@ impl LocalStore {
     }
 }
 
+/// Creates `dir` and its missing parents. Run as root, each new directory gets the owner of
+/// the nearest directory that existed: a store shared with the PostgreSQL user (whose
+/// `archive_command` writes WAL there) stays writable by it after root wrote the first
+/// object of a new subtree (an audit entry, a manifest).
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    while !existing.as_os_str().is_empty() && !existing.exists() {
+        missing.push(existing.to_path_buf());
+        existing = existing.parent().unwrap_or(Path::new(""));
+    }
+    std::fs::create_dir_all(dir)?;
+    if nix::unistd::geteuid().is_root() {
+        let base = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing
+        };
+        let owner = std::fs::metadata(base)?;
+        for created in missing {
+            let _ = std::os::unix::fs::chown(&created, Some(owner.uid()), Some(owner.gid()));
+        }
+    }
+    Ok(())
+}
+
 fn write_atomically(target: &Path, body: &Body) -> std::io::Result<u64> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    create_dirs(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         target
@@ -220,6 +250,33 @@ impl ObjectStore for LocalStore {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[tokio::test]
+    async fn new_directories_take_the_owner_of_the_directory_they_are_made_in() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        // Run as root, the shared directory belongs to another user (as a store the
+        // PostgreSQL user archives into does); otherwise it is ours.
+        let other = nix::unistd::geteuid().is_root().then_some(65534u32);
+        if let Some(uid) = other {
+            std::os::unix::fs::chown(&shared, Some(uid), Some(uid)).unwrap();
+        }
+        let store = LocalStore::new("local", shared.join("store"));
+        store
+            .put(
+                "audit/000000000001.json",
+                Body::Bytes(Bytes::from_static(b"{}")),
+            )
+            .await
+            .unwrap();
+        let expected = other.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        for created in ["store", "store/audit"] {
+            let meta = std::fs::metadata(shared.join(created)).unwrap();
+            assert_eq!(meta.uid(), expected, "{created}");
+        }
+    }
 
     #[tokio::test]
     async fn a_finished_file_is_linked_not_written_again_and_any_other_file_is_copied() {

@@ -158,6 +158,15 @@ impl Bouncer {
         )
         .unwrap();
         std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        let installed = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain([std::path::PathBuf::from("/usr/sbin")])
+            .any(|d| d.join("pgbouncer").is_file());
+        assert!(
+            installed,
+            "this test needs pgbouncer, which is not installed: run scripts/setup.sh (Debian: apt-get install pgbouncer)"
+        );
         let mut cmd = if running_as_root() {
             let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
             for path in [&dir, &ini, &dir.join("userlist.txt")] {
