@@ -16,6 +16,8 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
 command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)   # benchmarks compare with it
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v chromium >/dev/null || need_apt+=(chromium)                 # the web page's tests
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -82,6 +82,26 @@ pub struct PostgresConfig {
     pub bin_dir: Option<PathBuf>,
 }
 
+/// One `[[tokens]]` entry: an API token by its hash (`lazarus token create` writes these).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The identity the token acts as.
+    pub name: String,
+    /// viewer, operator or admin.
+    pub role: crate::ops::actor::Role,
+    /// SHA-256 of the token, hex; the token itself is never stored.
+    pub sha256: String,
+}
+
+/// The `[api]` table: where `lazarus serve` answers HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The address to listen on (default 127.0.0.1:7345; `--listen` overrides).
+    pub listen: Option<String>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +115,12 @@ pub struct Config {
     /// The stores, in failover order.
     #[serde(default)]
     pub stores: Vec<StoreConfig>,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// API tokens, by hash.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
 }
 
 /// A loaded configuration and where it came from.
@@ -356,6 +382,11 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # port = 5432
 # user = "postgres"
 # password_env = "PGPASSWORD"
+
+# The HTTP API and web page of `lazarus serve`; tokens are made with
+# `lazarus token create --name NAME --role viewer|operator|admin`, which appends their hash.
+# [api]
+# listen = "127.0.0.1:7345"
 
 # The last resort: a local directory.
 [[stores]]

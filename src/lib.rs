@@ -6,12 +6,14 @@
 
 pub mod activities;
 pub mod allocator;
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod engine;
+pub mod ops;
 pub mod owner;
 pub mod parallel;
 pub mod pg;

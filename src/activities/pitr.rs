@@ -111,10 +111,13 @@ impl Activity for PitrPlan {
         if let Err(e) = catalog.sync(&self.services.stores, &inputs.archive).await {
             tracing::warn!(error = %e, "could not refresh the WAL catalog; planning from it as it is");
         }
-        let manifests = crate::owner::control::list_backups(&self.services, None)
+        let manifests = self
+            .services
+            .catalog()?
+            .list_or_sync(&self.services.stores, None)
             .await
             .map_err(|e| ActivityError::retryable(e.to_string()))?;
-        let backups = crate::owner::wal::base_backups(&manifests, &inputs.archive);
+        let backups = plan::base_backups(&manifests, &inputs.archive);
         let plan =
             plan_target(catalog, &inputs.archive, &target, choice, &backups).map_err(|e| {
                 match e {

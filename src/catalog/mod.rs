@@ -203,6 +203,23 @@ impl Catalog {
         Ok(all)
     }
 
+    /// All manifests (of one database), oldest first, rebuilt from the stores first when
+    /// the catalog is empty (a new host).
+    pub async fn list_or_sync(
+        &self,
+        stores: &StoreSet,
+        database: Option<&str>,
+    ) -> Result<Vec<Manifest>, CatalogError> {
+        if self.is_empty() {
+            self.sync(stores).await.map_err(|e| {
+                CatalogError::Store(format!(
+                    "the catalog is empty and could not be rebuilt from the stores: {e}"
+                ))
+            })?;
+        }
+        self.list(database)
+    }
+
     /// Whether the catalog holds nothing.
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()

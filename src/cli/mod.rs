@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand family, human output by default and `--json`
 //! for machines. This is the edge of the program, so errors are `anyhow`.
 
+mod audit;
 mod backups;
 mod demo;
 mod execute;
@@ -12,6 +13,7 @@ mod serve;
 mod setup;
 mod status;
 mod storage;
+mod token;
 mod wal;
 mod workflows;
 
@@ -114,8 +116,17 @@ pub enum Command {
     /// Check and list the configured stores.
     #[command(subcommand)]
     Storage(storage::StorageCommand),
-    /// Own the state directory and serve control requests until stopped.
+    /// Own the state directory: drive runs, serve the control socket and the HTTP API.
+    #[command(
+        after_help = "Examples:\n  lazarus serve                       # API on 127.0.0.1:7345\n  lazarus serve --listen 0.0.0.0:7345\n\nMake a token first: lazarus token create --name alice --role admin"
+    )]
     Serve(serve::ServeArgs),
+    /// API tokens for `serve` (stored as hashes in the configuration).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// The audit trail of every control action; `audit verify` checks its hash chain.
+    #[command(after_help = "Examples:\n  lazarus audit\n  lazarus audit verify")]
+    Audit(audit::AuditArgs),
     /// Show a run, a kill -9 and a resume, on a throwaway state directory.
     Demo(demo::DemoArgs),
     /// The WAL archive: push/fetch (archive_command, restore_command), list, check, status.
@@ -293,6 +304,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Key(command) => setup::key(command),
         Command::Storage(command) => storage::storage(&ctx, command).await,
         Command::Serve(args) => serve::serve(&ctx, args).await,
+        Command::Token(command) => token::token(&ctx, command),
+        Command::Audit(args) => audit::audit(&ctx, args).await,
         Command::Demo(args) => demo::demo(&ctx, args).await,
         Command::Wal(command) => wal::wal(&ctx, command).await,
         Command::Pitr(command) => wal::pitr(&ctx, command).await,

@@ -9,15 +9,24 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Context;
+use crate::api;
 use crate::owner::control::RemoteControl;
 use crate::owner::{Session, find_owner};
 
 /// Arguments of `lazarus serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Exit once no run has been executing for a few seconds (used by --detach).
+    /// Exit once no run has been executing for a few seconds (used by --detach; serves no
+    /// HTTP).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Where the HTTP API answers (default: `[api] listen`, else 127.0.0.1:7345; port 0
+    /// picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Serve the control socket only, no HTTP.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_http: bool,
 }
 
 /// How long an idle background owner lingers.
@@ -36,6 +45,11 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
     };
     let engine = std::sync::Arc::clone(owned.engine());
     tracing::info!(pid = std::process::id(), state = %ctx.state.display(), "serving");
+    let http = if args.exit_when_idle || args.no_http {
+        None
+    } else {
+        Some(start_http(ctx, owned, args.listen.as_deref()).await?)
+    };
     let mut terminate = signal(SignalKind::terminate())?;
     let mut idle_since = Instant::now();
     loop {
@@ -51,12 +65,51 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(http) = http {
+        http.abort();
+    }
     engine.interrupt_all(&format!(
         "lazarus serve (pid {}) stopping",
         std::process::id()
     ));
     session.finish().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the HTTP API and serves it in the background.
+async fn start_http(
+    ctx: &Context,
+    owned: &crate::owner::Owned,
+    listen: Option<&str>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let loaded = ctx.loaded_config()?;
+    let addr = listen
+        .map(String::from)
+        .or_else(|| loaded.config.api.listen.clone())
+        .unwrap_or_else(|| api::DEFAULT_LISTEN.to_string());
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for the HTTP API; pass --listen ADDR (port 0 picks a free one), or --no-http"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let tokens = std::sync::Arc::new(crate::ops::tokens::Tokens::new(&loaded));
+    let note = if tokens.is_empty() {
+        "no API token is configured yet: make one with `lazarus token create --name NAME --role admin`"
+    } else {
+        "callers need a token (`lazarus token create`)"
+    };
+    eprintln!("lazarus serve: HTTP API on http://{bound}/api ({note})");
+    let state = api::ApiState {
+        ops: std::sync::Arc::clone(owned.ops()),
+        tokens,
+        throttle: std::sync::Arc::new(api::Throttle::default()),
+    };
+    Ok(tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, state).await {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    }))
 }
 
 /// The background owner to hand a run to: the current owner, or a new

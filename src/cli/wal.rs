@@ -11,12 +11,11 @@ use serde_json::Value;
 use super::Context;
 use crate::crypto::Keyring;
 use crate::engine::duration::parse_duration;
-use crate::owner::wal::WalQuery;
+use crate::ops::wal::WalQuery;
 use crate::wal::ahead;
 use crate::wal::archive::{self, ArchiveError, PushOptions};
 
-/// The archive name when none is given: one archive per cluster.
-pub const DEFAULT_ARCHIVE: &str = "main";
+pub use crate::wal::DEFAULT_ARCHIVE;
 
 /// Which archive.
 #[derive(Debug, Clone, Args)]

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::activities::builtin_registry;
 use crate::engine::Workflow;
-use crate::runbooks;
 
 /// Arguments of `lazarus workflows`.
 #[derive(Debug, Args)]
@@ -29,28 +28,7 @@ pub struct ValidateArgs {
 
 /// `lazarus workflows`.
 pub fn list(args: ListArgs) -> Result<ExitCode> {
-    let registry = builtin_registry();
-    let mut rows = Vec::new();
-    for entry in runbooks::all() {
-        match entry {
-            Ok(located) => match Workflow::parse(&located.source, &located.text, &registry) {
-                Ok(wf) => rows.push(json!({
-                    "name": wf.name,
-                    "source": located.source,
-                    "description": wf.description,
-                    "params": wf.params.iter().map(|p| json!({
-                        "name": p.name, "required": p.required, "default": p.default, "help": p.help,
-                    })).collect::<Vec<_>>(),
-                    "steps": wf.steps.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
-                    "valid": true,
-                })),
-                Err(e) => rows.push(json!({
-                    "name": located.source, "source": located.source, "valid": false, "error": e.to_string(),
-                })),
-            },
-            Err(e) => rows.push(json!({ "name": "?", "valid": false, "error": e.to_string() })),
-        }
-    }
+    let rows = crate::ops::workflows::describe_all(&builtin_registry());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

@@ -354,6 +354,14 @@ impl Engine {
         ))
     }
 
+    /// A run's journaled events, oldest first: what a live view replays before it follows.
+    pub fn events(&self, run_id: &str) -> Result<Vec<super::records::EventRecord>, EngineError> {
+        if self.journal.run(run_id)?.is_none() {
+            return Err(EngineError::UnknownRun(run_id.to_string()));
+        }
+        Ok(self.journal.events(run_id)?)
+    }
+
     /// The most recent run's id.
     pub fn latest_run(&self) -> Result<Option<String>, EngineError> {
         Ok(self.journal.runs()?.last().map(|r| r.id.clone()))

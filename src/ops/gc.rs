@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::control::ControlError;
+use super::ControlError;
 use crate::activities::restore::restored_tag;
 use crate::activities::services::Services;
 use crate::engine::{Engine, RunStatus};

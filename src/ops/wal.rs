@@ -5,13 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::control::ControlError;
+use super::ControlError;
 use crate::activities::Services;
-use crate::catalog::Manifest;
-use crate::wal::archive::{micros_to_rfc3339, rfc3339_to_micros};
+use crate::wal::archive::micros_to_rfc3339;
 use crate::wal::catalog::WalCatalog;
-use crate::wal::names::{Lsn, SegmentName};
-use crate::wal::plan::{BaseBackup, TimelineChoice};
+use crate::wal::names::SegmentName;
+use crate::wal::plan::TimelineChoice;
 use crate::wal::presence;
 
 /// A question about a WAL archive.
@@ -63,27 +62,16 @@ pub enum WalQuery {
     },
 }
 
-fn refused(e: impl std::fmt::Display) -> ControlError {
-    ControlError::Refused(e.to_string())
+impl WalQuery {
+    /// Whether answering rewrites the archive's index (a sync): an operator's action, not a
+    /// read.
+    pub fn changes_the_index(&self) -> bool {
+        matches!(self, WalQuery::Sync { .. })
+    }
 }
 
-/// The base backups of an archive, from the backup catalog, usable for PITR (not FAILED).
-pub fn base_backups(manifests: &[Manifest], archive: &str) -> Vec<BaseBackup> {
-    manifests
-        .iter()
-        .filter(|m| m.status != crate::catalog::status::FAILED)
-        .filter_map(|m| {
-            let p = m.physical.as_ref().filter(|p| p.archive == archive)?;
-            Some(BaseBackup {
-                id: m.id.clone(),
-                timeline: p.timeline,
-                start_lsn: p.start_lsn.parse::<Lsn>().ok()?,
-                stop_lsn: p.stop_lsn.parse::<Lsn>().ok()?,
-                stop_time: rfc3339_to_micros(&p.stop_time)?,
-                segment_size: p.segment_size,
-            })
-        })
-        .collect()
+fn refused(e: impl std::fmt::Display) -> ControlError {
+    ControlError::Refused(e.to_string())
 }
 
 /// Brings the catalog up to date with the archive; a failure is reported, not fatal.
@@ -167,8 +155,8 @@ pub async fn answer(services: &Services, query: WalQuery) -> Result<Value, Contr
         } => {
             let target = crate::wal::targets::Target::parse(&to).map_err(refused)?;
             let warning = refresh(services, catalog, &archive).await;
-            let manifests = crate::owner::control::list_backups(services, None).await?;
-            let backups = base_backups(&manifests, &archive);
+            let manifests = super::list_backups(services, None).await?;
+            let backups = crate::wal::plan::base_backups(&manifests, &archive);
             let choice = timeline.map_or(TimelineChoice::Latest, TimelineChoice::Exactly);
             let plan =
                 crate::wal::targets::plan_target(catalog, &archive, &target, choice, &backups)

@@ -10,34 +10,16 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
 
 use super::protocol::{FollowItem, Request, Response, SubmitRequest};
-use crate::activities::Services;
 use crate::catalog::Manifest;
-use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Update, Workflow};
+use crate::engine::{Engine, EngineError, RunReport, RunSummary, Update};
+use crate::ops::Operations;
+use crate::ops::actor::Actor;
+use crate::ops::audit::{AuditEntry, Verification};
+use crate::ops::wal::WalQuery;
 
-/// A control request that did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// The engine refused, with a message for the operator.
-    #[error("{0}")]
-    Refused(String),
-    /// The owner could not be reached or went away.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The owner is shutting down; connect again.
-    #[error("the owner process is shutting down")]
-    Retry,
-}
+pub use crate::ops::ControlError;
 
-impl From<EngineError> for ControlError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::ShuttingDown => ControlError::Retry,
-            other => ControlError::Refused(other.to_string()),
-        }
-    }
-}
-
-/// Everything the CLI (and later the API) does with runs.
+/// Everything the command line does with runs, whether this process owns the store or not.
 #[async_trait]
 pub trait Control: Send + Sync {
     /// Submits and starts a run; returns its id.
@@ -68,86 +50,39 @@ pub trait Control: Send + Sync {
     /// Rebuilds the catalog from a store; returns the store used and the manifests found.
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError>;
     /// Answers a question about a WAL archive.
-    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError>;
+    async fn wal(&self, query: WalQuery) -> Result<serde_json::Value, ControlError>;
     /// Removes (or, with `dry_run`, lists) what no live run needs.
     async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError>;
+    /// The audit trail, oldest first.
+    async fn audit(&self) -> Result<Vec<AuditEntry>, ControlError>;
+    /// The audit chain recomputed and compared with every store's copy.
+    async fn audit_verify(&self) -> Result<Verification, ControlError>;
 }
 
-/// The catalog's backups, syncing from the stores first when it is empty (a new host).
-pub async fn list_backups(
-    services: &Services,
-    database: Option<&str>,
-) -> Result<Vec<Manifest>, ControlError> {
-    let catalog = services
-        .catalog()
-        .map_err(|e| ControlError::Refused(e.message))?;
-    if catalog.is_empty() {
-        catalog.sync(&services.stores).await.map_err(|e| {
-            ControlError::Refused(format!(
-                "the catalog is empty and could not be rebuilt from the stores: {e}"
-            ))
-        })?;
-    }
-    catalog
-        .list(database)
-        .map_err(|e| ControlError::Refused(e.to_string()))
-}
-
-/// Rebuilds the catalog from the named store, or the first that can be listed.
-pub async fn sync_catalog(
-    services: &Services,
-    store: Option<&str>,
-) -> Result<(String, usize), ControlError> {
-    let catalog = services
-        .catalog()
-        .map_err(|e| ControlError::Refused(e.message))?;
-    let result = match store {
-        Some(name) => {
-            let one = services
-                .stores
-                .only(&[name.to_string()])
-                .map_err(ControlError::Refused)?;
-            catalog.sync(&one).await
-        }
-        None => catalog.sync(&services.stores).await,
-    };
-    result.map_err(|e| ControlError::Refused(e.to_string()))
-}
-
-/// Control of an engine in this process.
+/// Control of an engine in this process, acting for this process's own command line.
 pub struct LocalControl {
-    engine: Arc<Engine>,
-    services: Arc<Services>,
+    ops: Arc<Operations>,
 }
 
 impl LocalControl {
-    /// Wraps an engine and the services its activities use.
-    pub fn new(engine: Arc<Engine>, services: Arc<Services>) -> Self {
-        Self { engine, services }
+    /// Wraps the operations of the engine this process owns.
+    pub fn new(ops: Arc<Operations>) -> Self {
+        Self { ops }
     }
 
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+        self.ops.engine()
+    }
+
+    /// The operations.
+    pub fn ops(&self) -> &Arc<Operations> {
+        &self.ops
     }
 }
 
-/// Parses a submitted workflow, records the run and starts driving it.
-pub fn launch(engine: &Arc<Engine>, request: SubmitRequest) -> Result<String, EngineError> {
-    let workflow = Workflow::parse(
-        &request.workflow_source,
-        &request.workflow_text,
-        engine.registry(),
-    )?;
-    engine.launch(Submission {
-        workflow,
-        params: request.params,
-        reason: request.reason,
-        operator: request.operator,
-        halt_before: request.halt_before,
-        halt_after: request.halt_after,
-        id: request.id,
-    })
+fn me(by: &str) -> Actor {
+    Actor::this_process(by)
 }
 
 /// Streams a run's reports and progress from an engine in this process.
@@ -231,15 +166,16 @@ pub fn follow_local(
 #[async_trait]
 impl Control for LocalControl {
     async fn submit(&self, request: SubmitRequest) -> Result<String, ControlError> {
-        Ok(launch(&self.engine, request)?)
+        let actor = me(&request.operator);
+        self.ops.submit(&actor, request)
     }
 
     async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError> {
-        Ok(self.engine.resume(run, by)?)
+        self.ops.resume(&me(by), run)
     }
 
     async fn halt(&self, run: &str, by: &str, now: bool) -> Result<String, ControlError> {
-        Ok(self.engine.halt(run, by, now)?)
+        self.ops.halt(&me(by), run, now)
     }
 
     async fn approve(
@@ -248,49 +184,78 @@ impl Control for LocalControl {
         by: &str,
         comment: Option<String>,
     ) -> Result<String, ControlError> {
-        Ok(self.engine.approve(run, by, comment)?)
+        self.ops.approve(&me(by), run, comment)
     }
 
     async fn rollback(&self, run: &str, by: &str, reason: &str) -> Result<String, ControlError> {
-        Ok(self.engine.rollback(run, by, reason)?)
+        self.ops.rollback(&me(by), run, reason)
     }
 
     async fn cancel(&self, run: &str, by: &str) -> Result<String, ControlError> {
-        Ok(self.engine.cancel(run, by)?)
+        self.ops.cancel(&me(by), run)
     }
 
     async fn report(&self, run: Option<&str>) -> Result<RunReport, ControlError> {
-        let run = match run {
-            Some(run) => run.to_string(),
-            None => self.engine.latest_run()?.ok_or_else(|| {
-                ControlError::Refused("there are no runs in this state directory yet".into())
-            })?,
-        };
-        Ok(self.engine.report(&run)?)
+        self.ops.report(run)
     }
 
     async fn runs(&self) -> Result<Vec<RunSummary>, ControlError> {
-        Ok(self.engine.list()?)
+        self.ops.runs()
     }
 
     async fn follow(&self, run: &str) -> Result<mpsc::Receiver<FollowItem>, ControlError> {
-        Ok(follow_local(&self.engine, run)?)
+        Ok(follow_local(self.ops.engine(), run)?)
     }
 
     async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError> {
-        list_backups(&self.services, database).await
+        self.ops.backups(database).await
     }
 
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError> {
-        sync_catalog(&self.services, store).await
+        self.ops
+            .catalog_sync(
+                &me(&crate::ops::actor::os_user_name(
+                    nix::unistd::getuid().as_raw(),
+                )),
+                store,
+            )
+            .await
     }
 
-    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
-        super::wal::answer(&self.services, query).await
+    async fn wal(&self, query: WalQuery) -> Result<serde_json::Value, ControlError> {
+        self.ops
+            .wal(
+                &me(&crate::ops::actor::os_user_name(
+                    nix::unistd::getuid().as_raw(),
+                )),
+                query,
+            )
+            .await
     }
 
     async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError> {
-        super::gc::collect(&self.engine, &self.services, dry_run).await
+        self.ops
+            .gc(
+                &me(&crate::ops::actor::os_user_name(
+                    nix::unistd::getuid().as_raw(),
+                )),
+                dry_run,
+            )
+            .await
+    }
+
+    async fn audit(&self) -> Result<Vec<AuditEntry>, ControlError> {
+        self.ops.audit_entries(&me(&crate::ops::actor::os_user_name(
+            nix::unistd::getuid().as_raw(),
+        )))
+    }
+
+    async fn audit_verify(&self) -> Result<Verification, ControlError> {
+        self.ops
+            .audit_verify(&me(&crate::ops::actor::os_user_name(
+                nix::unistd::getuid().as_raw(),
+            )))
+            .await
     }
 }
 
@@ -474,7 +439,7 @@ impl Control for RemoteControl {
         }
     }
 
-    async fn wal(&self, query: super::wal::WalQuery) -> Result<serde_json::Value, ControlError> {
+    async fn wal(&self, query: WalQuery) -> Result<serde_json::Value, ControlError> {
         match self.call(&Request::Wal { query }).await? {
             Response::Wal { answer } => Ok(answer),
             other => Err(unexpected(&other)),
@@ -484,6 +449,20 @@ impl Control for RemoteControl {
     async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError> {
         match self.call(&Request::Gc { dry_run }).await? {
             Response::Gc { answer } => Ok(answer),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn audit(&self) -> Result<Vec<AuditEntry>, ControlError> {
+        match self.call(&Request::Audit).await? {
+            Response::Audit { entries } => Ok(entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn audit_verify(&self) -> Result<Verification, ControlError> {
+        match self.call(&Request::AuditVerify).await? {
+            Response::AuditVerify { verification } => Ok(*verification),
             other => Err(unexpected(&other)),
         }
     }

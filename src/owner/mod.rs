@@ -4,10 +4,8 @@
 //! only when no owner is alive.
 
 pub mod control;
-pub mod gc;
 pub mod protocol;
 mod server;
-pub mod wal;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +19,8 @@ use tokio::task::JoinHandle;
 use crate::activities::{Services, registry};
 use crate::catalog::Catalog;
 use crate::engine::{Engine, JournalError, SledJournal};
+use crate::ops::Operations;
+use crate::ops::audit::AuditLog;
 use crate::wal::catalog::WalCatalog;
 use control::{Control, LocalControl, RemoteControl};
 use protocol::{Request, Response};
@@ -48,11 +48,15 @@ pub enum OwnerError {
     Journal(#[from] JournalError),
 }
 
+/// How long a departing owner waits for the audit mirror to copy its last entries.
+const MIRROR_DRAIN: Duration = Duration::from_secs(10);
+
 /// This process owns the store: it drives runs and serves the socket.
 pub struct Owned {
     control: LocalControl,
     closing: Arc<AtomicBool>,
     server: JoinHandle<()>,
+    mirror: JoinHandle<()>,
     socket: PathBuf,
     pid_file: PathBuf,
 }
@@ -61,6 +65,11 @@ impl Owned {
     /// The engine this process drives.
     pub fn engine(&self) -> &Arc<Engine> {
         self.control.engine()
+    }
+
+    /// The operations every transport calls (the HTTP API of `serve` among them).
+    pub fn ops(&self) -> &Arc<Operations> {
+        self.control.ops()
     }
 }
 
@@ -112,6 +121,27 @@ impl Session {
         }
         owned.closing.store(true, Ordering::SeqCst);
         owned.server.abort();
+        owned.mirror.abort();
+        let ops = owned.ops();
+        let stores = &ops.services().stores;
+        if tokio::time::timeout(MIRROR_DRAIN, ops.audit().mirror_once(stores))
+            .await
+            .is_err()
+            || ops
+                .audit()
+                .mirror_state(stores)
+                .iter()
+                .any(|m| m.behind > 0)
+        {
+            eprintln!(
+                "the audit trail could not be copied to every store yet; the next lazarus process that owns {} copies the rest",
+                owned
+                    .socket
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
         let _ = std::fs::remove_file(&owned.socket);
         let _ = std::fs::remove_file(&owned.pid_file);
     }
@@ -166,22 +196,32 @@ pub async fn connect_or_own(
             Ok(journal) => {
                 services.attach_catalog(Catalog::new(journal.tree("catalog")?));
                 services.attach_wal_catalog(WalCatalog::new(journal.tree("wal")?));
+                let audit = Arc::new(AuditLog::new(
+                    journal.tree("audit")?,
+                    journal.tree("audit_mirror")?,
+                ));
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
                 engine.set_state_dir(state_dir);
+                let mirror = audit.spawn_mirror(services.stores.clone());
+                let ops = Arc::new(Operations::new(
+                    Arc::clone(&engine),
+                    Arc::clone(&services),
+                    audit,
+                ));
                 let listener = bind(&socket, state_dir)?;
                 let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
                 let closing = Arc::new(AtomicBool::new(false));
                 let server = tokio::spawn(server::serve(
                     listener,
-                    Arc::clone(&engine),
-                    Arc::clone(&services),
+                    Arc::clone(&ops),
                     Arc::clone(&closing),
                 ));
                 return Ok(Session::Owned(Owned {
-                    control: LocalControl::new(engine, Arc::clone(&services)),
+                    control: LocalControl::new(ops),
                     closing,
                     server,
+                    mirror,
                     socket,
                     pid_file,
                 }));

@@ -1,34 +1,12 @@
 //! The control protocol on `state/control.sock`: one JSON request per connection, answered
 //! by one JSON response — or, for `follow`, by a stream of JSON lines.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Manifest;
 use crate::engine::{Progress, RunReport, RunSummary};
 
-/// A run submission as sent by a client: the workflow travels as text, so the owner runs
-/// exactly what the client read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitRequest {
-    /// The workflow file's text.
-    pub workflow_text: String,
-    /// Where it was read from (a path or `builtin:NAME`).
-    pub workflow_source: String,
-    /// `--param` values.
-    pub params: BTreeMap<String, String>,
-    /// `--reason`.
-    pub reason: String,
-    /// Who submits.
-    pub operator: String,
-    /// `--halt-before` steps.
-    pub halt_before: Vec<String>,
-    /// `--halt-after` steps.
-    pub halt_after: Vec<String>,
-    /// `--id`, if given.
-    pub id: Option<String>,
-}
+pub use crate::ops::SubmitRequest;
 
 /// What a client asks of the owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,9 +45,13 @@ pub enum Request {
     /// Rebuild the catalog from one store (the first that answers when none is named).
     CatalogSync { store: Option<String> },
     /// A question about a WAL archive.
-    Wal { query: super::wal::WalQuery },
+    Wal { query: crate::ops::wal::WalQuery },
     /// Remove (or list) what no live run needs.
     Gc { dry_run: bool },
+    /// The audit trail.
+    Audit,
+    /// Recompute the audit chain and compare it with the stores.
+    AuditVerify,
 }
 
 /// The owner's answer to a request.
@@ -94,6 +76,14 @@ pub enum Response {
     Wal { answer: serde_json::Value },
     /// What `gc` removed, kept and left.
     Gc { answer: serde_json::Value },
+    /// The audit trail.
+    Audit {
+        entries: Vec<crate::ops::audit::AuditEntry>,
+    },
+    /// What `audit verify` found.
+    AuditVerify {
+        verification: Box<crate::ops::audit::Verification>,
+    },
     /// The request was refused or failed; `retry` means the owner is going away and the
     /// client should connect again.
     Error { message: String, retry: bool },

@@ -1,4 +1,5 @@
-//! The owner's side of the control socket.
+//! The owner's side of the control socket: each request becomes a call of one operation
+//! (`crate::ops`) as the calling OS user.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,27 +7,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::control::{ControlError, follow_local, launch, list_backups, sync_catalog};
+use super::control::{ControlError, follow_local};
 use super::protocol::{FollowItem, Request, Response};
-use crate::activities::Services;
-use crate::engine::{Engine, EngineError};
+use crate::ops::Operations;
+use crate::ops::actor::{Actor, os_user_name};
 
-/// Serves control requests for an engine until `closing` is set.
-pub async fn serve(
-    listener: UnixListener,
-    engine: Arc<Engine>,
-    services: Arc<Services>,
-    closing: Arc<AtomicBool>,
-) {
+/// Serves control requests until `closing` is set.
+pub async fn serve(listener: UnixListener, ops: Arc<Operations>, closing: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let engine = Arc::clone(&engine);
-        let services = Arc::clone(&services);
+        let ops = Arc::clone(&ops);
         let closing = Arc::clone(&closing);
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, engine, services, closing).await {
+            if let Err(e) = handle(stream, ops, closing).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
         });
@@ -42,21 +37,7 @@ async fn write_line<T: serde::Serialize>(
     stream.write_all(&line).await
 }
 
-fn answer<T>(result: Result<T, EngineError>, ok: impl FnOnce(T) -> Response) -> Response {
-    match result {
-        Ok(v) => ok(v),
-        Err(EngineError::ShuttingDown) => Response::Error {
-            message: EngineError::ShuttingDown.to_string(),
-            retry: true,
-        },
-        Err(e) => Response::Error {
-            message: e.to_string(),
-            retry: false,
-        },
-    }
-}
-
-fn control_answer<T>(result: Result<T, ControlError>, ok: impl FnOnce(T) -> Response) -> Response {
+fn answer<T>(result: Result<T, ControlError>, ok: impl FnOnce(T) -> Response) -> Response {
     match result {
         Ok(v) => ok(v),
         Err(e) => Response::Error {
@@ -66,12 +47,20 @@ fn control_answer<T>(result: Result<T, ControlError>, ok: impl FnOnce(T) -> Resp
     }
 }
 
+fn done(message: String) -> Response {
+    Response::Done { message }
+}
+
 async fn handle(
     stream: UnixStream,
-    engine: Arc<Engine>,
-    services: Arc<Services>,
+    ops: Arc<Operations>,
     closing: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
+    let (os_user, pid) = match stream.peer_cred() {
+        Ok(cred) => (os_user_name(cred.uid()), cred.pid()),
+        Err(_) => ("unknown".to_string(), None),
+    };
+    let as_caller = |by: &str| Actor::cli(by, os_user.clone(), pid);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();
@@ -108,66 +97,50 @@ async fn handle(
             pid: std::process::id(),
         },
         Request::Submit(submission) => {
-            answer(launch(&engine, submission), |run| Response::RunId { run })
-        }
-        Request::Resume { run, by } => answer(engine.resume(&run, &by), |message| Response::Done {
-            message,
-        }),
-        Request::Halt { run, by, now } => answer(engine.halt(&run, &by, now), |message| {
-            Response::Done { message }
-        }),
-        Request::Approve { run, by, comment } => {
-            answer(engine.approve(&run, &by, comment), |message| {
-                Response::Done { message }
+            let actor = as_caller(&submission.operator);
+            answer(ops.submit(&actor, submission), |run| Response::RunId {
+                run,
             })
+        }
+        Request::Resume { run, by } => answer(ops.resume(&as_caller(&by), &run), done),
+        Request::Halt { run, by, now } => answer(ops.halt(&as_caller(&by), &run, now), done),
+        Request::Approve { run, by, comment } => {
+            answer(ops.approve(&as_caller(&by), &run, comment), done)
         }
         Request::Rollback { run, by, reason } => {
-            answer(engine.rollback(&run, &by, &reason), |message| {
-                Response::Done { message }
+            answer(ops.rollback(&as_caller(&by), &run, &reason), done)
+        }
+        Request::Cancel { run, by } => answer(ops.cancel(&as_caller(&by), &run), done),
+        Request::Report { run } => answer(ops.report(run.as_deref()), |report| Response::Report {
+            report: Box::new(report),
+        }),
+        Request::Runs => answer(ops.runs(), |runs| Response::Runs { runs }),
+        Request::Backups { database } => {
+            answer(ops.backups(database.as_deref()).await, |backups| {
+                Response::Backups { backups }
             })
         }
-        Request::Cancel { run, by } => answer(engine.cancel(&run, &by), |message| Response::Done {
-            message,
-        }),
-        Request::Report { run } => {
-            let run = match run {
-                Some(run) => Ok(Some(run)),
-                None => engine.latest_run(),
-            };
-            match run {
-                Ok(Some(run)) => answer(engine.report(&run), |report| Response::Report {
-                    report: Box::new(report),
-                }),
-                Ok(None) => Response::Error {
-                    message: "there are no runs in this state directory yet".into(),
-                    retry: false,
-                },
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                    retry: false,
-                },
-            }
-        }
-        Request::Runs => answer(engine.list(), |runs| Response::Runs { runs }),
-        Request::Backups { database } => control_answer(
-            list_backups(&services, database.as_deref()).await,
-            |backups| Response::Backups { backups },
-        ),
-        Request::CatalogSync { store } => control_answer(
-            sync_catalog(&services, store.as_deref()).await,
+        Request::CatalogSync { store } => answer(
+            ops.catalog_sync(&as_caller(&os_user), store.as_deref())
+                .await,
             |(store, count)| Response::Synced { store, count },
         ),
-        Request::Wal { query } => {
-            control_answer(super::wal::answer(&services, query).await, |answer| {
-                Response::Wal { answer }
-            })
-        }
-        Request::Gc { dry_run } => control_answer(
-            super::gc::collect(&engine, &services, dry_run).await,
-            |answer| Response::Gc { answer },
-        ),
+        Request::Wal { query } => answer(ops.wal(&as_caller(&os_user), query).await, |answer| {
+            Response::Wal { answer }
+        }),
+        Request::Gc { dry_run } => answer(ops.gc(&as_caller(&os_user), dry_run).await, |answer| {
+            Response::Gc { answer }
+        }),
+        Request::Audit => answer(ops.audit_entries(&as_caller(&os_user)), |entries| {
+            Response::Audit { entries }
+        }),
+        Request::AuditVerify => answer(ops.audit_verify(&as_caller(&os_user)).await, |v| {
+            Response::AuditVerify {
+                verification: Box::new(v),
+            }
+        }),
         Request::Follow { run } => {
-            let mut items = match follow_local(&engine, &run) {
+            let mut items = match follow_local(ops.engine(), &run) {
                 Ok(items) => items,
                 Err(e) => {
                     return write_line(

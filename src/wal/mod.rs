@@ -13,6 +13,9 @@ pub mod targets;
 
 pub use names::{Lsn, SegmentName, WalFile};
 
+/// The archive name when none is given: one archive per cluster.
+pub const DEFAULT_ARCHIVE: &str = "main";
+
 /// A WAL problem, phrased for the person who has to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

@@ -625,6 +625,25 @@ pub fn synthetic_archive(
     })
 }
 
+/// The base backups of an archive, from the backup catalog, usable for PITR (not FAILED).
+pub fn base_backups(manifests: &[crate::catalog::Manifest], archive: &str) -> Vec<BaseBackup> {
+    manifests
+        .iter()
+        .filter(|m| m.status != crate::catalog::status::FAILED)
+        .filter_map(|m| {
+            let p = m.physical.as_ref().filter(|p| p.archive == archive)?;
+            Some(BaseBackup {
+                id: m.id.clone(),
+                timeline: p.timeline,
+                start_lsn: p.start_lsn.parse::<Lsn>().ok()?,
+                stop_lsn: p.stop_lsn.parse::<Lsn>().ok()?,
+                stop_time: super::archive::rfc3339_to_micros(&p.stop_time)?,
+                segment_size: p.segment_size,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

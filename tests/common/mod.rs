@@ -3,7 +3,9 @@
 
 pub mod pg;
 pub mod s3;
+pub mod serve;
 pub mod wal;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

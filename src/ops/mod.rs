@@ -1,0 +1,484 @@
+//! The one set of operations every transport calls — the control socket, the command line in
+//! the owning process, the HTTP API and the web page. Each operation checks the actor's role
+//! and writes the audit entry, accepted or refused, here and nowhere else.
+
+pub mod actor;
+pub mod audit;
+pub mod events;
+pub mod gc;
+pub mod runs;
+pub mod tokens;
+pub mod wal;
+pub mod workflows;
+
+use std::sync::Arc;
+
+use crate::activities::Services;
+use crate::catalog::Manifest;
+use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Workflow};
+use actor::{Actor, Role};
+use audit::{AuditEntry, AuditLog, AuditRecord, Outcome, Verification};
+
+/// A submitted run: the workflow travels as text, so the owner runs exactly what the client
+/// read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SubmitRequest {
+    /// The workflow file's text.
+    pub workflow_text: String,
+    /// Where it was read from (a path or `builtin:NAME`).
+    pub workflow_source: String,
+    /// `--param` values.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// `--reason`.
+    pub reason: String,
+    /// Who submits.
+    pub operator: String,
+    /// `--halt-before` steps.
+    pub halt_before: Vec<String>,
+    /// `--halt-after` steps.
+    pub halt_after: Vec<String>,
+    /// `--id`, if given.
+    pub id: Option<String>,
+}
+
+/// An operation that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The engine (or a check before it) refused, with a message for the operator.
+    #[error("{0}")]
+    Refused(String),
+    /// The actor's role does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such run (or other named thing).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong (a workflow that does not parse, a bad parameter).
+    #[error("{0}")]
+    Invalid(String),
+    /// The owner could not be reached or went away.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The owner is shutting down; connect again.
+    #[error("the owner process is shutting down")]
+    Retry,
+}
+
+impl From<EngineError> for ControlError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::ShuttingDown => ControlError::Retry,
+            EngineError::UnknownRun(_) => ControlError::NotFound(e.to_string()),
+            EngineError::Workflow(_) => ControlError::Invalid(e.to_string()),
+            other => ControlError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// Built-in runbooks an operator may start; every other workflow (recoveries, PITR, custom
+/// runbooks that run arbitrary commands) needs an admin.
+const OPERATOR_RUNBOOKS: &[&str] = &["backup", "base-backup", "drill"];
+
+/// Parameters that make a run write over a live database: admin only, whatever the runbook.
+const IN_PLACE_PARAMS: &[&str] = &["in_place", "in-place"];
+
+/// The role a submission needs.
+pub fn role_to_start(
+    workflow: &Workflow,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Role {
+    let in_place = IN_PLACE_PARAMS.iter().any(|p| {
+        params
+            .get(*p)
+            .is_some_and(|v| !matches!(v.as_str(), "" | "false" | "0" | "no"))
+    });
+    let builtin_unchanged = OPERATOR_RUNBOOKS.contains(&workflow.name.as_str())
+        && crate::runbooks::builtin(&workflow.name) == Some(workflow.text.as_str());
+    if builtin_unchanged && !in_place {
+        Role::Operator
+    } else {
+        Role::Admin
+    }
+}
+
+/// The operations over one engine, its services and its audit trail.
+pub struct Operations {
+    engine: Arc<Engine>,
+    services: Arc<Services>,
+    audit: Arc<AuditLog>,
+}
+
+impl Operations {
+    /// Operations over an engine in this process.
+    pub fn new(engine: Arc<Engine>, services: Arc<Services>, audit: Arc<AuditLog>) -> Self {
+        Self {
+            engine,
+            services,
+            audit,
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The services the activities use (stores, keys, catalogs).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    fn record(
+        &self,
+        actor: &Actor,
+        action: &str,
+        run: Option<&str>,
+        reason: Option<&str>,
+        outcome: Result<&str, &ControlError>,
+    ) {
+        let (outcome, message) = match outcome {
+            Ok(message) => (Outcome::Accepted, message.to_string()),
+            Err(e) => (Outcome::Refused, e.to_string()),
+        };
+        if let Err(e) = self.audit.append(AuditRecord {
+            actor,
+            action,
+            run: run.map(String::from),
+            reason: reason.map(String::from),
+            outcome,
+            message,
+        }) {
+            // The action stands; the trail's own failure is logged where an operator sees it.
+            tracing::error!(error = %e, action, "could not write the audit entry");
+        }
+    }
+
+    /// Refuses (and records the refusal) when the actor's role is below `needed`.
+    fn permit(
+        &self,
+        actor: &Actor,
+        needed: Role,
+        action: &str,
+        run: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), ControlError> {
+        if actor.role >= needed {
+            return Ok(());
+        }
+        let refused = ControlError::Forbidden(format!(
+            "{} has the {} role; to {action} needs the {needed} role",
+            actor.identity, actor.role
+        ));
+        self.record(actor, action, run, reason, Err(&refused));
+        Err(refused)
+    }
+
+    /// Runs a control action: role check, the action, the audit entry.
+    fn act(
+        &self,
+        actor: &Actor,
+        needed: Role,
+        action: &str,
+        run: &str,
+        reason: Option<&str>,
+        f: impl FnOnce() -> Result<String, EngineError>,
+    ) -> Result<String, ControlError> {
+        self.permit(actor, needed, action, Some(run), reason)?;
+        let result = f().map_err(ControlError::from);
+        if !matches!(result, Err(ControlError::Retry)) {
+            self.record(actor, action, Some(run), reason, result.as_deref());
+        }
+        result
+    }
+
+    /// Parses a submitted workflow, records the run and starts driving it.
+    pub fn submit(&self, actor: &Actor, request: SubmitRequest) -> Result<String, ControlError> {
+        let workflow = match Workflow::parse(
+            &request.workflow_source,
+            &request.workflow_text,
+            self.engine.registry(),
+        ) {
+            Ok(workflow) => workflow,
+            Err(e) => {
+                let refused = ControlError::Invalid(e.to_string());
+                self.record(actor, "start", None, Some(&request.reason), Err(&refused));
+                return Err(refused);
+            }
+        };
+        let action = format!("start {}", workflow.name);
+        self.permit(
+            actor,
+            role_to_start(&workflow, &request.params),
+            &action,
+            None,
+            Some(&request.reason),
+        )?;
+        let secret = |name: &str| workflow.params.iter().any(|p| p.name == name && p.secret);
+        let params = request
+            .params
+            .iter()
+            .map(|(k, v)| {
+                if secret(k) {
+                    format!("{k}=(secret)")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let reason = request.reason.clone();
+        let result = self
+            .engine
+            .launch(Submission {
+                workflow,
+                params: request.params,
+                reason: request.reason,
+                operator: actor.identity.clone(),
+                halt_before: request.halt_before,
+                halt_after: request.halt_after,
+                id: request.id,
+            })
+            .map_err(ControlError::from);
+        if !matches!(result, Err(ControlError::Retry)) {
+            let message = result
+                .as_ref()
+                .map(|run| format!("started {run} ({params})"));
+            self.record(
+                actor,
+                &action,
+                result.as_ref().ok().map(String::as_str),
+                Some(&reason),
+                message.as_deref().map_err(|e| *e),
+            );
+        }
+        result
+    }
+
+    /// Resumes a run.
+    pub fn resume(&self, actor: &Actor, run: &str) -> Result<String, ControlError> {
+        self.act(actor, Role::Operator, "resume", run, None, || {
+            self.engine.resume(run, &actor.identity)
+        })
+    }
+
+    /// Halts a run at the next step boundary, or at once.
+    pub fn halt(&self, actor: &Actor, run: &str, now: bool) -> Result<String, ControlError> {
+        let action = if now { "halt now" } else { "halt" };
+        self.act(actor, Role::Operator, action, run, None, || {
+            self.engine.halt(run, &actor.identity, now)
+        })
+    }
+
+    /// Approves the step a run waits at; the approver is the actor.
+    pub fn approve(
+        &self,
+        actor: &Actor,
+        run: &str,
+        comment: Option<String>,
+    ) -> Result<String, ControlError> {
+        let reason = comment.clone();
+        self.act(
+            actor,
+            Role::Operator,
+            "approve",
+            run,
+            reason.as_deref(),
+            || self.engine.approve(run, &actor.identity, comment),
+        )
+    }
+
+    /// Rolls a run back.
+    pub fn rollback(&self, actor: &Actor, run: &str, reason: &str) -> Result<String, ControlError> {
+        self.act(actor, Role::Admin, "rollback", run, Some(reason), || {
+            self.engine.rollback(run, &actor.identity, reason)
+        })
+    }
+
+    /// Cancels a run for good.
+    pub fn cancel(&self, actor: &Actor, run: &str) -> Result<String, ControlError> {
+        self.act(actor, Role::Admin, "cancel", run, None, || {
+            self.engine.cancel(run, &actor.identity)
+        })
+    }
+
+    /// Removes (or, with `dry_run`, lists) what no live run needs.
+    pub async fn gc(
+        &self,
+        actor: &Actor,
+        dry_run: bool,
+    ) -> Result<serde_json::Value, ControlError> {
+        let action = if dry_run { "gc --dry-run" } else { "gc" };
+        self.permit(actor, Role::Admin, action, None, None)?;
+        let result = gc::collect(&self.engine, &self.services, dry_run).await;
+        let summary = result.as_ref().map(|v| v.to_string());
+        self.record(
+            actor,
+            action,
+            None,
+            None,
+            summary.as_deref().map_err(|e| *e),
+        );
+        result
+    }
+
+    /// Rebuilds the backup catalog from a store (the first that answers when none is named).
+    pub async fn catalog_sync(
+        &self,
+        actor: &Actor,
+        store: Option<&str>,
+    ) -> Result<(String, usize), ControlError> {
+        self.permit(actor, Role::Operator, "catalog sync", None, None)?;
+        let result = sync_catalog(&self.services, store).await;
+        let summary = result
+            .as_ref()
+            .map(|(store, count)| format!("{count} manifests from {store}"));
+        self.record(
+            actor,
+            "catalog sync",
+            None,
+            None,
+            summary.as_deref().map_err(|e| *e),
+        );
+        result
+    }
+
+    /// A run's report; the latest run's when `run` is `None`.
+    pub fn report(&self, run: Option<&str>) -> Result<RunReport, ControlError> {
+        let run = match run {
+            Some(run) => run.to_string(),
+            None => self.engine.latest_run()?.ok_or_else(|| {
+                ControlError::Refused("there are no runs in this state directory yet".into())
+            })?,
+        };
+        Ok(self.engine.report(&run)?)
+    }
+
+    /// Every run.
+    pub fn runs(&self) -> Result<Vec<RunSummary>, ControlError> {
+        Ok(self.engine.list()?)
+    }
+
+    /// Backups in the catalog, oldest first.
+    pub async fn backups(&self, database: Option<&str>) -> Result<Vec<Manifest>, ControlError> {
+        list_backups(&self.services, database).await
+    }
+
+    /// Answers a question about a WAL archive; re-reading the archive needs an operator.
+    pub async fn wal(
+        &self,
+        actor: &Actor,
+        query: wal::WalQuery,
+    ) -> Result<serde_json::Value, ControlError> {
+        if query.changes_the_index() {
+            self.permit(actor, Role::Operator, "wal sync", None, None)?;
+            let result = wal::answer(&self.services, query).await;
+            let summary = result.as_ref().map(|v| v.to_string());
+            self.record(
+                actor,
+                "wal sync",
+                None,
+                None,
+                summary.as_deref().map_err(|e| *e),
+            );
+            return result;
+        }
+        wal::answer(&self.services, query).await
+    }
+
+    /// The audit trail, oldest first (operators and admins).
+    pub fn audit_entries(&self, actor: &Actor) -> Result<Vec<AuditEntry>, ControlError> {
+        self.permit(actor, Role::Operator, "read the audit trail", None, None)?;
+        self.audit
+            .list()
+            .map_err(|e| ControlError::Refused(e.to_string()))
+    }
+
+    /// Recomputes the audit chain and compares it with every store's copy (operators and
+    /// admins).
+    pub async fn audit_verify(&self, actor: &Actor) -> Result<Verification, ControlError> {
+        self.permit(actor, Role::Operator, "verify the audit trail", None, None)?;
+        self.audit
+            .verify(&self.services.stores)
+            .await
+            .map_err(|e| ControlError::Refused(e.to_string()))
+    }
+}
+
+/// The catalog's backups, syncing from the stores first when it is empty (a new host).
+pub async fn list_backups(
+    services: &Services,
+    database: Option<&str>,
+) -> Result<Vec<Manifest>, ControlError> {
+    services
+        .catalog()
+        .map_err(|e| ControlError::Refused(e.message))?
+        .list_or_sync(&services.stores, database)
+        .await
+        .map_err(|e| ControlError::Refused(e.to_string()))
+}
+
+/// Rebuilds the catalog from the named store, or the first that can be listed.
+pub async fn sync_catalog(
+    services: &Services,
+    store: Option<&str>,
+) -> Result<(String, usize), ControlError> {
+    let catalog = services
+        .catalog()
+        .map_err(|e| ControlError::Refused(e.message))?;
+    let result = match store {
+        Some(name) => {
+            let one = services
+                .stores
+                .only(&[name.to_string()])
+                .map_err(ControlError::Refused)?;
+            catalog.sync(&one).await
+        }
+        None => catalog.sync(&services.stores).await,
+    };
+    result.map_err(|e| ControlError::Refused(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn parse(name: &str, text: &str) -> Workflow {
+        Workflow::parse(name, text, &crate::activities::builtin_registry()).unwrap()
+    }
+
+    #[test]
+    fn operators_start_only_the_unchanged_builtin_backups_and_drills() {
+        let none = BTreeMap::new();
+        for name in ["backup", "base-backup", "drill"] {
+            let text = crate::runbooks::builtin(name).unwrap();
+            assert_eq!(
+                role_to_start(&parse(name, text), &none),
+                Role::Operator,
+                "{name}"
+            );
+            let edited = format!("{text}\n# changed\n");
+            assert_eq!(
+                role_to_start(&parse(name, &edited), &none),
+                Role::Admin,
+                "{name} edited"
+            );
+        }
+        for name in ["disaster-recovery", "pitr", "example"] {
+            let text = crate::runbooks::builtin(name).unwrap();
+            assert_eq!(
+                role_to_start(&parse(name, text), &none),
+                Role::Admin,
+                "{name}"
+            );
+        }
+        let drill = parse("drill", crate::runbooks::builtin("drill").unwrap());
+        let in_place = BTreeMap::from([("in_place".to_string(), "true".to_string())]);
+        assert_eq!(role_to_start(&drill, &in_place), Role::Admin);
+    }
+}
