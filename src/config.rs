@@ -102,6 +102,21 @@ pub struct ApiConfig {
     pub listen: Option<String>,
 }
 
+/// One `[[alerts]]` entry: a webhook and the events it wants.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Name used in reports and the audit trail (never the URL).
+    pub name: String,
+    /// The environment variable holding the webhook URL (it often holds a token).
+    pub url_env: Option<String>,
+    /// Or a file holding it.
+    pub url_file: Option<PathBuf>,
+    /// run_failed, run_halted, waiting_approval, run_succeeded, drill_failed (default:
+    /// all but run_succeeded).
+    pub events: Option<Vec<String>>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +136,9 @@ pub struct Config {
     /// API tokens, by hash.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Webhooks told about runs.
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
 }
 
 /// A loaded configuration and where it came from.
@@ -387,6 +405,13 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # `lazarus token create --name NAME --role viewer|operator|admin`, which appends their hash.
 # [api]
 # listen = "127.0.0.1:7345"
+
+# A webhook told when a run fails, halts or waits for approval, and when a drill fails
+# (generic JSON with a Slack-compatible "text"); the URL comes from the environment.
+# [[alerts]]
+# name = "oncall"
+# url_env = "LAZARUS_ONCALL_WEBHOOK"
+# events = ["run_failed", "run_halted", "waiting_approval", "drill_failed"]
 
 # The last resort: a local directory.
 [[stores]]

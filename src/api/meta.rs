@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::ApiState;
@@ -38,6 +39,23 @@ pub async fn audit_verify(
     Caller(actor): Caller,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(state.ops.audit_verify(&actor).await?)))
+}
+
+/// `GET /api/alerts`: configured webhooks, events waiting, failed attempts.
+pub async fn alerts(State(state): State<ApiState>, Caller(_): Caller) -> Json<Value> {
+    Json(json!(state.ops.alert_state()))
+}
+
+/// `GET /metrics`: the Prometheus text format (any token; Prometheus sends it with
+/// `authorization: credentials_file`).
+pub async fn metrics(State(state): State<ApiState>, Caller(_): Caller) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.ops.metrics().await,
+    )
 }
 
 /// Anything else: 404 naming the path and where the list of endpoints is.

@@ -48,6 +48,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/workflows", get(meta::workflows))
         .route("/api/audit", get(meta::audit))
         .route("/api/audit/verify", get(meta::audit_verify))
+        .route("/api/alerts", get(meta::alerts))
+        .route("/metrics", get(meta::metrics))
         .route("/api/runs", get(runs::list).post(runs::start))
         .route("/api/runs/{run}", get(runs::report))
         .route("/api/runs/{run}/events", get(events::stream))

@@ -211,13 +211,35 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
     } else {
         report
     };
+    let alerts = session.control().alerts().await.ok();
     session.finish().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+        if let Some(alerts) = alerts {
+            print!("{}", alert_lines(&alerts));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `status` says about alert delivery, when there is something to say.
+fn alert_lines(state: &crate::ops::alerts::AlertState) -> String {
+    let mut out = String::new();
+    for broken in &state.broken {
+        out.push_str(&format!("ALERT NOT SET UP: {broken}\n"));
+    }
+    if state.waiting > 0 {
+        out.push_str(&format!(
+            "alerts: {} event(s) not delivered yet; retried with backoff by the process that owns the state directory\n",
+            state.waiting
+        ));
+        for (alert, error) in &state.last_errors {
+            out.push_str(&format!("  alert {alert}: last attempt: {error}\n"));
+        }
+    }
+    out
 }
 
 /// No report to show: the reason, as JSON (`{"error": ...}`) when asked for JSON; exit 1.

@@ -61,6 +61,8 @@ pub enum Via {
         /// The peer's address.
         peer: String,
     },
+    /// Lazarus itself (alert delivery).
+    Internal,
 }
 
 impl fmt::Display for Via {
@@ -72,6 +74,7 @@ impl fmt::Display for Via {
             } => write!(f, "cli, os user {os_user}, pid {pid}"),
             Via::Cli { os_user, pid: None } => write!(f, "cli, os user {os_user}"),
             Via::Http { peer } => write!(f, "http from {peer}"),
+            Via::Internal => write!(f, "lazarus itself"),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! and writes the audit entry, accepted or refused, here and nowhere else.
 
 pub mod actor;
+pub mod alerts;
 pub mod audit;
 pub mod events;
 pub mod gc;
+pub mod metrics;
 pub mod runs;
 pub mod tokens;
 pub mod wal;
@@ -17,6 +19,7 @@ use crate::activities::Services;
 use crate::catalog::Manifest;
 use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Workflow};
 use actor::{Actor, Role};
+use alerts::{AlertState, Alerts};
 use audit::{AuditEntry, AuditLog, AuditRecord, Outcome, Verification};
 
 /// A submitted run: the workflow travels as text, so the owner runs exactly what the client
@@ -106,16 +109,59 @@ pub struct Operations {
     engine: Arc<Engine>,
     services: Arc<Services>,
     audit: Arc<AuditLog>,
+    alerts: Arc<Alerts>,
 }
 
 impl Operations {
     /// Operations over an engine in this process.
-    pub fn new(engine: Arc<Engine>, services: Arc<Services>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        services: Arc<Services>,
+        audit: Arc<AuditLog>,
+        alerts: Arc<Alerts>,
+    ) -> Self {
         Self {
             engine,
             services,
             audit,
+            alerts,
         }
+    }
+
+    /// The alert queue.
+    pub fn alerts(&self) -> &Arc<Alerts> {
+        &self.alerts
+    }
+
+    /// How alert delivery stands (undelivered events, failures, broken alerts).
+    pub fn alert_state(&self) -> AlertState {
+        self.alerts.state()
+    }
+
+    /// The Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        metrics::render(self, self.alerts.failures()).await
+    }
+
+    /// Records an alert delivery's failure or late success in the audit trail.
+    pub fn audit_alert(&self, what: &str, failed: bool, message: &str) {
+        let actor = Actor {
+            identity: "lazarus".into(),
+            role: Role::Admin,
+            via: actor::Via::Internal,
+        };
+        let outcome = if failed {
+            Err(ControlError::Unavailable(message.to_string()))
+        } else {
+            Ok(message.to_string())
+        };
+        self.record(
+            &actor,
+            &format!("alert {what}"),
+            None,
+            None,
+            outcome.as_deref(),
+        );
     }
 
     /// The engine.

@@ -14,6 +14,7 @@ use crate::catalog::Manifest;
 use crate::engine::{Engine, EngineError, RunReport, RunSummary, Update};
 use crate::ops::Operations;
 use crate::ops::actor::Actor;
+use crate::ops::alerts::AlertState;
 use crate::ops::audit::{AuditEntry, Verification};
 use crate::ops::wal::WalQuery;
 
@@ -57,6 +58,8 @@ pub trait Control: Send + Sync {
     async fn audit(&self) -> Result<Vec<AuditEntry>, ControlError>;
     /// The audit chain recomputed and compared with every store's copy.
     async fn audit_verify(&self) -> Result<Verification, ControlError>;
+    /// How alert delivery stands.
+    async fn alerts(&self) -> Result<AlertState, ControlError>;
 }
 
 /// Control of an engine in this process, acting for this process's own command line.
@@ -256,6 +259,10 @@ impl Control for LocalControl {
                 nix::unistd::getuid().as_raw(),
             )))
             .await
+    }
+
+    async fn alerts(&self) -> Result<AlertState, ControlError> {
+        Ok(self.ops.alert_state())
     }
 }
 
@@ -463,6 +470,13 @@ impl Control for RemoteControl {
     async fn audit_verify(&self) -> Result<Verification, ControlError> {
         match self.call(&Request::AuditVerify).await? {
             Response::AuditVerify { verification } => Ok(*verification),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn alerts(&self) -> Result<AlertState, ControlError> {
+        match self.call(&Request::Alerts).await? {
+            Response::Alerts { state } => Ok(state),
             other => Err(unexpected(&other)),
         }
     }

@@ -20,6 +20,7 @@ use crate::activities::{Services, registry};
 use crate::catalog::Catalog;
 use crate::engine::{Engine, JournalError, SledJournal};
 use crate::ops::Operations;
+use crate::ops::alerts::Alerts;
 use crate::ops::audit::AuditLog;
 use crate::wal::catalog::WalCatalog;
 use control::{Control, LocalControl, RemoteControl};
@@ -48,6 +49,9 @@ pub enum OwnerError {
     Journal(#[from] JournalError),
 }
 
+/// How long a departing owner waits for its queued alerts to be delivered.
+const ALERT_DRAIN: Duration = Duration::from_secs(5);
+
 /// How long a departing owner waits for the audit mirror to copy its last entries.
 const MIRROR_DRAIN: Duration = Duration::from_secs(10);
 
@@ -57,6 +61,7 @@ pub struct Owned {
     closing: Arc<AtomicBool>,
     server: JoinHandle<()>,
     mirror: JoinHandle<()>,
+    delivery: Vec<JoinHandle<()>>,
     socket: PathBuf,
     pid_file: PathBuf,
 }
@@ -122,7 +127,16 @@ impl Session {
         owned.closing.store(true, Ordering::SeqCst);
         owned.server.abort();
         owned.mirror.abort();
+        // Alerts of the runs just finished: a short try before the process goes; what is
+        // left stays queued in the journal for the next owner.
         let ops = owned.ops();
+        let deadline = Instant::now() + ALERT_DRAIN;
+        while ops.alerts().has_untried() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for task in &owned.delivery {
+            task.abort();
+        }
         let stores = &ops.services().stores;
         if tokio::time::timeout(MIRROR_DRAIN, ops.audit().mirror_once(stores))
             .await
@@ -200,15 +214,33 @@ pub async fn connect_or_own(
                     journal.tree("audit")?,
                     journal.tree("audit_mirror")?,
                 ));
+                let journal_alerts = (journal.tree("alert_queue")?, journal.tree("alert_seen")?);
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
                 engine.set_state_dir(state_dir);
                 let mirror = audit.spawn_mirror(services.stores.clone());
+                let configs = services
+                    .config_file
+                    .as_deref()
+                    .and_then(|f| crate::config::Loaded::load(Some(f)).ok())
+                    .map(|l| l.config.alerts)
+                    .unwrap_or_default();
+                let alerts = Arc::new(Alerts::new(journal_alerts.0, journal_alerts.1, &configs));
                 let ops = Arc::new(Operations::new(
                     Arc::clone(&engine),
                     Arc::clone(&services),
                     audit,
+                    Arc::clone(&alerts),
                 ));
+                let auditor = Arc::downgrade(&ops);
+                let delivery = alerts.spawn(
+                    Arc::clone(&engine),
+                    Arc::new(move |what: &str, failed: bool, message: &str| {
+                        if let Some(ops) = auditor.upgrade() {
+                            ops.audit_alert(what, failed, message);
+                        }
+                    }),
+                );
                 let listener = bind(&socket, state_dir)?;
                 let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
                 let closing = Arc::new(AtomicBool::new(false));
@@ -222,6 +254,7 @@ pub async fn connect_or_own(
                     closing,
                     server,
                     mirror,
+                    delivery,
                     socket,
                     pid_file,
                 }));

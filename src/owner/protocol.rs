@@ -52,6 +52,8 @@ pub enum Request {
     Audit,
     /// Recompute the audit chain and compare it with the stores.
     AuditVerify,
+    /// How alert delivery stands.
+    Alerts,
 }
 
 /// The owner's answer to a request.
@@ -83,6 +85,10 @@ pub enum Response {
     /// What `audit verify` found.
     AuditVerify {
         verification: Box<crate::ops::audit::Verification>,
+    },
+    /// How alert delivery stands.
+    Alerts {
+        state: crate::ops::alerts::AlertState,
     },
     /// The request was refused or failed; `retry` means the owner is going away and the
     /// client should connect again.

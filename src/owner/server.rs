@@ -139,6 +139,9 @@ async fn handle(
                 verification: Box::new(v),
             }
         }),
+        Request::Alerts => Response::Alerts {
+            state: ops.alert_state(),
+        },
         Request::Follow { run } => {
             let mut items = match follow_local(ops.engine(), &run) {
                 Ok(items) => items,

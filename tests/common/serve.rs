@@ -16,8 +16,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(sb: &Sandbox) -> Server {
+        Server::start_with(sb, &[])
+    }
+
+    /// `serve` with extra environment variables.
+    pub fn start_with(sb: &Sandbox, env: &[(&str, &str)]) -> Server {
         let mut child = sb
             .cmd()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
