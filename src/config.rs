@@ -100,6 +100,10 @@ pub struct TokenConfig {
 pub struct ApiConfig {
     /// The address to listen on (default 127.0.0.1:7345; `--listen` overrides).
     pub listen: Option<String>,
+    /// A PEM certificate chain: with `tls_key`, the API answers HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert` (keep it private: mode 0600).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// One `[[alerts]]` entry: a webhook and the events it wants.
@@ -405,6 +409,8 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # `lazarus token create --name NAME --role viewer|operator|admin`, which appends their hash.
 # [api]
 # listen = "127.0.0.1:7345"
+# tls_cert = "/etc/lazarus/tls/cert.pem"   # with tls_key: HTTPS only
+# tls_key = "/etc/lazarus/tls/key.pem"
 
 # A webhook told when a run fails, halts or waits for approval, and when a drill fails
 # (generic JSON with a Slack-compatible "text"); the URL comes from the environment.

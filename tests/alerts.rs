@@ -95,7 +95,10 @@ fn a_webhook_down_at_first_gets_every_event_once_and_no_run_waits_for_it() {
     assert_eq!(out.status.code(), Some(3), "halted: {}", text(&out));
     let mut follower = sb.spawn(&["run", "gated", "--id", "g1", "--reason", "alerts"]);
     sb.wait_for("g1 to wait for approval", Duration::from_secs(20), || {
-        sb.status("g1")["status"] == "waiting_approval"
+        let out = sb.run(&["status", "g1", "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout)
+                .is_ok_and(|r| r["status"] == "waiting_approval")
     });
     sb.ok(&["approve", "g1", "--by", "carol"]);
     let started = Instant::now();
@@ -106,6 +109,7 @@ fn a_webhook_down_at_first_gets_every_event_once_and_no_run_waits_for_it() {
         started.elapsed() < Duration::from_secs(5),
         "the run did not wait for the webhook"
     );
+    let _ = follower.wait();
     assert!(hook.lock().unwrap().received.is_empty());
     sb.wait_for("failed attempts", Duration::from_secs(20), || {
         hook.lock().unwrap().attempts >= 3

@@ -589,3 +589,195 @@ async fn the_event_stream_delivers_a_runs_steps_in_order_and_resumes_after_a_rec
     assert_eq!(after.last().unwrap().data["status"], "succeeded");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_runs_started_through_the_api_each_finish_every_step_exactly_once() {
+    let sb = Sandbox::new();
+    sb.write("lazarus.toml", CONFIG);
+    let mut workflow = String::from("name = \"ten\"\n");
+    for n in 1..=10 {
+        workflow.push_str(&format!(
+            "\n[[steps]]\nid = \"s{n}\"\nactivity = \"command\"\nwith = {{ shell = 'echo \"${{run.id}} s{n}\" >> effects' }}\n"
+        ));
+    }
+    sb.write("workflows/ten.toml", &workflow);
+    let admin = token(&sb, "ada", "admin");
+    let server = Server::start(&sb);
+    let http = reqwest::Client::new();
+    let seen = Mutex::new(String::new());
+    let ada = As {
+        http: &http,
+        base: &server.base,
+        token: Some(&admin),
+        seen: &seen,
+    };
+    let starts = (0..50).map(|i| {
+        let ada = &ada;
+        async move {
+            ada.post(
+                "/api/runs",
+                json!({"workflow": "ten", "reason": "many at once", "id": format!("m{i:02}")}),
+            )
+            .await
+        }
+    });
+    for (code, body) in futures::future::join_all(starts).await {
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    for i in 0..50 {
+        wait_status(&ada, &format!("m{i:02}"), "succeeded").await;
+    }
+    let effects = sb.read("effects");
+    let mut lines: Vec<&str> = effects.lines().collect();
+    assert_eq!(lines.len(), 500, "every step of every run ran once");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 500, "no step ran twice");
+    let (_, page) = ada
+        .get("/api/runs?workflow=ten&status=succeeded&limit=500")
+        .await;
+    assert_eq!(page["total"], 50);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_configured_the_api_answers_https_only() {
+    let sb = Sandbox::new();
+    // A CA and a server certificate it signed, made with the openssl command.
+    sb.write(
+        "ext.cnf",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=test-ca",
+                "-days",
+                "1",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=lazarus",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+    ] {
+        let made = std::process::Command::new("openssl")
+            .current_dir(sb.path())
+            .args(&args)
+            .output()
+            .expect("this test makes its certificates with the openssl command (Debian: apt-get install openssl)");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    sb.write(
+        "lazarus.toml",
+        &format!("{CONFIG}\n[api]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"),
+    );
+    let admin = token(&sb, "ada", "admin");
+    let server = Server::start(&sb);
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+    // A client that trusts the CA alone (a preconfigured rustls client).
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject;
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(sb.path().join("ca.pem")).unwrap()
+        {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let trusting = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let me: Value = trusting
+        .get(format!("{}/api/whoami", server.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["identity"], "ada");
+    assert!(
+        me["via"]
+            .as_str()
+            .unwrap()
+            .starts_with("http from 127.0.0.1:"),
+        "{me}"
+    );
+    // Plain HTTP on the same port gets no answer, and a client that does not trust the
+    // certificate does not connect.
+    let plain = server.base.replace("https://", "http://");
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{plain}/api/whoami"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{}/api/whoami", server.base))
+            .send()
+            .await
+            .is_err()
+    );
+    server.stop();
+}

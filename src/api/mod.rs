@@ -10,6 +10,7 @@ mod openapi;
 mod page;
 mod runs;
 mod stores;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

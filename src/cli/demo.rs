@@ -153,6 +153,30 @@ fn step(title: &str) {
     println!("\n== {title} ==");
 }
 
+/// Where the web page is: the running `serve`'s, or how to start one.
+async fn page_hint(ctx: &Context) -> String {
+    let addr = ctx
+        .loaded_config()
+        .ok()
+        .and_then(|l| l.config.api.listen)
+        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let answering = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    if answering {
+        format!(
+            "The web page of the running `lazarus serve` is at http://{addr}/ (sign in with a token from `lazarus token create`)."
+        )
+    } else {
+        format!(
+            "To run recoveries from a browser: `lazarus token create --name YOU --role admin`, then `lazarus serve`, and open http://{addr}/"
+        )
+    }
+}
+
 /// `lazarus demo`.
 pub async fn demo(ctx: &Context, args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
@@ -166,6 +190,7 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> Result<ExitCode> {
     }
     let ok = result?;
     println!("\n(demo took {:.0}s)", started.elapsed().as_secs_f64());
+    println!("{}", page_hint(ctx).await);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

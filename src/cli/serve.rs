@@ -93,21 +93,44 @@ async fn start_http(
         )
     })?;
     let bound = listener.local_addr()?;
+    let resolve = |p: &std::path::Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            loaded.base.join(p)
+        }
+    };
+    let tls = match (&loaded.config.api.tls_cert, &loaded.config.api.tls_key) {
+        (Some(cert), Some(key)) => Some(api::tls::acceptor(&resolve(cert), &resolve(key))?),
+        (None, None) => None,
+        _ => bail!(
+            "{}: [api] needs both tls_cert and tls_key for HTTPS, or neither",
+            loaded.source
+        ),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let tokens = std::sync::Arc::new(crate::ops::tokens::Tokens::new(&loaded));
     let note = if tokens.is_empty() {
         "no API token is configured yet: make one with `lazarus token create --name NAME --role admin`"
     } else {
         "callers need a token (`lazarus token create`)"
     };
-    eprintln!("lazarus serve: HTTP API on http://{bound}/api ({note})");
+    eprintln!(
+        "lazarus serve: HTTP API on {scheme}://{bound}/api, web page on {scheme}://{bound}/ ({note})"
+    );
     let state = api::ApiState {
         ops: std::sync::Arc::clone(owned.ops()),
         tokens,
         throttle: std::sync::Arc::new(api::Throttle::default()),
     };
     Ok(tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, state).await {
-            tracing::error!(error = %e, "the HTTP API stopped");
+        match tls {
+            Some(acceptor) => api::tls::serve(listener, acceptor, api::router(state)).await,
+            None => {
+                if let Err(e) = api::serve(listener, state).await {
+                    tracing::error!(error = %e, "the HTTP API stopped");
+                }
+            }
         }
     }))
 }

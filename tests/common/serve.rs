@@ -35,20 +35,20 @@ impl Server {
         let sink = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("HTTP API on http://").nth(1) {
-                    let addr = rest.split('/').next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
+                if let Some(rest) = line.split("HTTP API on ").nth(1) {
+                    let base = rest.split("/api").next().unwrap_or_default().to_string();
+                    let _ = tx.send(base);
                 }
                 sink.lock().unwrap().push_str(&line);
                 sink.lock().unwrap().push('\n');
             }
         });
-        let addr = rx
+        let base = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("serve printed no address: {}", output.lock().unwrap()));
         Server {
             child,
-            base: format!("http://{addr}"),
+            base,
             output,
         }
     }
