@@ -1,5 +1,6 @@
-//! Journal overhead per step beside the floor (a 4 KiB write + fsync on the same disk), and
-//! steps per second through the whole engine with a no-op activity.
+//! Journal overhead per step beside the floor (a 4 KiB write + fsync on the same disk), steps
+//! per second through the whole engine with a no-op activity, and durable step transitions
+//! per second with 50 runs at once beside one run alone, with per-step latency p50/p99.
 //!
 //! Run: `cargo bench --bench journal` (numbers go to benches/RESULTS.md by hand).
 
@@ -139,6 +140,78 @@ fn engine_steps_per_second(steps: usize) -> f64 {
     })
 }
 
+/// What many runs at once achieved: durable step completions per second across all runs,
+/// and each step's cycle (one completion to the run's next, from the journal's own times).
+struct Concurrent {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `runs` runs of `steps` no-op steps each, started together.
+fn engine_concurrent(runs: usize, steps: usize) -> Concurrent {
+    let dir = bench_dir();
+    let mut registry = Registry::new();
+    registry.register(Arc::new(Noop));
+    let mut text = String::from("name = \"many\"\n");
+    for i in 0..steps {
+        text.push_str(&format!("[[steps]]\nid = \"s{i}\"\nactivity = \"noop\"\n"));
+    }
+    let workflow = Workflow::parse("many", &text, &registry).expect("workflow");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let journal = Arc::new(SledJournal::open(dir.path()).expect("journal"));
+        let engine = Engine::new(journal, Arc::new(registry));
+        let ids: Vec<String> = (0..runs)
+            .map(|i| {
+                engine
+                    .submit(Submission {
+                        workflow: workflow.clone(),
+                        params: Default::default(),
+                        reason: "bench".into(),
+                        operator: "bench".into(),
+                        halt_before: vec![],
+                        halt_after: vec![],
+                        id: Some(format!("r{i}")),
+                    })
+                    .expect("submit")
+            })
+            .collect();
+        let start = Instant::now();
+        for id in &ids {
+            engine.start(id).expect("start");
+        }
+        engine.wait_idle().await;
+        let took = start.elapsed();
+        let mut cycles = Vec::new();
+        let mut completed = 0usize;
+        for id in &ids {
+            assert_eq!(engine.report(id).expect("report").status, "succeeded");
+            let mut previous: Option<i64> = None;
+            for record in engine.events(id).expect("events") {
+                match record.event {
+                    Event::StepStarted { .. } if previous.is_none() => previous = Some(record.at_us),
+                    Event::StepCompleted { .. } => {
+                        completed += 1;
+                        if let Some(p) = previous {
+                            cycles.push(Duration::from_micros((record.at_us - p).max(0) as u64));
+                        }
+                        previous = Some(record.at_us);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cycles.sort();
+        let at = |q: f64| cycles[((cycles.len() as f64 * q) as usize).min(cycles.len() - 1)];
+        Concurrent {
+            per_second: completed as f64 / took.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    })
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -185,5 +258,27 @@ fn main() {
     println!(
         "  engine, no-op activity, 300-step run          {rate:>8.0} steps/s ({:.2} ms/step)",
         1000.0 / rate
+    );
+    let alone = engine_concurrent(1, 10);
+    let many = engine_concurrent(50, 10);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("durable step transitions (no-op steps, 10 per run):");
+    println!(
+        "  one run alone        {:>8.0} steps/s   step p50 {:.2} ms  p99 {:.2} ms",
+        alone.per_second,
+        ms(alone.p50),
+        ms(alone.p99)
+    );
+    println!(
+        "  50 runs at once      {:>8.0} steps/s   step p50 {:.2} ms  p99 {:.2} ms   {:.1}x one run (goal >= 5000 steps/s, p99 <= 5 ms)",
+        many.per_second,
+        ms(many.p50),
+        ms(many.p99),
+        many.per_second / alone.per_second
+    );
+    println!(
+        "  floor: 4 KiB append + fsync {:.2} ms ({:.0}/s one after another)",
+        ms(floor),
+        1.0 / floor.as_secs_f64()
     );
 }
