@@ -190,7 +190,9 @@ fn engine_concurrent(runs: usize, steps: usize) -> Concurrent {
             let mut previous: Option<i64> = None;
             for record in engine.events(id).expect("events") {
                 match record.event {
-                    Event::StepStarted { .. } if previous.is_none() => previous = Some(record.at_us),
+                    Event::StepStarted { .. } if previous.is_none() => {
+                        previous = Some(record.at_us)
+                    }
                     Event::StepCompleted { .. } => {
                         completed += 1;
                         if let Some(p) = previous {

@@ -88,6 +88,13 @@ fn me(by: &str) -> Actor {
     Actor::this_process(by)
 }
 
+/// This process acting under its OS user's name (requests that carry no operator).
+fn os_user() -> Actor {
+    me(&crate::ops::actor::os_user_name(
+        nix::unistd::getuid().as_raw(),
+    ))
+}
+
 /// Streams a run's reports and progress from an engine in this process.
 pub fn follow_local(
     engine: &Arc<Engine>,
@@ -215,50 +222,23 @@ impl Control for LocalControl {
     }
 
     async fn catalog_sync(&self, store: Option<&str>) -> Result<(String, usize), ControlError> {
-        self.ops
-            .catalog_sync(
-                &me(&crate::ops::actor::os_user_name(
-                    nix::unistd::getuid().as_raw(),
-                )),
-                store,
-            )
-            .await
+        self.ops.catalog_sync(&os_user(), store).await
     }
 
     async fn wal(&self, query: WalQuery) -> Result<serde_json::Value, ControlError> {
-        self.ops
-            .wal(
-                &me(&crate::ops::actor::os_user_name(
-                    nix::unistd::getuid().as_raw(),
-                )),
-                query,
-            )
-            .await
+        self.ops.wal(&os_user(), query).await
     }
 
     async fn gc(&self, dry_run: bool) -> Result<serde_json::Value, ControlError> {
-        self.ops
-            .gc(
-                &me(&crate::ops::actor::os_user_name(
-                    nix::unistd::getuid().as_raw(),
-                )),
-                dry_run,
-            )
-            .await
+        self.ops.gc(&os_user(), dry_run).await
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, ControlError> {
-        self.ops.audit_entries(&me(&crate::ops::actor::os_user_name(
-            nix::unistd::getuid().as_raw(),
-        )))
+        self.ops.audit_entries(&os_user())
     }
 
     async fn audit_verify(&self) -> Result<Verification, ControlError> {
-        self.ops
-            .audit_verify(&me(&crate::ops::actor::os_user_name(
-                nix::unistd::getuid().as_raw(),
-            )))
-            .await
+        self.ops.audit_verify(&os_user()).await
     }
 
     async fn alerts(&self) -> Result<AlertState, ControlError> {
