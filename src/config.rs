@@ -116,9 +116,21 @@ pub struct AlertConfig {
     pub url_env: Option<String>,
     /// Or a file holding it.
     pub url_file: Option<PathBuf>,
-    /// run_failed, run_halted, waiting_approval, run_succeeded, drill_failed (default:
-    /// all but run_succeeded).
+    /// run_failed, run_halted, waiting_approval, run_succeeded, drill_failed,
+    /// rpo_exceeded, backup_too_old (default: all but run_succeeded).
     pub events: Option<Vec<String>>,
+    /// `serve` raises rpo_exceeded when the WAL archive lag is over this ("15m").
+    pub rpo: Option<String>,
+    /// `serve` raises backup_too_old when a database's newest backup is older ("26h").
+    pub backup_max_age: Option<String>,
+}
+
+/// The `[watch]` table: how often `serve` checks the RPO and backup-age limits of alerts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Between two checks ("1m" by default).
+    pub every: Option<String>,
 }
 
 /// The whole file.
@@ -143,6 +155,9 @@ pub struct Config {
     /// Webhooks told about runs.
     #[serde(default)]
     pub alerts: Vec<AlertConfig>,
+    /// The RPO and backup-age watch of `serve`.
+    #[serde(default)]
+    pub watch: WatchConfig,
 }
 
 /// A loaded configuration and where it came from.
@@ -417,7 +432,9 @@ pub const EXAMPLE: &str = r#"# Lazarus configuration. Stores are tried in this o
 # [[alerts]]
 # name = "oncall"
 # url_env = "LAZARUS_ONCALL_WEBHOOK"
-# events = ["run_failed", "run_halted", "waiting_approval", "drill_failed"]
+# events = ["run_failed", "run_halted", "waiting_approval", "drill_failed", "rpo_exceeded", "backup_too_old"]
+# rpo = "15m"               # serve: rpo_exceeded when the archive lag is over this
+# backup_max_age = "26h"    # serve: backup_too_old when a database's newest backup is older
 
 # The last resort: a local directory.
 [[stores]]

@@ -218,3 +218,59 @@ fn a_webhook_down_at_first_gets_every_event_once_and_no_run_waits_for_it() {
         );
     }
 }
+
+#[test]
+fn serve_raises_an_exceeded_rpo_and_a_backup_too_old_once_each() {
+    let hook: Shared = Arc::default();
+    hook.lock().unwrap().up = true;
+    let addr = webhook(Arc::clone(&hook));
+    let archiving = common::wal::Archiving::start(&[]);
+    archiving.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    archiving.switch_and_wait();
+    let sb = Sandbox::new();
+    let config = format!(
+        "{}\n[watch]\nevery = \"1s\"\n\n[[alerts]]\nname = \"watch\"\nurl_env = \"LAZARUS_TEST_HOOK\"\nrpo = \"1s\"\nbackup_max_age = \"2s\"\n",
+        std::fs::read_to_string(&archiving.config).unwrap()
+    );
+    let file = sb.write("lazarus.toml", &config);
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = sb.run(&["backup", "--database", "postgres"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let url = format!("http://{addr}/hook/x");
+    let server = Server::start_with(&sb, &[("LAZARUS_TEST_HOOK", &url)]);
+    let events = || -> Vec<String> {
+        let mut e: Vec<String> = hook
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .map(|b| b["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        e.sort();
+        e
+    };
+    sb.wait_for("both watch alerts", Duration::from_secs(60), || {
+        events().len() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(events(), ["backup_too_old", "rpo_exceeded"], "each once");
+    let received = hook.lock().unwrap().received.clone();
+    let rpo = received
+        .iter()
+        .find(|b| b["event"] == "rpo_exceeded")
+        .unwrap();
+    assert_eq!(rpo["archive"], "main");
+    assert!(rpo["lag_seconds"].as_f64().unwrap() > 1.0, "{rpo}");
+    let old = received
+        .iter()
+        .find(|b| b["event"] == "backup_too_old")
+        .unwrap();
+    assert_eq!(old["database"], "postgres");
+    assert!(
+        old["text"]
+            .as_str()
+            .unwrap()
+            .contains("lazarus backup --database postgres")
+    );
+    server.stop();
+}

@@ -50,6 +50,9 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
     } else {
         Some(start_http(ctx, owned, args.listen.as_deref()).await?)
     };
+    let watch = (!args.exit_when_idle)
+        .then(|| start_watch(ctx, owned))
+        .transpose()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut idle_since = Instant::now();
     loop {
@@ -68,12 +71,32 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
     if let Some(http) = http {
         http.abort();
     }
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     engine.interrupt_all(&format!(
         "lazarus serve (pid {}) stopping",
         std::process::id()
     ));
     session.finish().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The RPO and backup-age watch, every `[watch] every`.
+fn start_watch(ctx: &Context, owned: &crate::owner::Owned) -> Result<tokio::task::JoinHandle<()>> {
+    let loaded = ctx.loaded_config()?;
+    let every = match &loaded.config.watch.every {
+        Some(text) => crate::engine::duration::parse_duration(text)
+            .map_err(|e| anyhow!("{}: [watch] every: {e}", loaded.source))?,
+        None => crate::ops::watch::DEFAULT_EVERY,
+    };
+    let ops = std::sync::Arc::clone(owned.ops());
+    Ok(tokio::spawn(async move {
+        loop {
+            crate::ops::watch::check(&ops).await;
+            tokio::time::sleep(every).await;
+        }
+    }))
 }
 
 /// Binds the HTTP API and serves it in the background.

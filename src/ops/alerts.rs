@@ -23,6 +23,8 @@ pub const EVENTS: &[&str] = &[
     "waiting_approval",
     "run_succeeded",
     "drill_failed",
+    "rpo_exceeded",
+    "backup_too_old",
 ];
 
 /// What an alert gets when it names no events: everything that needs a person.
@@ -56,9 +58,18 @@ pub struct Webhook {
     pub name: String,
     url: String,
     events: Vec<String>,
+    /// `rpo_exceeded` when the WAL archive lag is over this.
+    pub rpo: Option<Duration>,
+    /// `backup_too_old` when a database's newest backup is older than this.
+    pub backup_max_age: Option<Duration>,
 }
 
 impl Webhook {
+    /// Whether it asked for `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
+    }
+
     /// Resolves a configured alert: its URL from the environment or a file, its events.
     pub fn from_config(config: &AlertConfig) -> Result<Webhook, AlertError> {
         let fail = |message: String| AlertError {
@@ -97,10 +108,32 @@ impl Webhook {
             }
             None => DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect(),
         };
+        let limit = |field: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| {
+                    crate::engine::duration::parse_duration(v)
+                        .map_err(|e| fail(format!("{field}: {e}")))
+                })
+                .transpose()
+        };
+        let rpo = limit("rpo", &config.rpo)?;
+        let backup_max_age = limit("backup_max_age", &config.backup_max_age)?;
+        let mut events = events;
+        if config.events.is_none() {
+            if rpo.is_some() {
+                events.push("rpo_exceeded".into());
+            }
+            if backup_max_age.is_some() {
+                events.push("backup_too_old".into());
+            }
+        }
         Ok(Webhook {
             name: config.name.clone(),
             url,
             events,
+            rpo,
+            backup_max_age,
         })
     }
 }
@@ -114,7 +147,8 @@ pub type OnOutcome = Arc<dyn Fn(&str, bool, &str) + Send + Sync>;
 struct Delivery {
     alert: String,
     event: String,
-    run: String,
+    /// What it is about: "run RUN", "database DB", "archive NAME".
+    subject: String,
     body: Value,
     attempts: u32,
     /// Not before this time (ms since the epoch).
@@ -146,6 +180,7 @@ pub struct Alerts {
     failures: AtomicU64,
     wake: Notify,
     http: reqwest::Client,
+    enqueue_lock: std::sync::Mutex<()>,
 }
 
 /// The event a run's new status raises, if any.
@@ -216,6 +251,7 @@ impl Alerts {
             failures: AtomicU64::new(0),
             wake: Notify::new(),
             http: reqwest::Client::new(),
+            enqueue_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -248,12 +284,6 @@ impl Alerts {
     /// Looks at a run that changed and queues the event its new status raises, once per
     /// status reached.
     pub fn observe(&self, report: &RunReport) {
-        let previous = self
-            .seen
-            .get(report.id.as_bytes())
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
         let marker = format!(
             "{}:{}",
             report.status,
@@ -263,10 +293,9 @@ impl Alerts {
                 .map(Value::to_string)
                 .unwrap_or_default()
         );
-        if previous.as_deref() == Some(marker.as_str()) {
+        if !self.moved(&report.id, &marker) {
             return;
         }
-        let _ = self.seen.insert(report.id.as_bytes(), marker.as_bytes());
         let Some(event) = event_for(report) else {
             return;
         };
@@ -282,31 +311,66 @@ impl Alerts {
             "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "text": text(event, report),
         });
-        for hook in self
-            .hooks
-            .iter()
-            .filter(|h| h.events.iter().any(|e| e == event))
-        {
-            let delivery = Delivery {
-                alert: hook.name.clone(),
-                event: event.to_string(),
-                run: report.id.clone(),
-                body: body.clone(),
-                attempts: 0,
-                due_ms: 0,
-                last_error: None,
-            };
-            // Queued in order; one watcher task observes, so numbers never collide.
-            let id = self
-                .queue
-                .last()
-                .ok()
-                .flatten()
-                .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-                .map_or(1, |k| u64::from_be_bytes(k) + 1);
-            if let Ok(bytes) = serde_json::to_vec(&delivery) {
-                let _ = self.queue.insert(id.to_be_bytes(), bytes);
-            }
+        let subject = format!("run {}", report.id);
+        for hook in self.hooks.iter().filter(|h| h.wants(event)) {
+            self.enqueue(&hook.name, event, &subject, &body);
+        }
+    }
+
+    /// The webhooks that watch a threshold (RPO, backup age).
+    pub fn hooks(&self) -> &[Webhook] {
+        &self.hooks
+    }
+
+    /// A watched measure of `hook` (`key`) is over its limit or not; raises `event` when it
+    /// goes over, once until it has been back under.
+    pub fn watched(
+        &self,
+        hook: &Webhook,
+        key: &str,
+        over: bool,
+        event: &str,
+        subject: &str,
+        body: Value,
+    ) {
+        let state = if over { "over" } else { "ok" };
+        if self.moved(&format!("watch:{}:{key}", hook.name), state) && over && hook.wants(event) {
+            self.enqueue(&hook.name, event, subject, &body);
+        }
+    }
+
+    /// Records that `key` is now in `state`; whether that is news.
+    fn moved(&self, key: &str, state: &str) -> bool {
+        let previous = self.seen.get(key.as_bytes()).ok().flatten();
+        if previous.as_deref() == Some(state.as_bytes()) {
+            return false;
+        }
+        let _ = self.seen.insert(key.as_bytes(), state.as_bytes());
+        true
+    }
+
+    fn enqueue(&self, alert: &str, event: &str, subject: &str, body: &Value) {
+        let Ok(_guard) = self.enqueue_lock.lock() else {
+            return;
+        };
+        let delivery = Delivery {
+            alert: alert.to_string(),
+            event: event.to_string(),
+            subject: subject.to_string(),
+            body: body.clone(),
+            attempts: 0,
+            due_ms: 0,
+            last_error: None,
+        };
+        let id = self
+            .queue
+            .last()
+            .ok()
+            .flatten()
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(1, |k| u64::from_be_bytes(k) + 1);
+        if let Ok(bytes) = serde_json::to_vec(&delivery) {
+            let _ = self.queue.insert(id.to_be_bytes(), bytes);
         }
         let _ = self.queue.flush();
         self.wake.notify_one();
@@ -333,7 +397,7 @@ impl Alerts {
                 let _ = self.queue.remove(&key);
                 continue;
             };
-            let what = format!("{} of run {} to alert {}", d.event, d.run, d.alert);
+            let what = format!("{} of {} to alert {}", d.event, d.subject, d.alert);
             let result = self
                 .http
                 .post(&hook.url)
@@ -452,6 +516,8 @@ mod tests {
             url_env: url_env.map(String::from),
             url_file: None,
             events: events.map(|e| e.into_iter().map(String::from).collect()),
+            rpo: None,
+            backup_max_age: None,
         }
     }
 

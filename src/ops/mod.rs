@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod runs;
 pub mod tokens;
 pub mod wal;
+pub mod watch;
 pub mod workflows;
 
 use std::sync::Arc;
