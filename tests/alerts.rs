@@ -58,22 +58,11 @@ async fn receive(State(hook): State<Shared>, body: axum::Json<Value>) -> StatusC
 
 /// The webhook, on 127.0.0.1 in a thread of its own.
 fn webhook(hook: Shared) -> std::net::SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = Router::new()
-                .route("/hook/{secret}", post(receive))
-                .with_state(hook);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    common::http_server(
+        Router::new()
+            .route("/hook/{secret}", post(receive))
+            .with_state(hook),
+    )
 }
 
 #[test]

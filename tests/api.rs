@@ -193,6 +193,17 @@ async fn every_endpoint_answers_by_role_and_every_action_is_audited() {
         body["error"].as_str().unwrap().contains("gated"),
         "a suggestion: {body}"
     );
+    let (code, body) = ada.post("/api/runs", json!({"workflow": "gated"})).await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "a missing field is a JSON error: {body}"
+    );
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("reason") && error.contains("/api/openapi.json"),
+        "{error}"
+    );
     let (code, body) = ada.post("/api/runs", start("g1", &[])).await;
     assert_eq!(
         (code, body["run"].as_str()),
@@ -331,48 +342,30 @@ async fn every_endpoint_answers_by_role_and_every_action_is_audited() {
                 && e["via"].as_str().unwrap_or_default().contains(via)
         })
     };
-    assert!(
-        has(
+    // Accepted and refused, by role and by the engine, from HTTP and from the CLI.
+    let expected: [(&str, &str, Option<&str>, &str, &str); 9] = [
+        (
             "ada",
             "start gated",
             Some("g1"),
             "accepted",
-            "http from 127.0.0.1:"
+            "http from 127.0.0.1:",
         ),
-        "{audit}"
-    );
-    assert!(
-        has("otto", "start gated", None, "refused", "http"),
-        "{audit}"
-    );
-    assert!(
-        has("vera", "approve", Some("g1"), "refused", "http"),
-        "{audit}"
-    );
-    assert!(
-        has("otto", "approve", Some("g1"), "accepted", "http"),
-        "{audit}"
-    );
-    assert!(
-        has("otto", "cancel", Some("g1"), "refused", "http"),
-        "{audit}"
-    );
-    assert!(
-        has("ada", "cancel", Some("g1"), "refused", "http"),
-        "the engine's refusal too: {audit}"
-    );
-    assert!(
-        has("otto", "halt now", Some("g2"), "accepted", "http"),
-        "{audit}"
-    );
-    assert!(
-        has("carol", "approve", Some("g3"), "accepted", "cli, os user "),
-        "{audit}"
-    );
-    assert!(
-        has("tester", "start gated", Some("g4"), "accepted", "cli"),
-        "{audit}"
-    );
+        ("otto", "start gated", None, "refused", "http"),
+        ("vera", "approve", Some("g1"), "refused", "http"),
+        ("otto", "approve", Some("g1"), "accepted", "http"),
+        ("otto", "cancel", Some("g1"), "refused", "http"),
+        ("ada", "cancel", Some("g1"), "refused", "http"),
+        ("otto", "halt now", Some("g2"), "accepted", "http"),
+        ("carol", "approve", Some("g3"), "accepted", "cli, os user "),
+        ("tester", "start gated", Some("g4"), "accepted", "cli"),
+    ];
+    for (identity, action, run, outcome, via) in expected {
+        assert!(
+            has(identity, action, run, outcome, via),
+            "no audit entry {identity} {action} {run:?} {outcome} via {via}: {audit}"
+        );
+    }
     let first = &entries[0];
     assert_eq!(first["prev"], "0".repeat(64));
     assert_eq!(

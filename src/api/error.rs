@@ -53,3 +53,43 @@ impl IntoResponse for ApiError {
         (self.status, body).into_response()
     }
 }
+
+/// A JSON body, refused as an [`ApiError`] (JSON, with what to send) instead of axum's
+/// plain-text rejection.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "{}; send a JSON object with the fields GET /api/openapi.json lists for this endpoint",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters, refused as an [`ApiError`].
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "{}; GET /api/openapi.json lists this endpoint's parameters",
+                rejection.body_text()
+            ))),
+        }
+    }
+}

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Body, Params};
 use crate::ops::SubmitRequest;
 use crate::ops::runs::{RunFilter, page};
 use crate::runbooks;
@@ -19,7 +19,7 @@ use crate::runbooks;
 pub async fn list(
     State(state): State<ApiState>,
     Caller(_): Caller,
-    Query(filter): Query<RunFilter>,
+    Params(filter): Params<RunFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let runs = state.ops.runs()?;
     let page = page(runs, &filter).map_err(|e| ApiError::bad_request(e.0))?;
@@ -60,7 +60,7 @@ pub struct StartBody {
 pub async fn start(
     State(state): State<ApiState>,
     Caller(actor): Caller,
-    Json(body): Json<StartBody>,
+    Body(body): Body<StartBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if body.reason.trim().is_empty() {
         return Err(ApiError::bad_request(
@@ -125,7 +125,11 @@ fn or_default<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unreadable body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "unreadable JSON body ({e}); GET /api/openapi.json lists the fields of this endpoint"
+        ))
+    })
 }
 
 /// `POST /api/runs/{run}/halt`.
@@ -164,7 +168,7 @@ pub async fn rollback(
     State(state): State<ApiState>,
     Caller(actor): Caller,
     Path(run): Path<String>,
-    Json(body): Json<RollbackBody>,
+    Body(body): Body<RollbackBody>,
 ) -> Result<Json<Value>, ApiError> {
     if body.reason.trim().is_empty() {
         return Err(ApiError::bad_request(

@@ -2,13 +2,13 @@
 //! point-in-time plans as dry runs.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, Body, Params};
 use crate::engine::duration::parse_duration;
 use crate::ops::wal::WalQuery;
 use crate::wal::DEFAULT_ARCHIVE;
@@ -26,7 +26,7 @@ pub struct BackupsQuery {
 pub async fn backups(
     State(state): State<ApiState>,
     Caller(_): Caller,
-    Query(query): Query<BackupsQuery>,
+    Params(query): Params<BackupsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let mut manifests = state.ops.backups(query.database.as_deref()).await?;
     manifests.reverse();
@@ -34,9 +34,7 @@ pub async fn backups(
     let rows: Vec<Value> = manifests
         .into_iter()
         .map(|m| {
-            let age = chrono::DateTime::parse_from_rfc3339(&m.finished_at)
-                .ok()
-                .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3);
+            let age = m.age_seconds(now);
             let rto = m.verification.as_ref().and_then(|v| v.restore_seconds);
             let mut row = json!(m);
             row["age_seconds"] = json!(age);
@@ -65,7 +63,7 @@ fn archive(name: Option<String>) -> String {
 pub async fn wal_status(
     State(state): State<ApiState>,
     Caller(actor): Caller,
-    Query(query): Query<StatusQuery>,
+    Params(query): Params<StatusQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let rpo = parse_duration(query.rpo.as_deref().unwrap_or("15m"))
         .map_err(|e| ApiError::bad_request(format!("rpo: {e}")))?;
@@ -97,7 +95,7 @@ pub struct CheckQuery {
 pub async fn wal_check(
     State(state): State<ApiState>,
     Caller(actor): Caller,
-    Query(query): Query<CheckQuery>,
+    Params(query): Params<CheckQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let answer = state
         .ops
@@ -129,7 +127,7 @@ pub struct PlanBody {
 pub async fn pitr_plan(
     State(state): State<ApiState>,
     Caller(actor): Caller,
-    Json(body): Json<PlanBody>,
+    Body(body): Body<PlanBody>,
 ) -> Result<Json<Value>, ApiError> {
     let answer = state
         .ops

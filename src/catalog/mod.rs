@@ -123,6 +123,30 @@ pub mod status {
 }
 
 /// Where a backup's files live in the stores.
+impl Manifest {
+    /// Seconds since the backup finished, at `now` (`None` when its time does not parse).
+    pub fn age_seconds(&self, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+        chrono::DateTime::parse_from_rfc3339(&self.finished_at)
+            .ok()
+            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)
+    }
+}
+
+/// The age in seconds of each database's newest backup, at `now`.
+pub fn newest_age_per_database(
+    manifests: &[Manifest],
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut newest = std::collections::BTreeMap::new();
+    for m in manifests {
+        if let Some(age) = m.age_seconds(now) {
+            let slot = newest.entry(m.database.clone()).or_insert(f64::INFINITY);
+            *slot = f64::min(*slot, age);
+        }
+    }
+    newest
+}
+
 pub fn backup_key(database: &str, id: &str, suffix: &str) -> String {
     format!("backups/{database}/{id}{suffix}")
 }

@@ -46,12 +46,6 @@ impl<'a> Family<'a> {
     }
 }
 
-fn age_seconds(rfc3339: &str, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
-    chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .ok()
-        .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3)
-}
-
 /// The whole exposition.
 pub async fn render(ops: &Operations, alert_failures: u64) -> String {
     let mut out = String::new();
@@ -135,14 +129,12 @@ pub async fn render(ops: &Operations, alert_failures: u64) -> String {
     f.sample("lazarus_restored_bytes", &[], restored as f64);
 
     let backups = ops.backups(None).await.unwrap_or_default();
-    let mut newest: BTreeMap<&str, f64> = BTreeMap::new();
+    let newest = crate::catalog::newest_age_per_database(&backups, now);
     let mut verified: BTreeMap<&str, (f64, Option<f64>)> = BTreeMap::new();
     for m in &backups {
-        let Some(age) = age_seconds(&m.finished_at, now) else {
+        let Some(age) = m.age_seconds(now) else {
             continue;
         };
-        let slot = newest.entry(&m.database).or_insert(f64::INFINITY);
-        *slot = slot.min(age);
         if m.status == status::VERIFIED {
             let rto = m.verification.as_ref().and_then(|v| v.restore_seconds);
             let slot = verified.entry(&m.database).or_insert((f64::INFINITY, None));
@@ -190,9 +182,18 @@ pub async fn render(ops: &Operations, alert_failures: u64) -> String {
     }
 
     let archive = crate::wal::DEFAULT_ARCHIVE;
+    // The tightest RPO an alert watches, else the CLI's default.
+    let rpo = ops
+        .alerts()
+        .hooks()
+        .iter()
+        .filter_map(|h| h.rpo)
+        .map(|d| d.as_secs_f64())
+        .reduce(f64::min)
+        .unwrap_or(DEFAULT_RPO_SECONDS);
     let query = super::wal::WalQuery::Status {
         archive: archive.to_string(),
-        rpo_seconds: DEFAULT_RPO_SECONDS,
+        rpo_seconds: rpo,
     };
     if let Ok(answer) = super::wal::answer(ops.services(), query).await
         && let Some(lag) = answer["lag_seconds"].as_f64()
@@ -212,9 +213,9 @@ pub async fn render(ops: &Operations, alert_failures: u64) -> String {
             &mut out,
             "lazarus_wal_rpo_exceeded",
             "gauge",
-            "1 when the archive lag is over the RPO target (15 minutes).",
+            "1 when the archive lag is over the RPO target (the tightest alert rpo, else 15 minutes).",
         );
-        let over = if lag > DEFAULT_RPO_SECONDS { 1.0 } else { 0.0 };
+        let over = if lag > rpo { 1.0 } else { 0.0 };
         f.sample("lazarus_wal_rpo_exceeded", &[("archive", archive)], over);
     }
 

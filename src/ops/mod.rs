@@ -84,7 +84,7 @@ impl From<EngineError> for ControlError {
 const OPERATOR_RUNBOOKS: &[&str] = &["backup", "base-backup", "drill"];
 
 /// Parameters that make a run write over a live database: admin only, whatever the runbook.
-const IN_PLACE_PARAMS: &[&str] = &["in_place", "in-place"];
+const IN_PLACE_PARAMS: &[&str] = &["in_place"];
 
 /// The role a submission needs.
 pub fn role_to_start(

@@ -2,7 +2,6 @@
 //! database's newest backup, checked against the limits alerts set, raised once when a limit
 //! is crossed (and again only after it was back under).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
@@ -59,15 +58,7 @@ pub async fn check(ops: &Operations) {
     }
     if hooks.iter().any(|h| h.backup_max_age.is_some()) {
         let backups = ops.backups(None).await.unwrap_or_default();
-        let now = chrono::Utc::now();
-        let mut newest: BTreeMap<String, f64> = BTreeMap::new();
-        for m in &backups {
-            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&m.finished_at) {
-                let age = (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3;
-                let slot = newest.entry(m.database.clone()).or_insert(f64::INFINITY);
-                *slot = slot.min(age);
-            }
-        }
+        let newest = crate::catalog::newest_age_per_database(&backups, chrono::Utc::now());
         for hook in hooks.iter().filter(|h| h.backup_max_age.is_some()) {
             let limit = hook.backup_max_age.unwrap_or_default().as_secs_f64();
             for (database, age) in &newest {

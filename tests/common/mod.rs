@@ -150,6 +150,26 @@ impl Sandbox {
     }
 }
 
+/// An HTTP server (a webhook, a health endpoint) on 127.0.0.1 in a thread of its own;
+/// returns its address.
+pub fn http_server(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    rx.recv().expect("server address")
+}
+
 /// Sends SIGKILL to a child and reaps it.
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
