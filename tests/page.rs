@@ -198,3 +198,77 @@ async fn an_admin_recovers_from_the_page_and_a_viewer_can_only_look() {
     browser.quit().await;
     server.stop();
 }
+
+/// The PITR preview of the Recover form with a real archive: the plan names the base backup,
+/// the chain and the covered window before the start button will do anything, and it is the
+/// plan `lazarus pitr plan` makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_previews_a_pitr_plan_with_its_window_before_starting() {
+    let archiving = common::wal::Archiving::start(&[]);
+    archiving.psql("CREATE TABLE ticks (id int); INSERT INTO ticks VALUES (1)");
+    let sb = Sandbox::new();
+    sb.write(
+        "lazarus.toml",
+        &std::fs::read_to_string(&archiving.config).unwrap(),
+    );
+    let workdir = format!("workdir={}", sb.path().join("work").display());
+    sb.ok(&[
+        "run",
+        "base-backup",
+        "--reason",
+        "page test",
+        "--param",
+        &workdir,
+    ]);
+    archiving.psql("INSERT INTO ticks VALUES (2)");
+    let target = archiving.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    archiving.psql("INSERT INTO ticks VALUES (3)");
+    archiving.switch_and_wait();
+    let admin = token(&sb, "ada", "admin");
+    let server = Server::start(&sb);
+    let browser = Browser::start().await;
+    sign_in(&browser, &server.base, &admin).await;
+
+    browser.goto(&format!("{}/#recover", server.base)).await;
+    browser.type_into("#rec-database", "postgres").await;
+    browser.choose("#rec-source", "time").await;
+    browser.type_into("#rec-to", &target).await;
+    browser.click("#rec-preview").await;
+    browser.wait_for("#plan-ok").await;
+    let shown = browser.text("#plan-ok").await;
+    let cli: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["pitr", "plan", "--to", &target, "--json"]))
+            .unwrap_or_else(|e| panic!("pitr plan --json: {e}"));
+    let backup = cli["backup"]["id"].as_str().unwrap();
+    assert!(shown.contains(&format!("base backup {backup}")), "{shown}");
+    assert!(
+        shown.contains(&format!("{} WAL segments", cli["segments"])),
+        "{shown}\n{cli}"
+    );
+    assert!(shown.contains("Covered window:"), "{shown}");
+    assert!(
+        shown.contains("Changes after the target are lost"),
+        "{shown}"
+    );
+    browser.screenshot(&artifact("pitr-preview.png")).await;
+
+    // Changing the time throws the preview away: nothing starts on a plan not shown.
+    browser.type_into("#rec-to", "immediate").await;
+    assert_eq!(browser.count("#plan-ok").await, 0);
+    browser.type_into("#rec-reason", "pitr from the page").await;
+    browser.type_into("#rec-confirm", "postgres").await;
+    browser.click("#rec-start").await;
+    browser.wait_for("#flash:not([hidden])").await;
+    assert!(
+        browser
+            .text("#flash")
+            .await
+            .contains("Preview the plan first")
+    );
+    assert_eq!(sb.ok(&["runs", "--json"]).matches("\"pitr").count(), 0);
+
+    browser.quit().await;
+    server.stop();
+}

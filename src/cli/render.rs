@@ -133,7 +133,11 @@ impl Renderer {
                     "pending" | "failed" => {}
                     _ => {}
                 }
-                if step.status != "running" && step.status != "waiting_approval" {
+                // Skipped steps still say why below; running and waiting ones say what now.
+                if !matches!(
+                    step.status.as_str(),
+                    "running" | "waiting_approval" | "skipped"
+                ) {
                     continue;
                 }
             } else if before.is_none() && step.status == "pending" {

@@ -65,9 +65,7 @@ impl Engine {
                 | RunStatus::RolledBack
                 | RunStatus::Cancelled
                 | RunStatus::Refused => {
-                    if let Some(target) = &record.target {
-                        self.journal.release_lock(target, run_id)?;
-                    }
+                    self.release_target(&record, run_id).await?;
                     if state.status != RunStatus::Succeeded {
                         self.discard_leftovers(run_id, false, true).await?;
                     }
@@ -538,12 +536,7 @@ impl Engine {
         // disk, yet a crash a moment later still leaves the attempt on record. (Correctness
         // does not depend on it: an attempt whose start was lost is simply run again.)
         self.append(run_id, started)?;
-        let journal = Arc::clone(&self.journal);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = journal.flush() {
-                tracing::warn!(error = %e, "background journal flush failed");
-            }
-        });
+        self.commit.soon();
         tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
 
         let token: CancellationToken = interrupt.child_token();
@@ -628,9 +621,7 @@ impl Engine {
             let (record, workflow, state) = self.load(run_id)?;
             if let Some(Request::Cancel { by }) = handle.take_request() {
                 self.append_durable(run_id, Event::Cancelled { by }).await?;
-                if let Some(target) = &record.target {
-                    self.journal.release_lock(target, run_id)?;
-                }
+                self.release_target(&record, run_id).await?;
                 return Ok(());
             }
             if state.pending_halt.is_some() {
@@ -652,9 +643,7 @@ impl Engine {
                 .find(|s| self.needs_undo(&workflow, s));
             let Some(next) = next else {
                 self.append_durable(run_id, Event::RolledBack).await?;
-                if let Some(target) = &record.target {
-                    self.journal.release_lock(target, run_id)?;
-                }
+                self.release_target(&record, run_id).await?;
                 tracing::info!(run = %run_id, "run rolled back");
                 return Ok(());
             };

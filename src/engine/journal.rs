@@ -27,6 +27,9 @@ pub enum JournalError {
     /// The run id is taken.
     #[error("a run with id \"{0}\" already exists; choose another --id")]
     RunExists(String),
+    /// A flush shared by several runs (group commit) failed; the message is the store's.
+    #[error("{0}")]
+    SharedFlush(String),
     /// The target is locked by an unfinished run.
     #[error("target \"{target}\" is locked by run {holder}")]
     Locked { target: String, holder: String },
@@ -52,7 +55,8 @@ pub trait Journal: Send + Sync {
     /// Takes a target's lock for `run` again (a rollback of a finished run), durably;
     /// refused while another run holds it.
     fn acquire_lock(&self, target: &str, run: &str) -> Result<(), JournalError>;
-    /// Releases a target's lock if `run` holds it (durably).
+    /// Releases a target's lock if `run` holds it; durable after the next
+    /// [`Journal::flush`] (an engine lets it ride the group commit of the run's last event).
     fn release_lock(&self, target: &str, run: &str) -> Result<(), JournalError>;
 }
 
@@ -253,7 +257,7 @@ impl Journal for SledJournal {
             .locks
             .compare_and_swap(target.as_bytes(), Some(run.as_bytes()), None::<&[u8]>)
             .map_err(|e| self.store_err(e))?;
-        self.flush()
+        Ok(())
     }
 }
 

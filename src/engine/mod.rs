@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod clock;
+mod commit;
 pub mod duration;
 mod executor;
 mod host;

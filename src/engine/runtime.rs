@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::{Progress, Registry};
 use super::clock::{now_us, rfc3339};
+use super::commit::GroupCommit;
 use super::journal::{Journal, JournalError};
 use super::records::{Event, EventRecord, HaltReason, RunRecord};
 use super::report::{RunReport, RunSummary};
@@ -133,6 +134,8 @@ pub type KnownRun = (String, RunStatus, BTreeMap<String, String>);
 /// Drives runs against a journal with a registry of activities.
 pub struct Engine {
     pub(crate) journal: Arc<dyn Journal>,
+    /// The journal's flusher: durable appends of all runs share its flushes.
+    pub(crate) commit: GroupCommit,
     pub(crate) registry: Arc<Registry>,
     active: Mutex<Active>,
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
@@ -188,6 +191,7 @@ impl Engine {
     pub fn new(journal: Arc<dyn Journal>, registry: Arc<Registry>) -> Arc<Self> {
         let (updates, _) = broadcast::channel(1024);
         Arc::new(Self {
+            commit: GroupCommit::start(Arc::clone(&journal)),
             journal,
             registry,
             active: Mutex::new(Active::default()),
@@ -257,24 +261,30 @@ impl Engine {
         run: &str,
         event: Event,
     ) -> Result<(), JournalError> {
-        let journal = Arc::clone(&self.journal);
-        let run_id = run.to_string();
-        let record = EventRecord {
-            at_us: now_us(),
-            event,
-        };
-        tokio::task::spawn_blocking(move || {
-            journal.append(&run_id, &record)?;
-            journal.flush()
-        })
-        .await
-        .map_err(|e| JournalError::Store {
-            path: Default::default(),
-            message: format!("journal writer task failed: {e}"),
-        })??;
+        self.journal.append(
+            run,
+            &EventRecord {
+                at_us: now_us(),
+                event,
+            },
+        )?;
+        self.commit.durable(self.journal.as_ref()).await?;
         self.publish(Update::Changed {
             run: run.to_string(),
         });
+        Ok(())
+    }
+
+    /// Lets go of a finished run's target, durably, sharing the flush with other runs.
+    pub(crate) async fn release_target(
+        &self,
+        record: &RunRecord,
+        run_id: &str,
+    ) -> Result<(), JournalError> {
+        if let Some(target) = &record.target {
+            self.journal.release_lock(target, run_id)?;
+            self.commit.durable(self.journal.as_ref()).await?;
+        }
         Ok(())
     }
 
@@ -484,6 +494,7 @@ impl Engine {
                     // The holder finished but a crash kept it from letting go: free it.
                     tracing::warn!(target = %target, holder = %holder, "releasing a lock left by a finished run");
                     self.journal.release_lock(&target, &holder)?;
+                    self.journal.flush()?;
                 }
                 Err(JournalError::Locked { target, holder }) => {
                     return Err(EngineError::Refused(format!(
@@ -879,6 +890,7 @@ impl Engine {
         self.append_sync_durable(run_id, Event::Cancelled { by: by.to_string() })?;
         if let Some(target) = &record.target {
             self.journal.release_lock(target, run_id)?;
+            self.journal.flush()?;
         }
         tracing::info!(run = %run_id, by, "cancelled");
         // Clean up what it made (partial downloads, a restored database): a driver finds
