@@ -26,6 +26,7 @@ enum Request {
 
 /// The flusher of one journal. Dropping it flushes what was asked for and stops the thread.
 pub struct GroupCommit {
+    journal: Arc<dyn Journal>,
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -34,18 +35,20 @@ impl GroupCommit {
     /// Starts the flusher thread for a journal.
     pub fn start(journal: Arc<dyn Journal>) -> Self {
         let (requests, queue) = mpsc::channel();
+        let flushed = Arc::clone(&journal);
         let thread = std::thread::Builder::new()
             .name("lazarus-journal-commit".into())
-            .spawn(move || flush_loop(journal.as_ref(), &queue))
+            .spawn(move || flush_loop(flushed.as_ref(), &queue))
             .ok();
         Self {
+            journal,
             requests: thread.as_ref().map(|_| requests),
             thread,
         }
     }
 
     /// Waits until everything appended before this call is on disk.
-    pub async fn durable(&self, journal: &dyn Journal) -> Result<(), JournalError> {
+    pub async fn durable(&self) -> Result<(), JournalError> {
         let (answer, answered) = oneshot::channel();
         let sent = self
             .requests
@@ -53,12 +56,12 @@ impl GroupCommit {
             .is_some_and(|r| r.send(Request::Wait(answer)).is_ok());
         if !sent {
             // No flusher (the thread could not start, or is gone): flush here.
-            return journal.flush();
+            return self.journal.flush();
         }
         match answered.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(JournalError::SharedFlush(message)),
-            Err(_) => journal.flush(),
+            Err(_) => self.journal.flush(),
         }
     }
 
@@ -104,19 +107,22 @@ fn flush_loop(journal: &dyn Journal, queue: &mpsc::Receiver<Request>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::records::RunRecord;
-    use crate::engine::records::{Event, EventRecord};
+    use crate::engine::records::{Event, EventRecord, RunRecord};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A journal that counts flushes and holds each one for a while, so requests pile up.
+    /// A journal whose flushes take 5 ms (so requests pile up) and remember which events
+    /// each covered: those appended before it began. With `broken`, every flush fails.
     #[derive(Default)]
-    struct SlowFlushes {
+    struct Recording {
+        broken: bool,
         flushes: AtomicUsize,
-        appended: AtomicUsize,
-        durable: AtomicUsize,
+        appended: Mutex<Vec<i64>>,
+        durable: Mutex<HashSet<i64>>,
     }
 
-    impl Journal for SlowFlushes {
+    impl Journal for Recording {
         fn create_run(&self, _: &RunRecord) -> Result<(), JournalError> {
             Ok(())
         }
@@ -126,14 +132,20 @@ mod tests {
         fn runs(&self) -> Result<Vec<RunRecord>, JournalError> {
             Ok(vec![])
         }
-        fn append(&self, _: &str, _: &EventRecord) -> Result<(), JournalError> {
-            self.appended.fetch_add(1, Ordering::SeqCst);
+        fn append(&self, _: &str, event: &EventRecord) -> Result<(), JournalError> {
+            self.appended.lock().unwrap().push(event.at_us);
             Ok(())
         }
         fn flush(&self) -> Result<(), JournalError> {
-            let covered = self.appended.load(Ordering::SeqCst);
+            if self.broken {
+                return Err(JournalError::Store {
+                    path: "/state/journal".into(),
+                    message: "No space left on device".into(),
+                });
+            }
+            let covered = self.appended.lock().unwrap().clone();
             std::thread::sleep(std::time::Duration::from_millis(5));
-            self.durable.fetch_max(covered, Ordering::SeqCst);
+            self.durable.lock().unwrap().extend(covered);
             self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
@@ -153,23 +165,23 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_waiters_share_flushes_and_each_append_is_durable_when_answered() {
-        let journal = Arc::new(SlowFlushes::default());
+        let journal = Arc::new(Recording::default());
         let commit = Arc::new(GroupCommit::start(journal.clone()));
         let mut tasks = Vec::new();
-        for _ in 0..50 {
+        for task in 0..50i64 {
             let (journal, commit) = (journal.clone(), commit.clone());
             tasks.push(tokio::spawn(async move {
-                for _ in 0..4 {
+                for round in 0..4 {
+                    let mine = task * 10 + round;
                     let record = EventRecord {
-                        at_us: 0,
+                        at_us: mine,
                         event: Event::Succeeded,
                     };
                     journal.append("r", &record).unwrap();
-                    let mine = journal.appended.load(Ordering::SeqCst);
-                    commit.durable(journal.as_ref()).await.unwrap();
+                    commit.durable().await.unwrap();
                     assert!(
-                        journal.durable.load(Ordering::SeqCst) >= mine,
-                        "answered before a flush covered the append"
+                        journal.durable.lock().unwrap().contains(&mine),
+                        "event {mine} was answered before a flush covered it"
                     );
                 }
             }));
@@ -186,45 +198,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_flush_reaches_every_waiter() {
-        struct Broken;
-        impl Journal for Broken {
-            fn create_run(&self, _: &RunRecord) -> Result<(), JournalError> {
-                Ok(())
-            }
-            fn run(&self, _: &str) -> Result<Option<RunRecord>, JournalError> {
-                Ok(None)
-            }
-            fn runs(&self) -> Result<Vec<RunRecord>, JournalError> {
-                Ok(vec![])
-            }
-            fn append(&self, _: &str, _: &EventRecord) -> Result<(), JournalError> {
-                Ok(())
-            }
-            fn flush(&self) -> Result<(), JournalError> {
-                Err(JournalError::Store {
-                    path: "/state/journal".into(),
-                    message: "No space left on device".into(),
-                })
-            }
-            fn events(&self, _: &str) -> Result<Vec<EventRecord>, JournalError> {
-                Ok(vec![])
-            }
-            fn lock_holder(&self, _: &str) -> Result<Option<String>, JournalError> {
-                Ok(None)
-            }
-            fn acquire_lock(&self, _: &str, _: &str) -> Result<(), JournalError> {
-                Ok(())
-            }
-            fn release_lock(&self, _: &str, _: &str) -> Result<(), JournalError> {
-                Ok(())
-            }
-        }
-        let journal: Arc<dyn Journal> = Arc::new(Broken);
-        let commit = GroupCommit::start(journal.clone());
-        let (a, b) = tokio::join!(
-            commit.durable(journal.as_ref()),
-            commit.durable(journal.as_ref())
-        );
+        let journal = Arc::new(Recording {
+            broken: true,
+            ..Recording::default()
+        });
+        let commit = GroupCommit::start(journal);
+        let (a, b) = tokio::join!(commit.durable(), commit.durable());
         for result in [a, b] {
             let message = result.unwrap_err().to_string();
             assert!(message.contains("No space left on device"), "{message}");

@@ -240,15 +240,18 @@ impl Engine {
         let _ = self.updates.send(update);
     }
 
+    /// Puts an event, stamped now, in the run's log (in memory until flushed).
+    fn journal_now(&self, run: &str, event: Event) -> Result<(), JournalError> {
+        let record = EventRecord {
+            at_us: now_us(),
+            event,
+        };
+        self.journal.append(run, &record)
+    }
+
     /// Appends an event and tells followers; durable only after the next flush.
     pub(crate) fn append(&self, run: &str, event: Event) -> Result<(), JournalError> {
-        self.journal.append(
-            run,
-            &EventRecord {
-                at_us: now_us(),
-                event,
-            },
-        )?;
+        self.journal_now(run, event)?;
         self.publish(Update::Changed {
             run: run.to_string(),
         });
@@ -261,14 +264,8 @@ impl Engine {
         run: &str,
         event: Event,
     ) -> Result<(), JournalError> {
-        self.journal.append(
-            run,
-            &EventRecord {
-                at_us: now_us(),
-                event,
-            },
-        )?;
-        self.commit.durable(self.journal.as_ref()).await?;
+        self.journal_now(run, event)?;
+        self.commit.durable().await?;
         self.publish(Update::Changed {
             run: run.to_string(),
         });
@@ -283,7 +280,7 @@ impl Engine {
     ) -> Result<(), JournalError> {
         if let Some(target) = &record.target {
             self.journal.release_lock(target, run_id)?;
-            self.commit.durable(self.journal.as_ref()).await?;
+            self.commit.durable().await?;
         }
         Ok(())
     }
