@@ -50,6 +50,13 @@ pub trait Journal: Send + Sync {
     fn flush(&self) -> Result<(), JournalError>;
     /// A run's events in append order.
     fn events(&self, run: &str) -> Result<Vec<EventRecord>, JournalError>;
+    /// A run's events after the first `skip`, in append order: what was appended since a
+    /// reader last saw `skip` events (events are never removed or reordered).
+    fn events_from(&self, run: &str, skip: usize) -> Result<Vec<EventRecord>, JournalError> {
+        let mut events = self.events(run)?;
+        events.drain(..skip.min(events.len()));
+        Ok(events)
+    }
     /// The run holding a target's lock.
     fn lock_holder(&self, target: &str) -> Result<Option<String>, JournalError>;
     /// Takes a target's lock for `run` again (a rollback of a finished run), durably;
@@ -213,6 +220,21 @@ impl Journal for SledJournal {
     fn events(&self, run: &str) -> Result<Vec<EventRecord>, JournalError> {
         self.events
             .scan_prefix(Self::event_prefix(run))
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|e| self.store_err(e))?;
+                decode(&bytes).map_err(|source| JournalError::Record {
+                    run: run.to_string(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    fn events_from(&self, run: &str, skip: usize) -> Result<Vec<EventRecord>, JournalError> {
+        // Skipped entries are stepped over, not decoded.
+        self.events
+            .scan_prefix(Self::event_prefix(run))
+            .skip(skip)
             .map(|entry| {
                 let (_, bytes) = entry.map_err(|e| self.store_err(e))?;
                 decode(&bytes).map_err(|source| JournalError::Record {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::{Progress, Registry};
 use super::clock::{now_us, rfc3339};
 use super::commit::GroupCommit;
+use super::folded::{FoldCache, Loaded};
 use super::journal::{Journal, JournalError};
 use super::records::{Event, EventRecord, HaltReason, RunRecord};
 use super::report::{RunReport, RunSummary};
@@ -139,6 +140,8 @@ pub struct Engine {
     pub(crate) registry: Arc<Registry>,
     active: Mutex<Active>,
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
+    /// Runs' folded states, brought up to date by new events only.
+    folds: FoldCache,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -196,6 +199,7 @@ impl Engine {
             registry,
             active: Mutex::new(Active::default()),
             workflows: Mutex::new(HashMap::new()),
+            folds: FoldCache::default(),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -322,18 +326,19 @@ impl Engine {
     }
 
     /// The run's record, its pinned workflow and its folded state.
-    pub(crate) fn load(
-        &self,
-        run_id: &str,
-    ) -> Result<(RunRecord, Arc<Workflow>, RunState), EngineError> {
-        let record = self
-            .journal
-            .run(run_id)?
-            .ok_or_else(|| EngineError::UnknownRun(run_id.to_string()))?;
-        let workflow = self.pinned_workflow(&record)?;
-        let events = self.journal.events(run_id)?;
-        let state = RunState::fold(&workflow, &events);
-        Ok((record, workflow, state))
+    pub(crate) fn load(&self, run_id: &str) -> Result<Loaded, EngineError> {
+        let fresh = || -> Result<_, EngineError> {
+            let Some(record) = self.journal.run(run_id)? else {
+                return Ok(None);
+            };
+            let workflow = self.pinned_workflow(&record)?;
+            Ok(Some((record, workflow)))
+        };
+        // Lock order: the fold cache, then `active` (nothing loads while holding `active`).
+        let driven = |id: &str| lock(&self.active).runs.contains_key(id);
+        self.folds
+            .load(self.journal.as_ref(), run_id, fresh, driven)?
+            .ok_or_else(|| EngineError::UnknownRun(run_id.to_string()))
     }
 
     /// The run's pinned workflow, parsed once per process (keyed by its hash).

@@ -246,7 +246,8 @@ impl RunState {
         self.steps.iter().find(|s| s.id == id)
     }
 
-    fn apply(&mut self, record: &EventRecord) {
+    /// Brings the state up to date with one more event.
+    pub(crate) fn apply(&mut self, record: &EventRecord) {
         // A finished run changes no more; only a rollback of a success reopens it. Events
         // that raced a cancel or a finish into the journal are ignored.
         if let Event::Discarded { step, output } = &record.event {
@@ -502,7 +503,7 @@ impl RunState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::activity::{
         Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Registry,
@@ -531,7 +532,8 @@ mod tests {
         }
     }
 
-    fn workflow() -> Workflow {
+    /// A two-step workflow (`a`, `b`) of no-op steps, for tests of folding.
+    pub(crate) fn workflow() -> Workflow {
         let mut r = Registry::new();
         r.register(Arc::new(Nop));
         Workflow::parse(
