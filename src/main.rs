@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1));
     }
     lazarus::allocator::reuse_large_buffers();
+    // One TLS provider for every client (S3, webhooks, Kubernetes): kube-rs cannot pick one
+    // on its own when more than one is linked.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let default_level = match cli.verbose {
         0 => "error",

@@ -6,6 +6,7 @@ pub mod backups;
 pub mod base_backup;
 pub mod checks;
 pub mod command;
+pub mod cutover;
 pub mod decompress;
 pub mod decrypt;
 pub mod download;
@@ -62,6 +63,7 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(checks::VerifyRestore::new(Arc::clone(&services))));
     registry.register(Arc::new(checks::SqlCheck::new(Arc::clone(&services))));
     registry.register(Arc::new(pgbouncer::Pgbouncer::new(Arc::clone(&services))));
+    registry.register(Arc::new(cutover::Cutover::new(Arc::clone(&services))));
     registry.register(Arc::new(preflight::CheckRecovery::new(Arc::clone(
         &services,
     ))));

@@ -69,6 +69,7 @@ impl Engine {
                     if state.status != RunStatus::Succeeded {
                         self.discard_leftovers(run_id, false, true).await?;
                     }
+                    self.unclaim(record.target.as_deref(), run_id);
                     return Ok(());
                 }
                 RunStatus::Halted | RunStatus::Failed => return Ok(()),
@@ -89,6 +90,12 @@ impl Engine {
             };
             if state.pending_halt.is_some() {
                 self.halt_at(run_id, next.id.clone(), HaltReason::Requested)
+                    .await?;
+                return Ok(());
+            }
+            if let Some(lost) = self.claim_lost(record.target.as_deref(), run_id) {
+                tracing::warn!(run = %run_id, %lost, "the target's claim was lost; halting");
+                self.halt_at(run_id, next.id.clone(), HaltReason::Fenced(lost))
                     .await?;
                 return Ok(());
             }

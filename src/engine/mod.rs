@@ -6,6 +6,7 @@ pub mod clock;
 mod commit;
 pub mod duration;
 mod executor;
+pub mod fence;
 mod folded;
 mod host;
 pub mod journal;

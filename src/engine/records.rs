@@ -57,6 +57,10 @@ pub enum HaltReason {
     Interrupted,
     /// The step failed all its attempts and the workflow says `on_failure = "halt"`.
     StepFailed(String),
+    /// Another runner took the target's cross-host claim (a Kubernetes Lease) after this
+    /// process failed to renew it: this process runs no further step. Appended last: older
+    /// journal records keep their encoding.
+    Fenced(String),
 }
 
 /// One entry of a run's append-only event log.

@@ -160,6 +160,7 @@ fn halt_reason_name(reason: &HaltReason) -> &'static str {
         HaltReason::Requested => "requested",
         HaltReason::Interrupted => "interrupted",
         HaltReason::StepFailed(_) => "step_failed",
+        HaltReason::Fenced(_) => "fenced",
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::{Progress, Registry};
 use super::clock::{now_us, rfc3339};
 use super::commit::GroupCommit;
+use super::fence::Fence;
 use super::folded::{FoldCache, Loaded};
 use super::journal::{Journal, JournalError};
 use super::records::{Event, EventRecord, HaltReason, RunRecord};
@@ -142,6 +143,8 @@ pub struct Engine {
     workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     /// Runs' folded states, brought up to date by new events only.
     folds: FoldCache,
+    /// The cross-host claim on targets, when one is configured (a Kubernetes Lease).
+    fence: std::sync::OnceLock<Arc<dyn Fence>>,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -200,6 +203,7 @@ impl Engine {
             active: Mutex::new(Active::default()),
             workflows: Mutex::new(HashMap::new()),
             folds: FoldCache::default(),
+            fence: std::sync::OnceLock::new(),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -212,6 +216,36 @@ impl Engine {
     pub fn set_state_dir(&self, dir: &std::path::Path) {
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let _ = self.state_dir.set(absolute.display().to_string());
+    }
+
+    /// Makes every run claim its target through `fence` too (set once, by the owner).
+    pub fn set_fence(&self, fence: Arc<dyn Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// Claims the run's target across hosts, if a fence is configured.
+    pub(crate) fn claim(&self, target: Option<&str>, run_id: &str) -> Result<(), EngineError> {
+        match (self.fence.get(), target) {
+            (Some(fence), Some(target)) => fence
+                .claim(target, run_id)
+                .map_err(|e| EngineError::Refused(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this process still holds the run's cross-host claim.
+    pub(crate) fn claim_lost(&self, target: Option<&str>, run_id: &str) -> Option<String> {
+        match (self.fence.get(), target) {
+            (Some(fence), Some(target)) => fence.check(target, run_id).err().map(|e| e.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Lets the run's cross-host claim go (the run has ended).
+    pub(crate) fn unclaim(&self, target: Option<&str>, run_id: &str) {
+        if let (Some(fence), Some(target)) = (self.fence.get(), target) {
+            fence.release(target, run_id);
+        }
     }
 
     /// The state directory, once the owner has said where it is.
@@ -481,7 +515,12 @@ impl Engine {
                 halt_before: sub.halt_before.clone(),
                 halt_after: sub.halt_after.clone(),
             };
-            match self.journal.create_run(&record) {
+            self.claim(record.target.as_deref(), &id)?;
+            let created = self.journal.create_run(&record);
+            if created.is_err() {
+                self.unclaim(record.target.as_deref(), &id);
+            }
+            match created {
                 Ok(()) => {
                     tracing::info!(run = %id, workflow = %record.workflow_name, operator = %record.operator, reason = %record.reason, "run submitted");
                     self.publish(Update::Changed { run: id.clone() });
@@ -539,6 +578,10 @@ impl Engine {
 
     /// Starts driving a run in this process. Refused if this process already drives it.
     pub fn start(self: &Arc<Self>, run_id: &str) -> Result<(), EngineError> {
+        if self.fence.get().is_some() && self.handle(run_id).is_none() {
+            let (record, _, _) = self.load(run_id)?;
+            self.claim(record.target.as_deref(), run_id)?;
+        }
         let handle = {
             let mut active = lock(&self.active);
             if active.closed {
@@ -673,7 +716,7 @@ impl Engine {
     pub fn resume(self: &Arc<Self>, run_id: &str, by: &str) -> Result<String, EngineError> {
         let _serial = lock(&self.control);
         self.ensure_open()?;
-        let (_, _, state) = self.load(run_id)?;
+        let (record, _, state) = self.load(run_id)?;
         Self::refuse_if_finished(&state, run_id, "resume")?;
         if self.handle(run_id).is_some() {
             return Err(EngineError::Refused(format!(
@@ -681,6 +724,7 @@ impl Engine {
                 std::process::id()
             )));
         }
+        self.claim(record.target.as_deref(), run_id)?;
         self.append_sync_durable(run_id, Event::Resumed { by: by.to_string() })?;
         tracing::info!(run = %run_id, by, "run resumed");
         self.start(run_id)?;

@@ -333,7 +333,9 @@ impl RunState {
                     HaltReason::HaltAfter => {
                         self.honoured_halts.insert((step.clone(), true));
                     }
-                    HaltReason::StepFailed(error) => self.error = Some(error.clone()),
+                    HaltReason::StepFailed(error) | HaltReason::Fenced(error) => {
+                        self.error = Some(error.clone())
+                    }
                     HaltReason::Requested | HaltReason::Interrupted => {}
                 }
                 self.halt = Some(HaltState {

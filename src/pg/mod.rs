@@ -5,6 +5,7 @@
 pub mod archive_layout;
 pub mod bouncer_ini;
 pub mod cluster;
+pub mod conninfo;
 pub mod dir_archive;
 pub mod dump_blocks;
 pub(crate) mod dump_format;

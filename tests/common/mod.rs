@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests that drive the real `lazarus` binary.
 #![allow(dead_code)]
 
+pub mod kube_api;
 pub mod pg;
 pub mod s3;
 pub mod serve;
@@ -52,8 +53,12 @@ impl Sandbox {
 
     /// Runs `lazarus ARGS` to completion; a hang fails the test instead of stalling CI.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut child = self
-            .cmd()
+        Self::run_in(self.cmd(), args)
+    }
+
+    /// Runs a prepared `lazarus` command (extra environment, say) like [`Sandbox::run`].
+    pub fn run_in(mut cmd: Command, args: &[&str]) -> Output {
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

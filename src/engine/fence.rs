@@ -1,0 +1,30 @@
+//! Fencing across hosts: a claim on a recovery target that every host able to run
+//! recoveries can see, beside the journal's own per-target lock (which only this state
+//! directory sees).
+//!
+//! The engine asks for the claim before a run is created or resumed, checks it at every
+//! step boundary, and lets it go when the run ends. What holds the claim (a Kubernetes
+//! Lease, an object in a store) is the implementer's business; the engine knows none.
+
+/// Why a claim was refused or lost, in words for the operator (names the holder).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// Another runner holds the target.
+    #[error("{0}")]
+    Held(String),
+    /// The claim could not be checked (its service is unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A cross-host claim on recovery targets, held by this process.
+pub trait Fence: Send + Sync {
+    /// Claims `target` for `run`, or renews this process's claim; refused while another
+    /// runner holds it.
+    fn claim(&self, target: &str, run: &str) -> Result<(), FenceError>;
+    /// Whether this process still holds the claim it took for `run` (another runner may
+    /// have taken the target after this one failed to renew it).
+    fn check(&self, target: &str, run: &str) -> Result<(), FenceError>;
+    /// Lets the claim go: the run has ended.
+    fn release(&self, target: &str, run: &str);
+}

@@ -1,0 +1,225 @@
+//! Kubernetes through kube-rs: restarting and scaling workloads, pointing the application
+//! at a restored database, and fencing a recovery target with a Lease.
+//!
+//! The client comes from the standard places (`KUBECONFIG` or `~/.kube/config`, else the
+//! pod's service account), so Lazarus runs the same from a laptop and from a Job. No
+//! `kubectl` subprocess: typed objects and patches that say exactly what they change.
+
+pub mod cutover;
+pub mod lease;
+pub mod rollout;
+
+use std::fmt;
+
+use kube::Client;
+
+/// A Kubernetes operation that failed, said so an operator can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    /// No configuration or no reachable API server.
+    #[error(
+        "cannot reach the Kubernetes API: {0} (set KUBECONFIG, or run in a pod with a service account)"
+    )]
+    Connect(String),
+    /// The object does not exist.
+    #[error("{0} was not found; check its kind, name and namespace")]
+    NotFound(String),
+    /// The API refused the request (permissions, validation).
+    #[error("{what}: the Kubernetes API refused it ({code} {reason}): {message}{hint}")]
+    Refused {
+        /// What was being done.
+        what: String,
+        /// HTTP status.
+        code: u16,
+        /// The API's reason (`Forbidden`, `Invalid`, ...).
+        reason: String,
+        /// The API's message.
+        message: String,
+        /// What to do about it, if known.
+        hint: &'static str,
+    },
+    /// Someone else changed the object since Lazarus read it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The object did not reach the wanted state in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The request did not get an answer (network, server error): worth another try.
+    #[error("{what}: {message}")]
+    Transport {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The object is not in a shape Lazarus can work with, or the input is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl K8sError {
+    /// Classifies a kube-rs error met while doing `what` (e.g. "patch deployment/web").
+    pub fn from_kube(what: impl Into<String>, error: kube::Error) -> Self {
+        let what = what.into();
+        match error {
+            kube::Error::Api(status) if status.code == 404 => Self::NotFound(object_of(&what)),
+            kube::Error::Api(status) if status.code == 409 => Self::Conflict(format!(
+                "{what}: someone else changed it meanwhile ({})",
+                status.message
+            )),
+            kube::Error::Api(status) if status.code >= 500 || status.code == 429 => {
+                Self::Transport {
+                    what,
+                    message: format!("{} {}: {}", status.code, status.reason, status.message),
+                }
+            }
+            kube::Error::Api(status) => Self::Refused {
+                hint: match status.code {
+                    401 => {
+                        " — the credentials in the kubeconfig or service account are not accepted"
+                    }
+                    403 => {
+                        " — grant the verb to Lazarus's ServiceAccount (docker/k8s/rbac.yaml lists what it needs)"
+                    }
+                    _ => "",
+                },
+                what,
+                code: status.code,
+                reason: status.reason,
+                message: status.message,
+            },
+            other => Self::Transport {
+                what,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether another attempt may succeed (the API was unreachable or overloaded).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transport { .. } | Self::Connect(_))
+    }
+}
+
+/// "patch deployment/web" → "deployment/web".
+fn object_of(what: &str) -> String {
+    what.split_whitespace().last().unwrap_or(what).to_string()
+}
+
+/// A client from the standard configuration: `KUBECONFIG` or `~/.kube/config`, else the
+/// in-cluster service account.
+pub async fn client() -> Result<Client, K8sError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| K8sError::Connect(e.to_string()))?;
+    Client::try_from(config).map_err(|e| K8sError::Connect(e.to_string()))
+}
+
+/// The namespace to use when a runbook names none: the kubeconfig's, or the pod's.
+pub async fn default_namespace() -> String {
+    match kube::Config::infer().await {
+        Ok(config) => config.default_namespace,
+        Err(_) => "default".to_string(),
+    }
+}
+
+/// The kinds of workload Lazarus restarts and scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+}
+
+/// A workload named as `kind/name` (`deployment/web`, `statefulset/db`, `deploy/web`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Its kind.
+    pub kind: WorkloadKind,
+    /// Its name.
+    pub name: String,
+}
+
+impl Workload {
+    /// Reads `kind/name`; a bare name is a Deployment.
+    pub fn parse(text: &str) -> Result<Self, K8sError> {
+        let text = text.trim();
+        let (kind, name) = match text.split_once('/') {
+            Some((kind, name)) => (kind.to_ascii_lowercase(), name),
+            None => ("deployment".to_string(), text),
+        };
+        let kind = match kind.as_str() {
+            "deployment" | "deployments" | "deploy" => WorkloadKind::Deployment,
+            "statefulset" | "statefulsets" | "sts" => WorkloadKind::StatefulSet,
+            other => {
+                return Err(K8sError::Invalid(format!(
+                    "\"{other}\" is not a workload kind Lazarus restarts; use deployment/NAME or statefulset/NAME"
+                )));
+            }
+        };
+        if name.is_empty() || !valid_name(name) {
+            return Err(K8sError::Invalid(format!(
+                "\"{text}\" does not name a workload; use deployment/NAME or statefulset/NAME"
+            )));
+        }
+        Ok(Self {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+        };
+        write!(f, "{kind}/{}", self.name)
+    }
+}
+
+/// Whether a name is a valid Kubernetes object name (DNS subdomain).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_are_named_kind_slash_name() {
+        assert_eq!(
+            Workload::parse("deployment/web").unwrap(),
+            Workload {
+                kind: WorkloadKind::Deployment,
+                name: "web".into()
+            }
+        );
+        assert_eq!(
+            Workload::parse("sts/db").unwrap().kind,
+            WorkloadKind::StatefulSet
+        );
+        assert_eq!(
+            Workload::parse("web").unwrap().to_string(),
+            "deployment/web"
+        );
+        let err = Workload::parse("daemonset/x").unwrap_err().to_string();
+        assert!(err.contains("deployment/NAME"), "{err}");
+        assert!(Workload::parse("deployment/Web_1").is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! Kubernetes adapters against a fake API server speaking real HTTP/JSON to kube-rs:
+//! rollout restart and its wait, scale to zero and back, cut-over of a Service, ConfigMap
+//! or Secret with a rollback that refuses to overwrite someone else's change.
+
+mod common;
+
+use std::process::Output;
+
+use common::Sandbox;
+use common::kube_api::FakeKube;
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+
+/// A sandbox whose lazarus commands talk to the fake cluster.
+struct Cluster {
+    sb: Sandbox,
+    kube: FakeKube,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let sb = Sandbox::new();
+        let kube = FakeKube::start();
+        let kubeconfig = kube.kubeconfig(sb.path(), NS);
+        Cluster {
+            sb,
+            kube,
+            kubeconfig,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.sb.cmd();
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        Sandbox::run_in(cmd, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lazarus {args:?} failed ({:?}):\n{}",
+            out.status,
+            common::text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn workflow(&self, steps: &str) -> String {
+        self.sb
+            .write(
+                "k.toml",
+                &format!("name = \"k\"\ntarget = \"shop\"\n{steps}"),
+            )
+            .display()
+            .to_string()
+    }
+}
+
+fn restart_step(id: &str, with: &str) -> String {
+    format!(
+        "[[steps]]\nid = \"{id}\"\nactivity = \"restart_app\"\nwith = {{ adapter = \"kubernetes\", namespace = \"{NS}\", {with} }}\n"
+    )
+}
+
+#[test]
+fn rollout_restart_patches_restarted_at_and_waits_until_the_rollout_completes() {
+    let c = Cluster::new();
+    c.kube.deployment(NS, "web", 2, false);
+    c.kube.statefulset(NS, "cache", 3);
+    let file = c.workflow(
+        &(restart_step("web", "workload = \"deployment/web\", timeout = \"30s\"")
+            + &restart_step(
+                "cache",
+                "workload = \"statefulset/cache\", timeout = \"30s\"",
+            )),
+    );
+    c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
+
+    let patches: Vec<_> = c
+        .kube
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    for (patch, path) in patches.iter().zip([
+        "/apis/apps/v1/namespaces/shop/deployments/web",
+        "/apis/apps/v1/namespaces/shop/statefulsets/cache",
+    ]) {
+        assert_eq!(patch.path, path);
+        assert_eq!(patch.content_type, "application/strategic-merge-patch+json");
+        assert!(
+            patch.query.contains("fieldManager=lazarus"),
+            "{}",
+            patch.query
+        );
+        let at = patch.body["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .as_str()
+            .unwrap_or_else(|| panic!("restartedAt in {}", patch.body));
+        assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+        // Exactly the annotation, nothing else.
+        let mut expected = json!({"spec": {"template": {"metadata": {"annotations": {}}}}});
+        expected["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
+            json!(at);
+        assert_eq!(patch.body, expected);
+    }
+    // The wait watched the workloads rather than polling them.
+    assert!(
+        c.kube
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.query.contains("watch=true")),
+        "no watch request"
+    );
+    let report = c.sb.status("r1");
+    let web = &Sandbox::step(&report, "web")["output"];
+    assert_eq!(web["revision"], "2", "{web}");
+    assert_eq!(
+        (web["replicas"].as_i64(), web["ready"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let cache = &Sandbox::step(&report, "cache")["output"];
+    assert_eq!(cache["revision"], "cache-2", "{cache}");
+    let live = c.kube.get("deployments", NS, "web").expect("web");
+    assert_eq!(live["status"]["updatedReplicas"], 2);
+}
+
+#[test]
+fn a_rollout_that_never_completes_fails_with_the_deployment_name_and_replica_counts() {
+    let c = Cluster::new();
+    c.kube.deployment(NS, "web", 2, true);
+    let file = c.workflow(&restart_step(
+        "web",
+        "workload = \"deployment/web\", timeout = \"2s\"",
+    ));
+    let out = c.run(&["run", &file, "--id", "r1", "--reason", "test"]);
+    assert!(!out.status.success());
+    let report = c.sb.status("r1");
+    assert_eq!(report["status"], "halted", "{report}");
+    let error = report["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("deployment/web in namespace shop did not finish rolling out within 2.0s")
+            && error.contains("0 of 2 replicas updated"),
+        "{error}"
+    );
+}
+
+#[test]
+fn stop_scales_to_zero_remembering_the_replicas_and_start_brings_them_back() {
+    let c = Cluster::new();
+    c.kube.deployment(NS, "web", 3, false);
+    let file = c.workflow(
+        &(restart_step("stop", "workload = \"deployment/web\", action = \"stop\"")
+            + "[[steps]]\nid = \"check\"\nactivity = \"command\"\nwith = { argv = [\"true\"] }\n"
+            + &restart_step("start", "workload = \"deployment/web\", action = \"start\"")),
+    );
+    let out = c.run(&[
+        "run",
+        &file,
+        "--id",
+        "r1",
+        "--reason",
+        "test",
+        "--halt-after",
+        "stop",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "halted: {}", common::text(&out));
+    let stopped = c.kube.get("deployments", NS, "web").expect("web");
+    assert_eq!(stopped["spec"]["replicas"], 0);
+    assert_eq!(stopped["status"]["readyReplicas"], 0);
+    assert_eq!(
+        stopped["metadata"]["annotations"]["lazarus.io/replicas-before-stop"],
+        "3"
+    );
+    c.ok(&["resume", "r1"]);
+    let patches: Vec<Value> = c
+        .kube
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            assert_eq!(r.content_type, "application/merge-patch+json");
+            r.body
+        })
+        .collect();
+    assert_eq!(
+        patches,
+        vec![
+            json!({"metadata": {"annotations": {"lazarus.io/replicas-before-stop": "3"}}, "spec": {"replicas": 0}}),
+            json!({"metadata": {"annotations": {"lazarus.io/replicas-before-stop": null}}, "spec": {"replicas": 3}}),
+        ]
+    );
+    let live = c.kube.get("deployments", NS, "web").expect("web");
+    assert_eq!(live["spec"]["replicas"], 3);
+    assert_eq!(live["status"]["readyReplicas"], 3);
+    assert!(live["metadata"]["annotations"]["lazarus.io/replicas-before-stop"].is_null());
+    let report = c.sb.status("r1");
+    assert_eq!(
+        Sandbox::step(&report, "stop")["output"]["previous_replicas"],
+        3
+    );
+}
+
+fn cutover_step(with: &str) -> String {
+    format!(
+        "[[steps]]\nid = \"cutover\"\nactivity = \"cutover\"\nwith = {{ adapter = \"kubernetes\", namespace = \"{NS}\", {with} }}\n"
+    )
+}
+
+fn config_map() -> Value {
+    json!({
+        "metadata": {"name": "app-db", "labels": {"app": "web"}},
+        "data": {
+            "DATABASE_URL": "postgresql://app:hunter2@db.shop.svc:5432/shop?sslmode=disable",
+            "OTHER": "kept as it is"
+        }
+    })
+}
+
+#[test]
+fn a_configmap_cutover_changes_only_the_database_and_rollback_puts_back_the_previous_object() {
+    let c = Cluster::new();
+    c.kube.deployment(NS, "web", 2, false);
+    c.kube.insert("configmaps", NS, config_map());
+    let before = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    let file = c.workflow(&cutover_step(
+        "object = \"configmap/app-db\", key = \"DATABASE_URL\", dbname = \"shop_restored_ab12cd\", restart = \"deployment/web\"",
+    ));
+    c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
+
+    let puts: Vec<_> = c
+        .kube
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert_eq!(puts[0].path, "/api/v1/namespaces/shop/configmaps/app-db");
+    assert_eq!(
+        puts[0].body["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "the write is conditioned on the version read"
+    );
+    let after = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    assert_eq!(
+        after["data"],
+        json!({
+            "DATABASE_URL": "postgresql://app:hunter2@db.shop.svc:5432/shop_restored_ab12cd?sslmode=disable",
+            "OTHER": "kept as it is"
+        })
+    );
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
+    let restarts = c
+        .kube
+        .writes()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(
+        restarts, 1,
+        "the application was restarted to read the new value"
+    );
+
+    c.ok(&["rollback", "r1", "--reason", "wrong backup"]);
+    let back = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    assert_eq!(back["data"], before["data"]);
+    assert_eq!(back["metadata"]["labels"], before["metadata"]["labels"]);
+    let restarts = c
+        .kube
+        .writes()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(restarts, 2, "restarted again after the undo");
+    assert_eq!(c.sb.status("r1")["status"], "rolled_back");
+}
+
+#[test]
+fn rollback_refuses_to_overwrite_a_change_made_after_the_cutover() {
+    let c = Cluster::new();
+    c.kube.insert("configmaps", NS, config_map());
+    let file = c.workflow(&cutover_step(
+        "object = \"configmap/app-db\", key = \"DATABASE_URL\", dbname = \"shop_restored\"",
+    ));
+    c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
+    c.kube.edit("configmaps", NS, "app-db", |cm| {
+        cm["data"]["DATABASE_URL"] = json!("postgresql://app:hunter2@elsewhere:5432/shop");
+    });
+    let out = c.run(&["rollback", "r1", "--reason", "undo"]);
+    assert!(!out.status.success(), "{}", common::text(&out));
+    let report = c.sb.status("r1");
+    let text = report.to_string();
+    assert!(
+        text.contains("was changed after the cut-over")
+            && text.contains("does not overwrite someone else's change"),
+        "{text}"
+    );
+    let live = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    assert_eq!(
+        live["data"]["DATABASE_URL"], "postgresql://app:hunter2@elsewhere:5432/shop",
+        "the other change is kept"
+    );
+}
+
+#[test]
+fn a_service_selector_cutover_is_undone_exactly() {
+    let c = Cluster::new();
+    c.kube.insert(
+        "services",
+        NS,
+        json!({"metadata": {"name": "db"}, "spec": {"selector": {"app": "pg", "role": "primary"}, "ports": [{"port": 5432}]}}),
+    );
+    let before = c.kube.get("services", NS, "db").expect("svc");
+    let file = c.workflow(&cutover_step(
+        "object = \"service/db\", value = \"app=pg-restored\"",
+    ));
+    c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
+    let after = c.kube.get("services", NS, "db").expect("svc");
+    assert_eq!(after["spec"]["selector"], json!({"app": "pg-restored"}));
+    assert_eq!(after["spec"]["ports"], before["spec"]["ports"]);
+    let report = c.sb.status("r1");
+    assert_eq!(
+        Sandbox::step(&report, "cutover")["output"]["previous"],
+        "app=pg,role=primary"
+    );
+    c.ok(&["rollback", "r1", "--reason", "undo"]);
+    let back = c.kube.get("services", NS, "db").expect("svc");
+    assert_eq!(back["spec"], before["spec"]);
+}
+
+#[test]
+fn a_secret_cutover_keeps_the_old_value_in_the_cluster_never_in_the_journal() {
+    let c = Cluster::new();
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let url = "postgresql://app:s3cretpass@db:5432/shop";
+    c.kube.insert(
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-db"}, "type": "Opaque", "data": {"DATABASE_URL": b64(url), "API_KEY": b64("k-123")}}),
+    );
+    let file = c.workflow(&cutover_step(
+        "object = \"secret/app-db\", key = \"DATABASE_URL\", dbname = \"shop_restored\"",
+    ));
+    let out = c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
+    let live = c.kube.get("secrets", NS, "app-db").expect("secret");
+    assert_eq!(
+        live["data"]["DATABASE_URL"],
+        b64("postgresql://app:s3cretpass@db:5432/shop_restored")
+    );
+    assert_eq!(live["data"]["API_KEY"], b64("k-123"));
+    let companion = c
+        .kube
+        .get("secrets", NS, "app-db-lazarus-undo-r1")
+        .expect("the old value is kept in a companion secret");
+    assert_eq!(companion["data"]["DATABASE_URL"], b64(url));
+    let status = c.ok(&["status", "r1", "--json"]);
+    let events = c.ok(&["status", "r1"]);
+    for text in [&out, &status, &events] {
+        assert!(
+            !text.contains("s3cretpass") && !text.contains(&b64(url)),
+            "{text}"
+        );
+    }
+    c.ok(&["rollback", "r1", "--reason", "undo"]);
+    let back = c.kube.get("secrets", NS, "app-db").expect("secret");
+    assert_eq!(back["data"]["DATABASE_URL"], b64(url));
+    assert!(
+        c.kube
+            .get("secrets", NS, "app-db-lazarus-undo-r1")
+            .is_none(),
+        "companion removed"
+    );
+}
