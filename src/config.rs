@@ -133,6 +133,21 @@ pub struct WatchConfig {
     pub every: Option<String>,
 }
 
+/// The `[kubernetes]` table: the Lease that fences a recovery target across pods and hosts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// "auto" (the default: on when running in a pod), "on", or "off".
+    pub lease: Option<String>,
+    /// Namespace of the Leases (default: the pod's, or the kubeconfig's).
+    pub namespace: Option<String>,
+    /// How long a Lease holds without renewal ("15s" by default).
+    pub lease_duration: Option<String>,
+    /// This runner's name in the Lease (default: `$POD_NAME` or the host name, with the
+    /// state directory).
+    pub holder: Option<String>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +173,9 @@ pub struct Config {
     /// The RPO and backup-age watch of `serve`.
     #[serde(default)]
     pub watch: WatchConfig,
+    /// Fencing with a Kubernetes Lease.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
 }
 
 /// A loaded configuration and where it came from.

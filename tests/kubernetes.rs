@@ -375,3 +375,212 @@ fn a_secret_cutover_keeps_the_old_value_in_the_cluster_never_in_the_journal() {
         "companion removed"
     );
 }
+
+/// A runner's configuration: Leases on, short, under its own name.
+fn lease_config(sb: &Sandbox, holder: &str) -> std::path::PathBuf {
+    sb.write(
+        &format!("{holder}.toml"),
+        &format!(
+            "[kubernetes]\nlease = \"on\"\nnamespace = \"{NS}\"\nlease_duration = \"3s\"\nholder = \"{holder}\"\n"
+        ),
+    )
+}
+
+/// Five steps on target `shop`, each recording its effect once; the third waits for `go`.
+fn fenced_workflow(dir: &std::path::Path) -> String {
+    let mut text = String::from("name = \"fenced\"\ntarget = \"shop\"\n");
+    for i in 1..=5 {
+        let wait = if i == 3 {
+            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
+            dir.display()
+        ));
+    }
+    text
+}
+
+fn lazarus(
+    sb: &Sandbox,
+    kubeconfig: &std::path::Path,
+    config: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = sb.cmd();
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("LAZARUS_CONFIG", config);
+    cmd
+}
+
+#[test]
+fn a_second_runner_is_refused_by_the_lease_and_takes_over_after_the_holder_dies() {
+    let kube = FakeKube::start();
+    let host_a = Sandbox::new();
+    let host_b = Sandbox::new();
+    let kubeconfig = kube.kubeconfig(host_a.path(), NS);
+    let (pod_a, pod_b) = (
+        lease_config(&host_a, "pod-a"),
+        lease_config(&host_a, "pod-b"),
+    );
+    let work = host_a.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let wf = host_a.write("fenced.toml", &fenced_workflow(&work));
+    let wf_b = host_b.write("fenced.toml", &fenced_workflow(&work));
+
+    // Runner A takes the target and stops inside step 3.
+    let mut a = lazarus(&host_a, &kubeconfig, &pod_a)
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r1",
+            "--reason",
+            "primary lost",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runner a");
+    host_a.wait_for(
+        "step 3 to start",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start")),
+    );
+    let lease_name = |reqs: &[common::kube_api::Recorded]| {
+        reqs.iter()
+            .find(|r| r.method == "POST" && r.path.ends_with("/leases"))
+            .map(|r| r.body.clone())
+    };
+    let created = lease_name(&kube.requests()).expect("the Lease was created");
+    assert_eq!(created["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(created["spec"]["leaseDurationSeconds"], 3);
+    assert_eq!(created["metadata"]["annotations"]["lazarus.io/run"], "r1");
+    let name = created["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    // It is renewed while the run goes on.
+    host_a.wait_for("a renewal", std::time::Duration::from_secs(10), || {
+        kube.requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.ends_with(&format!("/leases/{name}")))
+    });
+
+    // Another host is refused, with the holder named, and journals nothing.
+    let refused = Sandbox::run_in(
+        lazarus(&host_b, &kubeconfig, &pod_b),
+        &[
+            "run",
+            &wf_b.display().to_string(),
+            "--id",
+            "r2",
+            "--reason",
+            "me too",
+        ],
+    );
+    assert!(!refused.status.success());
+    let said = common::text(&refused);
+    assert!(
+        said.contains("held by pod-a (run r1)") && said.contains("expired"),
+        "{said}"
+    );
+    let runs = host_b.ok(&["runs", "--json"]);
+    assert!(!runs.contains("r2"), "{runs}");
+
+    // The holder dies. A new pod (pod-b) with the same volume is refused until the Lease
+    // expires, then takes it over and finishes the run.
+    common::kill9(&mut a);
+    let early = Sandbox::run_in(lazarus(&host_a, &kubeconfig, &pod_b), &["resume", "r1"]);
+    assert!(!early.status.success(), "{}", common::text(&early));
+    assert!(
+        common::text(&early).contains("held by pod-a"),
+        "{}",
+        common::text(&early)
+    );
+    std::fs::write(work.join("go"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let resumed = Sandbox::run_in(lazarus(&host_a, &kubeconfig, &pod_b), &["resume", "r1"]);
+    assert!(resumed.status.success(), "{}", common::text(&resumed));
+    let report = host_a.status("r1");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(work.join("effects")).unwrap(),
+        "s1\ns2\ns3\ns4\ns5\n",
+        "every step's effect exactly once"
+    );
+    let takeover = kube
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT" && r.body["spec"]["holderIdentity"] == "pod-b")
+        .expect("pod-b took the Lease over");
+    assert_eq!(takeover.body["spec"]["leaseTransitions"], 1);
+    assert!(
+        kube.get("leases", NS, &name).is_none(),
+        "the Lease is let go when the run ends"
+    );
+}
+
+#[test]
+fn a_runner_that_loses_its_lease_runs_no_further_step_and_says_why() {
+    let kube = FakeKube::start();
+    let host = Sandbox::new();
+    let kubeconfig = kube.kubeconfig(host.path(), NS);
+    let config = lease_config(&host, "pod-a");
+    let work = host.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let wf = host.write("fenced.toml", &fenced_workflow(&work));
+    let mut a = lazarus(&host, &kubeconfig, &config)
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r1",
+            "--reason",
+            "test",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runner");
+    host.wait_for(
+        "step 3 to start",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start")),
+    );
+    let lease = kube
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/leases"))
+        .expect("lease created");
+    let name = lease.body["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    // Someone else takes the target (as after a renewal this runner could not make).
+    kube.edit("leases", NS, &name, |l| {
+        l["spec"]["holderIdentity"] = json!("pod-x");
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(work.join("go"), "").unwrap();
+    let status = a.wait().expect("runner ends");
+    assert_eq!(status.code(), Some(3), "halted");
+    let report = host.status("r1");
+    assert_eq!(report["status"], "halted", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("now held by pod-x") && error.contains("runs no further step"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("effects")).unwrap(),
+        "s1\ns2\ns3\n",
+        "the step in flight finished; nothing after it ran"
+    );
+    assert_eq!(
+        kube.get("leases", NS, &name).expect("lease")["spec"]["holderIdentity"],
+        "pod-x",
+        "the other holder's Lease is left alone"
+    );
+}

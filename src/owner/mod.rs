@@ -4,6 +4,7 @@
 //! only when no owner is alive.
 
 pub mod control;
+mod fencing;
 pub mod protocol;
 mod server;
 
@@ -47,6 +48,9 @@ pub enum OwnerError {
     /// The journal failed to open.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The configuration asks for something this owner cannot do.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// How long a departing owner waits for its queued alerts to be delivered.
@@ -218,13 +222,23 @@ pub async fn connect_or_own(
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
                 engine.set_state_dir(state_dir);
-                let mirror = audit.spawn_mirror(services.stores.clone());
-                let configs = services
+                let loaded = services
                     .config_file
                     .as_deref()
-                    .and_then(|f| crate::config::Loaded::load(Some(f)).ok())
-                    .map(|l| l.config.alerts)
-                    .unwrap_or_default();
+                    .and_then(|f| crate::config::Loaded::load(Some(f)).ok());
+                if let Some(fence) = fencing::from_config(
+                    &loaded
+                        .as_ref()
+                        .map(|l| l.config.kubernetes.clone())
+                        .unwrap_or_default(),
+                    state_dir,
+                )
+                .map_err(OwnerError::Config)?
+                {
+                    engine.set_fence(fence);
+                }
+                let mirror = audit.spawn_mirror(services.stores.clone());
+                let configs = loaded.map(|l| l.config.alerts).unwrap_or_default();
                 let alerts = Arc::new(Alerts::new(journal_alerts.0, journal_alerts.1, &configs));
                 let ops = Arc::new(Operations::new(
                     Arc::clone(&engine),
