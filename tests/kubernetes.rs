@@ -584,3 +584,149 @@ fn a_runner_that_loses_its_lease_runs_no_further_step_and_says_why() {
         "the other holder's Lease is left alone"
     );
 }
+
+/// A real database with a VERIFIED backup in a local store, and a fake cluster running its
+/// application: `deployment/web` reading `configmap/app-db`.
+struct Recovery {
+    c: Cluster,
+    pg: common::pg::Pg,
+    work: String,
+}
+
+impl Recovery {
+    fn new() -> Self {
+        let c = Cluster::new();
+        let pg = common::pg::Pg::start();
+        pg.load_sample("shop", 1);
+        let keys = c.sb.path().join("keys");
+        c.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
+        let config = c.sb.write(
+            "lazarus.toml",
+            &format!(
+                "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
+                keys.display(),
+                pg.port()
+            ),
+        );
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let work = format!("workdir={}", c.sb.path().join("work").display());
+        c.ok(&["backup", "--database", "shop", "-p", &work]);
+        c.ok(&["drill", "--database", "shop", "-p", &work]);
+        c.kube.deployment(NS, "web", 3, false);
+        c.kube.insert("configmaps", NS, config_map());
+        Recovery { c, pg, work }
+    }
+
+    fn recover(&self, run: &str, object: &str) -> Output {
+        self.c.run(&[
+            "recover",
+            "--database",
+            "shop",
+            "--reason",
+            "primary lost",
+            "--id",
+            run,
+            "-p",
+            &self.work,
+            "-p",
+            "cutover=kubernetes",
+            "-p",
+            &format!("k8s_cutover_object={object}"),
+            "-p",
+            "k8s_cutover_key=DATABASE_URL",
+            "-p",
+            "k8s_workload=deployment/web",
+            "-p",
+            &format!("k8s_namespace={NS}"),
+            "-p",
+            "app_stop=true",
+            "-p",
+            "app_timeout=30s",
+        ])
+    }
+}
+
+#[test]
+fn disaster_recovery_stops_the_app_restores_cuts_the_configmap_over_and_rolls_back() {
+    let r = Recovery::new();
+    let c = &r.c;
+    let out = r.recover("r1", "configmap/app-db");
+    assert!(out.status.success(), "{}", common::text(&out));
+    let report = c.sb.status("r1");
+    let restored = Sandbox::step(&report, "restore")["output"]["database"]
+        .as_str()
+        .expect("restored database")
+        .to_string();
+    // The application was at zero while the restore ran, and back afterwards.
+    let ended = |id: &str| {
+        Sandbox::step(&report, id)["ended_at"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let started = |id: &str| {
+        Sandbox::step(&report, id)["started_at"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(ended("stop_app") <= started("restore") && ended("restore") <= started("restart"));
+    let writes: Vec<(String, Value)> = c
+        .kube
+        .writes()
+        .into_iter()
+        .map(|r| (format!("{} {}", r.method, r.path), r.body))
+        .collect();
+    let kinds: Vec<&str> = writes.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
+            "PUT /api/v1/namespaces/shop/configmaps/app-db",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
+        ],
+        "stop, start, cut over, restart to read the new value"
+    );
+    assert_eq!(writes[0].1["spec"]["replicas"], 0);
+    assert_eq!(writes[1].1["spec"]["replicas"], 3);
+    let cm = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    assert_eq!(
+        cm["data"]["DATABASE_URL"],
+        format!("postgresql://app:hunter2@db.shop.svc:5432/{restored}?sslmode=disable")
+    );
+    assert_eq!(
+        r.pg.psql(&restored, "SELECT count(*) FROM notes"),
+        "20000",
+        "the database the application now reads is the restored one"
+    );
+    c.ok(&["rollback", "r1", "--reason", "wrong moment"]);
+    let back = c.kube.get("configmaps", NS, "app-db").expect("cm");
+    assert_eq!(back["data"], config_map()["data"]);
+    let web = c.kube.get("deployments", NS, "web").expect("web");
+    assert_eq!(
+        web["spec"]["replicas"], 3,
+        "the application runs after the rollback"
+    );
+}
+
+#[test]
+fn a_mistyped_cutover_object_is_refused_before_anything_is_downloaded() {
+    let r = Recovery::new();
+    let out = r.recover("r1", "configmap/app-dbb");
+    assert_eq!(out.status.code(), Some(4), "{}", common::text(&out));
+    let report = r.c.sb.status("r1");
+    assert_eq!(report["status"], "failed", "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("configmap/app-dbb in namespace shop was not found"),
+        "{report}"
+    );
+    assert_eq!(Sandbox::step(&report, "download")["status"], "pending");
+    assert!(
+        r.c.kube.writes().is_empty(),
+        "nothing in the cluster was touched"
+    );
+}

@@ -105,6 +105,31 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "pgbouncer: connect through it afterwards to check",
         },
+        InputSpec {
+            name: "verify_user",
+            required: false,
+            help: "pgbouncer: user for that check",
+        },
+        InputSpec {
+            name: "host",
+            required: false,
+            help: "pgbouncer: server host for the entry (default: keep)",
+        },
+        InputSpec {
+            name: "port",
+            required: false,
+            help: "pgbouncer: server port for the entry (default: keep)",
+        },
+        InputSpec {
+            name: "admin_host",
+            required: false,
+            help: "pgbouncer: its admin console host (default 127.0.0.1)",
+        },
+        InputSpec {
+            name: "pause_timeout",
+            required: false,
+            help: "pgbouncer: how long PAUSE may wait for transactions",
+        },
     ],
     outputs: &[
         "adapter", "object", "previous", "current", "revision", "database",

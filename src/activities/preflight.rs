@@ -48,6 +48,26 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "an admin_users user (default pgbouncer)",
         },
+        InputSpec {
+            name: "k8s_object",
+            required: false,
+            help: "cutover=kubernetes: the service/, configmap/ or secret/ the cut-over will change",
+        },
+        InputSpec {
+            name: "k8s_key",
+            required: false,
+            help: "cutover=kubernetes: its key",
+        },
+        InputSpec {
+            name: "k8s_namespace",
+            required: false,
+            help: "the namespace of the Kubernetes objects (default: the kubeconfig's or the pod's)",
+        },
+        InputSpec {
+            name: "k8s_external",
+            required: false,
+            help: "cutover=kubernetes: the Service's externalName is what changes",
+        },
     ],
     outputs: &["checks", "server_version", "live_database_exists"],
 };
@@ -72,6 +92,14 @@ struct Inputs {
     pgbouncer_port: u64,
     #[serde(default = "default_admin")]
     pgbouncer_admin: String,
+    #[serde(default)]
+    k8s_object: String,
+    #[serde(default)]
+    k8s_key: String,
+    #[serde(default)]
+    k8s_namespace: String,
+    #[serde(default, deserialize_with = "super::inputs::lenient_bool")]
+    k8s_external: bool,
 }
 
 /// The `check_recovery` activity.
@@ -146,15 +174,24 @@ impl Activity for CheckRecovery {
 
     fn check_inputs(&self, inputs: &Value) -> Result<(), String> {
         match inputs.get("cutover").and_then(Value::as_str) {
-            Some(c) if !c.contains("${") && !matches!(c, "" | "none" | "pgbouncer") => Err(
-                format!("cutover \"{c}\" is not known; use pgbouncer or none"),
-            ),
+            Some(c)
+                if !c.contains("${") && !matches!(c, "" | "none" | "pgbouncer" | "kubernetes") =>
+            {
+                Err(format!(
+                    "cutover \"{c}\" is not known; use pgbouncer, kubernetes or none"
+                ))
+            }
             _ => Ok(()),
         }
     }
 
     async fn run(&self, _ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("check_recovery", inputs)?;
+        let k8s_check = if inputs.cutover == "kubernetes" {
+            Some(check_kubernetes(&inputs).await?)
+        } else {
+            None
+        };
         tokio::task::block_in_place(|| {
             let mut checks = Vec::new();
             let sql = Sql::new(&self.services.pg_tools, &self.services.pg_server);
@@ -187,8 +224,9 @@ impl Activity for CheckRecovery {
                     "is gone (it is restored beside where it was)"
                 }
             ));
-            match inputs.cutover.as_str() {
-                "pgbouncer" => self.check_pgbouncer(&inputs, &mut checks)?,
+            match (inputs.cutover.as_str(), k8s_check) {
+                ("pgbouncer", _) => self.check_pgbouncer(&inputs, &mut checks)?,
+                (_, Some(found)) => checks.push(found),
                 _ => checks.push("no cut-over to check (cutover=none)".into()),
             }
             Ok(json!({
@@ -198,4 +236,24 @@ impl Activity for CheckRecovery {
             }))
         })
     }
+}
+
+/// The Kubernetes cut-over's object exists and holds its key: a typo is refused before
+/// anything is downloaded.
+async fn check_kubernetes(inputs: &Inputs) -> Result<String, ActivityError> {
+    use crate::k8s;
+    let place =
+        k8s::cutover::Place::parse(&inputs.k8s_object, &inputs.k8s_key, inputs.k8s_external)
+            .map_err(|e| {
+                ActivityError::refused(format!("{e} (-p k8s_cutover_object / k8s_cutover_key)"))
+            })?;
+    let client = k8s::client().await.map_err(super::restart::k8s_failure)?;
+    let namespace = if inputs.k8s_namespace.trim().is_empty() {
+        k8s::default_namespace().await
+    } else {
+        inputs.k8s_namespace.trim().to_string()
+    };
+    k8s::cutover::check(&client, &namespace, &place)
+        .await
+        .map_err(super::restart::k8s_failure)
 }

@@ -61,6 +61,11 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "kubernetes adapter: its namespace (default: the kubeconfig's or the pod's)",
         },
         InputSpec {
+            name: "stopped",
+            required: false,
+            help: "true when an earlier step stopped the application: a restart brings it back (compose up -d; scale back) instead",
+        },
+        InputSpec {
             name: "replicas",
             required: false,
             help: "kubernetes start: replicas to scale back to (default: what the stop remembered)",
@@ -104,6 +109,8 @@ struct Inputs {
     services: Vec<String>,
     workload: Option<String>,
     namespace: Option<String>,
+    #[serde(default, deserialize_with = "inputs::lenient_bool")]
+    stopped: bool,
     #[serde(default, deserialize_with = "inputs::lenient_opt_u64")]
     replicas: Option<u64>,
     #[serde(default, deserialize_with = "opt_duration")]
@@ -219,8 +226,16 @@ impl Activity for RestartApp {
         )
         .map_err(ActivityError::refused)?;
         let inputs: Inputs = inputs::parse("restart_app", inputs)?;
-        let action =
-            Action::parse(&inputs.action).map_err(|e| ActivityError::refused(e.to_string()))?;
+        let action = match Action::parse(&inputs.action) {
+            Ok(Action::Restart) if inputs.stopped && adapter != "command" => Action::Start,
+            Ok(action) => action,
+            Err(e) => return Err(ActivityError::refused(e.to_string())),
+        };
+        if action == Action::Stop && adapter == "command" {
+            return Err(ActivityError::refused(
+                "stopping the application needs a compose file (compose_file) or a Kubernetes workload (k8s_workload); a command can only restart it",
+            ));
+        }
         let mut output = match adapter {
             "command" => {
                 run_program(
@@ -246,6 +261,26 @@ impl Activity for RestartApp {
             );
         }
         Ok(output)
+    }
+
+    /// A stop is undone by a start: a rolled-back recovery leaves the application running.
+    fn compensates_itself(&self, inputs: &Value) -> bool {
+        inputs.get("action").and_then(Value::as_str) == Some("stop")
+    }
+
+    async fn compensate(
+        &self,
+        ctx: &ActivityContext,
+        mut inputs: Value,
+        output: Value,
+    ) -> Result<Value, ActivityError> {
+        inputs["action"] = json!("start");
+        // The count the stop replaced: a later step may have started the workload already
+        // (and dropped the remembered count), and starting it again must still work.
+        if let Some(previous) = output.get("previous_replicas").filter(|v| v.is_number()) {
+            inputs["replicas"] = previous.clone();
+        }
+        self.run(ctx, inputs).await
     }
 }
 

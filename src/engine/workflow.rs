@@ -147,12 +147,18 @@ pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
 /// Why a step whose `when` was false did not run, in words: `no app_restart given`,
 /// `cutover is none` — not the template source.
 pub fn skip_reason(condition: &str, evaluated: &str) -> String {
+    // `${params.a}${params.b}` reads as "a or b".
     let name = |side: &str| {
         let side = side.trim();
-        side.strip_prefix("${params.")
+        let names: Option<Vec<&str>> = side
+            .strip_prefix("${params.")
             .and_then(|s| s.strip_suffix('}'))
-            .map(str::to_string)
-            .unwrap_or_else(|| side.to_string())
+            .map(|inner| inner.split("}${params.").collect());
+        match names.as_deref() {
+            Some([one]) => one.to_string(),
+            Some([rest @ .., last]) => format!("{} or {last}", rest.join(", ")),
+            _ => side.to_string(),
+        }
     };
     if let (Some((a, _)), Some((_, eb))) = (condition.split_once("!="), evaluated.split_once("!="))
     {
@@ -860,6 +866,13 @@ compensate = { activity = "echo", with = { text = "undo ${steps.two.text}" } }
         assert_eq!(
             skip_reason("${params.cutover} != none", "none != none"),
             "cutover is none"
+        );
+        assert_eq!(
+            skip_reason(
+                "${params.app_restart}${params.compose_file}${params.k8s_workload} != ",
+                " != "
+            ),
+            "no app_restart, compose_file or k8s_workload given"
         );
         assert_eq!(
             skip_reason("${params.mode} == fast", "slow == fast"),

@@ -279,6 +279,71 @@ where
     }
 }
 
+/// Checks, before anything else happens, that the place exists and can be cut over;
+/// returns what was found, in words (never a value).
+pub async fn check(client: &Client, namespace: &str, place: &Place) -> Result<String, K8sError> {
+    let missing_key = |kind: &str, name: &str, key: &str, keys: Vec<String>| {
+        K8sError::Invalid(format!(
+            "{kind}/{name} in namespace {namespace} has no key {key} (it has: {})",
+            keys.join(", ")
+        ))
+    };
+    match place {
+        Place::ServiceSelector(name) | Place::ServiceExternalName(name) => {
+            let service = get(
+                &Api::<Service>::namespaced(client.clone(), namespace),
+                name,
+                namespace,
+                "service",
+            )
+            .await?;
+            let kind = service
+                .spec
+                .and_then(|s| s.type_)
+                .unwrap_or_else(|| "ClusterIP".into());
+            if matches!(place, Place::ServiceExternalName(_)) && kind != "ExternalName" {
+                return Err(K8sError::Invalid(format!(
+                    "service/{name} is of type {kind}, not ExternalName: cut over its selector instead"
+                )));
+            }
+        }
+        Place::ConfigMapKey(name, key) => {
+            let map = get(
+                &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+                name,
+                namespace,
+                "configmap",
+            )
+            .await?;
+            let data = map.data.unwrap_or_default();
+            if !data.contains_key(key) {
+                return Err(missing_key(
+                    "configmap",
+                    name,
+                    key,
+                    data.into_keys().collect(),
+                ));
+            }
+        }
+        Place::SecretKey(name, key) => {
+            let secret = get(
+                &Api::<Secret>::namespaced(client.clone(), namespace),
+                name,
+                namespace,
+                "secret",
+            )
+            .await?;
+            let data = secret.data.unwrap_or_default();
+            if !data.contains_key(key) {
+                return Err(missing_key("secret", name, key, data.into_keys().collect()));
+            }
+        }
+    }
+    Ok(format!(
+        "{place} in namespace {namespace} is there to cut over"
+    ))
+}
+
 /// Puts the previous value back, if the object is still as the cut-over left it.
 pub async fn undo(client: &Client, applied: &Applied) -> Result<(), K8sError> {
     let namespace = applied.namespace.as_str();

@@ -101,9 +101,11 @@ impl K8sError {
     }
 }
 
-/// "patch deployment/web" → "deployment/web".
+/// "read configmap/app-db in namespace shop" → "configmap/app-db in namespace shop".
 fn object_of(what: &str) -> String {
-    what.split_whitespace().last().unwrap_or(what).to_string()
+    what.split_once(' ')
+        .map_or(what, |(_, object)| object)
+        .to_string()
 }
 
 /// A client from the standard configuration: `KUBECONFIG` or `~/.kube/config`, else the
@@ -200,6 +202,22 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_found_names_the_object_and_its_namespace() {
+        let status = kube::core::Status {
+            code: 404,
+            ..kube::core::Status::default()
+        };
+        let e = K8sError::from_kube(
+            "read configmap/app-db in namespace shop",
+            kube::Error::Api(Box::new(status)),
+        );
+        assert_eq!(
+            e.to_string(),
+            "configmap/app-db in namespace shop was not found; check its kind, name and namespace"
+        );
+    }
 
     #[test]
     fn workloads_are_named_kind_slash_name() {
