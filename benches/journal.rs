@@ -398,4 +398,43 @@ fn main() {
         ms(floor),
         1.0 / floor.as_secs_f64()
     );
+    telemetry_unset_cost();
+}
+
+/// What the engine's trace spans cost when no OTLP endpoint is configured: the same runs
+/// with no subscriber at all, then under the CLI's own subscriber (error-level logs to
+/// stderr, no OpenTelemetry layer). The spans are disabled callsites in both.
+fn telemetry_unset_cost() {
+    const ROUNDS: usize = 5;
+    let measure = || {
+        let mut single: Vec<f64> = (0..ROUNDS).map(|_| engine_steps_per_second(300)).collect();
+        let many = engine_concurrent_rounds(ROUNDS, 50, 10);
+        single.sort_by(f64::total_cmp);
+        (single[ROUNDS / 2], many.per_second)
+    };
+    let bare = measure();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let cli_like = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::EnvFilter::new("error")),
+    );
+    use tracing_subscriber::Layer as _;
+    tracing::subscriber::set_global_default(cli_like).expect("subscriber");
+    let logged = measure();
+    println!(
+        "telemetry unset (median of {ROUNDS}; the engine's step and attempt spans are disabled callsites):"
+    );
+    println!(
+        "  300-step run: no subscriber {:>6.0} steps/s, the CLI's subscriber {:>6.0} steps/s ({:.2}x)",
+        bare.0,
+        logged.0,
+        logged.0 / bare.0
+    );
+    println!(
+        "  50 runs:      no subscriber {:>6.0} steps/s, the CLI's subscriber {:>6.0} steps/s ({:.2}x)",
+        bare.1,
+        logged.1,
+        logged.1 / bare.1
+    );
 }

@@ -18,6 +18,9 @@ command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)   # benchmarks compar
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null || need_apt+=(chromium)                 # the web page's tests
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+command -v podman >/dev/null || need_apt+=(podman)                     # the container image's test
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)           # its base image, offline
 if ((${#need_apt[@]})); then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

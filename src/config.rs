@@ -148,6 +148,15 @@ pub struct KubernetesConfig {
     pub holder: Option<String>,
 }
 
+/// The `[telemetry]` table: where traces of runs are sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP endpoint (`http://collector:4318`); `OTEL_EXPORTER_OTLP_ENDPOINT` does
+    /// the same when this is unset.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +185,9 @@ pub struct Config {
     /// Fencing with a Kubernetes Lease.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// A loaded configuration and where it came from.

@@ -22,5 +22,6 @@ pub mod pg;
 pub mod runbooks;
 pub mod size;
 pub mod storage;
+pub mod telemetry;
 pub mod userfile;
 pub mod wal;

@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lazarus::activities::supervise::supervise;
-use lazarus::cli::{Cli, run};
+use lazarus::cli::{Cli, Command, run};
+use lazarus::telemetry::Telemetry;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -28,13 +32,23 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+    // Traces only where runs are driven: `wal push`/`fetch` are short processes PostgreSQL
+    // starts per segment and must stay fast.
+    let telemetry = if matches!(cli.command, Command::Wal(_)) {
+        None
+    } else {
+        start_telemetry(&cli)
+    };
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        );
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry.as_ref().map(|t| t.layer()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -46,11 +60,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    };
+    drop(runtime);
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    code
+}
+
+/// The OpenTelemetry exporter, when the configuration or the `OTEL_*` environment names an
+/// endpoint; a broken setting is said once and the command goes on without traces.
+fn start_telemetry(cli: &Cli) -> Option<std::sync::Arc<Telemetry>> {
+    let configured = lazarus::config::Loaded::load(cli.config.as_deref())
+        .ok()
+        .and_then(|l| l.config.telemetry.otlp_endpoint);
+    match Telemetry::from_config(configured.as_deref()) {
+        Ok(telemetry) => telemetry.map(Telemetry::install),
+        Err(e) => {
+            eprintln!("warning: {e}; continuing without traces");
+            None
         }
     }
 }

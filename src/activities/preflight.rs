@@ -49,6 +49,11 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "an admin_users user (default pgbouncer)",
         },
         InputSpec {
+            name: "pgbouncer_host",
+            required: false,
+            help: "where pgbouncer's admin console listens (default 127.0.0.1)",
+        },
+        InputSpec {
             name: "k8s_object",
             required: false,
             help: "cutover=kubernetes: the service/, configmap/ or secret/ the cut-over will change",
@@ -76,6 +81,10 @@ fn default_port() -> u64 {
     6432
 }
 
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
 fn default_admin() -> String {
     "pgbouncer".into()
 }
@@ -92,6 +101,8 @@ struct Inputs {
     pgbouncer_port: u64,
     #[serde(default = "default_admin")]
     pgbouncer_admin: String,
+    #[serde(default = "default_host")]
+    pgbouncer_host: String,
     #[serde(default)]
     k8s_object: String,
     #[serde(default)]
@@ -146,7 +157,7 @@ impl CheckRecovery {
             owner.describe()
         ));
         let console = Console {
-            host: "127.0.0.1",
+            host: &inputs.pgbouncer_host,
             port: inputs.pgbouncer_port,
             user: &inputs.pgbouncer_admin,
         };

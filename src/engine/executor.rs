@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::activity::{ActivityContext, ActivityError, Discarded, FailureKind, Leftovers};
 use super::duration::format_duration;
@@ -17,6 +19,7 @@ use super::records::{Event, HaltReason};
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
 use super::state::{RunState, RunStatus, StepState, StepStatus};
 use super::template::Scope;
+use super::trace::{TRACE_TARGET, TraceIds};
 use super::workflow::{OnFailure, RetryPolicy, Workflow, evaluate_condition};
 
 /// How long a cancelled attempt gets to clean up before it is dropped.
@@ -58,6 +61,7 @@ impl Engine {
         run_id: &str,
         handle: &Arc<RunHandle>,
     ) -> Result<(), EngineError> {
+        self.ensure_trace_ids(run_id)?;
         loop {
             let (record, workflow, state) = self.load(run_id)?;
             match state.status {
@@ -70,6 +74,9 @@ impl Engine {
                         self.discard_leftovers(run_id, false, true).await?;
                     }
                     self.unclaim(record.target.as_deref(), run_id);
+                    if let (Some(tracer), Some(ids)) = (self.tracer.get(), state.trace) {
+                        tracer.run_ended(&ids, &record, &state);
+                    }
                     return Ok(());
                 }
                 RunStatus::Halted | RunStatus::Failed => return Ok(()),
@@ -345,8 +352,67 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs a step's attempts under its retry policy.
+    /// Runs a step (every attempt it takes) inside its trace span.
     async fn run_step(
+        self: &Arc<Self>,
+        run_id: &str,
+        workflow: &Workflow,
+        state: &RunState,
+        step_id: &str,
+        handle: &Arc<RunHandle>,
+    ) -> Result<StepOutcome, EngineError> {
+        let activity = workflow
+            .step(step_id)
+            .map(|s| s.activity.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "step",
+            otel.name = %format!("step {step_id}"),
+            lazarus.run = %run_id,
+            lazarus.workflow = %workflow.name,
+            lazarus.step = %step_id,
+            lazarus.activity = %activity,
+            lazarus.outcome = Empty,
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+        );
+        if let (Some(tracer), Some(ids)) = (self.tracer.get(), state.trace) {
+            tracer.adopt(&span, &ids);
+        }
+        let outcome = self
+            .run_step_attempts(run_id, workflow, state, step_id, handle)
+            .instrument(span.clone())
+            .await?;
+        let (name, error) = match &outcome {
+            StepOutcome::Completed => ("completed", None),
+            StepOutcome::Interrupted => ("interrupted", None),
+            StepOutcome::HaltedInBackoff => ("halted", None),
+            StepOutcome::Failed(message, _) => ("failed", Some(message.as_str())),
+        };
+        span.record("lazarus.outcome", name);
+        if let Some(message) = error {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", message);
+        }
+        Ok(outcome)
+    }
+
+    /// Journals trace ids for a run that has none (created before traces, or lost them
+    /// in a crash right after creation), when a tracer is configured.
+    fn ensure_trace_ids(&self, run_id: &str) -> Result<(), EngineError> {
+        if self.tracer.get().is_none() {
+            return Ok(());
+        }
+        let (_, _, state) = self.load(run_id)?;
+        if state.trace.is_none() {
+            self.append(run_id, TraceIds::random().event())?;
+        }
+        Ok(())
+    }
+
+    /// Runs a step's attempts under its retry policy.
+    async fn run_step_attempts(
         self: &Arc<Self>,
         run_id: &str,
         workflow: &Workflow,
@@ -505,7 +571,8 @@ impl Engine {
         }
     }
 
-    /// Runs one attempt of a step or compensation, with its timeout and cancellation.
+    /// Runs one attempt of a step or compensation inside its trace span: what it moved,
+    /// how it ended, and its error as an event.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         self: &Arc<Self>,
@@ -519,6 +586,89 @@ impl Engine {
         timeout: Option<Duration>,
         checkpoint: Option<Vec<u8>>,
         handle: &Arc<RunHandle>,
+    ) -> Result<AttemptOutcome, EngineError> {
+        let kind = match work {
+            Work::Step => "attempt",
+            Work::Compensation => "compensate",
+        };
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "attempt",
+            otel.name = %format!("{kind} {step_id} #{attempt}"),
+            lazarus.run = %run_id,
+            lazarus.step = %step_id,
+            lazarus.activity = %activity_name,
+            lazarus.attempt = attempt,
+            lazarus.outcome = Empty,
+            lazarus.bytes = Empty,
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+        );
+        if matches!(work, Work::Compensation) && !span.is_disabled() {
+            // A rollback's attempts have no step span around them: they join the run's.
+            if let (Some(tracer), Ok((_, _, state))) = (self.tracer.get(), self.load(run_id))
+                && let Some(ids) = state.trace
+            {
+                tracer.adopt(&span, &ids);
+            }
+        }
+        let host = Arc::new(AttemptHost::new(
+            Arc::clone(self),
+            run_id.to_string(),
+            step_id.to_string(),
+            attempt,
+            Arc::clone(handle),
+        ));
+        let outcome = self
+            .attempt_inner(
+                run_id,
+                step_id,
+                activity_name,
+                work,
+                inputs,
+                output,
+                attempt,
+                timeout,
+                checkpoint,
+                handle,
+                Arc::clone(&host),
+            )
+            .instrument(span.clone())
+            .await?;
+        if !span.is_disabled() {
+            if let Some(bytes) = host.bytes() {
+                span.record("lazarus.bytes", bytes);
+            }
+            let name = match &outcome {
+                AttemptOutcome::Done(_) => "completed",
+                AttemptOutcome::Interrupted | AttemptOutcome::NotStarted => "interrupted",
+                AttemptOutcome::Failed(_) => "failed",
+            };
+            span.record("lazarus.outcome", name);
+            if let AttemptOutcome::Failed(error) = &outcome {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", error.message.as_str());
+                tracing::error!(target: TRACE_TARGET, parent: &span, error = %error.message, kind = ?error.kind, "attempt failed");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs one attempt of a step or compensation, with its timeout and cancellation.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_inner(
+        self: &Arc<Self>,
+        run_id: &str,
+        step_id: &str,
+        activity_name: &str,
+        work: Work,
+        inputs: Value,
+        output: Value,
+        attempt: u32,
+        timeout: Option<Duration>,
+        checkpoint: Option<Vec<u8>>,
+        handle: &Arc<RunHandle>,
+        host: Arc<AttemptHost>,
     ) -> Result<AttemptOutcome, EngineError> {
         let interrupt = lock(&handle.interrupt).clone();
         if interrupt.is_cancelled() {
@@ -547,13 +697,6 @@ impl Engine {
         tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
 
         let token: CancellationToken = interrupt.child_token();
-        let host = Arc::new(AttemptHost::new(
-            Arc::clone(self),
-            run_id.to_string(),
-            step_id.to_string(),
-            attempt,
-            Arc::clone(handle),
-        ));
         let ctx = ActivityContext::new(
             run_id.to_string(),
             step_id.to_string(),

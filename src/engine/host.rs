@@ -2,6 +2,7 @@
 //! and the durable wait for approval.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -18,6 +19,8 @@ pub(crate) struct AttemptHost {
     step: String,
     attempt: u32,
     handle: Arc<RunHandle>,
+    /// The most bytes the attempt reported moving (for its trace span).
+    bytes: AtomicU64,
 }
 
 impl AttemptHost {
@@ -34,7 +37,13 @@ impl AttemptHost {
             step,
             attempt,
             handle,
+            bytes: AtomicU64::new(0),
         }
+    }
+
+    /// The bytes the attempt reported moving, if it reported any.
+    pub(crate) fn bytes(&self) -> Option<u64> {
+        Some(self.bytes.load(Ordering::Relaxed)).filter(|b| *b > 0)
     }
 
     /// The approval recorded for this step, if any.
@@ -68,6 +77,9 @@ impl StepHost for AttemptHost {
     }
 
     fn progress(&self, progress: Progress) {
+        if progress.unit == "bytes" {
+            self.bytes.fetch_max(progress.done, Ordering::Relaxed);
+        }
         self.engine.publish(Update::Progress {
             run: self.run.clone(),
             step: self.step.clone(),

@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod state;
 pub mod suggest;
 pub mod template;
+pub mod trace;
 pub mod workflow;
 
 pub use activity::{

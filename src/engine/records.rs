@@ -135,6 +135,9 @@ pub enum Event {
     /// [`crate::engine::activity::Discarded`]); the only event a finished run still takes.
     /// Appended last: older records keep their encoding.
     Discarded { step: String, output: Vec<u8> },
+    /// The run's trace and run-span ids (see [`super::trace`]). Appended last: older
+    /// journal records keep their encoding.
+    Traced { trace_id: String, span_id: String },
 }
 
 /// An event with its journal time.

@@ -137,6 +137,9 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     /// What the operator can do next, as a command line.
     pub next_action: Option<String>,
+    /// The run's OpenTelemetry trace id (32 hex digits), to find it in a tracing backend.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 fn step_status_name(status: StepStatus) -> &'static str {
@@ -292,6 +295,7 @@ impl RunReport {
             halt_after: run.halt_after.clone(),
             steps,
             next_action,
+            trace_id: state.trace.map(|t| t.trace_hex()),
         }
     }
 

@@ -18,6 +18,7 @@ use super::records::{Event, EventRecord, HaltReason, RunRecord};
 use super::report::{RunReport, RunSummary};
 use super::state::{RunState, RunStatus};
 use super::template::Scope;
+use super::trace::{RunTracer, TraceIds};
 use super::workflow::{Workflow, WorkflowError};
 
 /// A control request that could not be carried out, with what to do instead.
@@ -145,6 +146,8 @@ pub struct Engine {
     folds: FoldCache,
     /// The cross-host claim on targets, when one is configured (a Kubernetes Lease).
     fence: std::sync::OnceLock<Arc<dyn Fence>>,
+    /// Where runs' spans are exported, when telemetry is configured.
+    pub(crate) tracer: std::sync::OnceLock<Arc<dyn RunTracer>>,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -204,6 +207,7 @@ impl Engine {
             workflows: Mutex::new(HashMap::new()),
             folds: FoldCache::default(),
             fence: std::sync::OnceLock::new(),
+            tracer: std::sync::OnceLock::new(),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -221,6 +225,11 @@ impl Engine {
     /// Makes every run claim its target through `fence` too (set once, by the owner).
     pub fn set_fence(&self, fence: Arc<dyn Fence>) {
         let _ = self.fence.set(fence);
+    }
+
+    /// Sends every run's spans through `tracer` (set once, by the owner).
+    pub fn set_tracer(&self, tracer: Arc<dyn RunTracer>) {
+        let _ = self.tracer.set(tracer);
     }
 
     /// Claims the run's target across hosts, if a fence is configured.
@@ -522,6 +531,9 @@ impl Engine {
             }
             match created {
                 Ok(()) => {
+                    // Rides the run's first durable event; a run that lost it gets new ids
+                    // from its first driver.
+                    self.journal_now(&id, TraceIds::random().event())?;
                     tracing::info!(run = %id, workflow = %record.workflow_name, operator = %record.operator, reason = %record.reason, "run submitted");
                     self.publish(Update::Changed { run: id.clone() });
                     return Ok(id);

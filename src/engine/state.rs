@@ -197,6 +197,9 @@ pub struct RunState {
     pub ended_us: Option<i64>,
     /// Time of the newest event.
     pub last_event_us: Option<i64>,
+    /// Where the run's spans go in a distributed trace.
+    #[serde(skip)]
+    pub trace: Option<super::trace::TraceIds>,
 }
 
 impl RunState {
@@ -230,6 +233,7 @@ impl RunState {
             error: None,
             ended_us: None,
             last_event_us: None,
+            trace: None,
         };
         for record in events {
             state.apply(record);
@@ -254,6 +258,10 @@ impl RunState {
             if let Some(s) = self.step_mut(step) {
                 s.discarded = serde_json::from_slice(output).ok();
             }
+            return;
+        }
+        if let Event::Traced { trace_id, span_id } = &record.event {
+            self.trace = super::trace::TraceIds::from_hex(trace_id, span_id);
             return;
         }
         if self.status.is_terminal()
@@ -442,7 +450,7 @@ impl RunState {
                 self.pending_halt = None;
                 self.ended_us = Some(at);
             }
-            Event::Discarded { .. } => {}
+            Event::Discarded { .. } | Event::Traced { .. } => {}
             Event::StepSkipped {
                 step,
                 condition,

@@ -13,6 +13,153 @@ use std::fmt;
 
 use kube::Client;
 
+/// One permission the adapters use: an API group, a resource, a verb, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    /// The API group ("" for the core group).
+    pub group: &'static str,
+    /// The resource, plural.
+    pub resource: &'static str,
+    /// The verb.
+    pub verb: &'static str,
+    /// What Lazarus does with it.
+    pub why: &'static str,
+}
+
+const fn grant(
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    why: &'static str,
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verb,
+        why,
+    }
+}
+
+/// Every permission the adapters use, and nothing else: docker/k8s/rbac.yaml grants
+/// exactly these (a test holds them equal), so a cluster admin can see what Lazarus may do.
+pub const PERMISSIONS: &[Permission] = &[
+    grant(
+        "apps",
+        "deployments",
+        "get",
+        "read the replica count before a stop",
+    ),
+    grant(
+        "apps",
+        "deployments",
+        "list",
+        "the first read of a rollout watch",
+    ),
+    grant(
+        "apps",
+        "deployments",
+        "watch",
+        "wait for a rollout without polling",
+    ),
+    grant(
+        "apps",
+        "deployments",
+        "patch",
+        "the restartedAt annotation; replicas for a stop or start",
+    ),
+    grant(
+        "apps",
+        "statefulsets",
+        "get",
+        "read the replica count before a stop",
+    ),
+    grant(
+        "apps",
+        "statefulsets",
+        "list",
+        "the first read of a rollout watch",
+    ),
+    grant(
+        "apps",
+        "statefulsets",
+        "watch",
+        "wait for a rollout without polling",
+    ),
+    grant(
+        "apps",
+        "statefulsets",
+        "patch",
+        "the restartedAt annotation; replicas for a stop or start",
+    ),
+    grant(
+        "",
+        "services",
+        "get",
+        "read the selector or externalName a cut-over changes",
+    ),
+    grant(
+        "",
+        "services",
+        "update",
+        "write it back, conditioned on the resourceVersion read",
+    ),
+    grant("", "configmaps", "get", "read the key a cut-over changes"),
+    grant(
+        "",
+        "configmaps",
+        "update",
+        "write it back, conditioned on the resourceVersion read",
+    ),
+    grant(
+        "",
+        "secrets",
+        "get",
+        "read the key a cut-over changes, and the kept old value on undo",
+    ),
+    grant(
+        "",
+        "secrets",
+        "update",
+        "write it back, conditioned on the resourceVersion read",
+    ),
+    grant(
+        "",
+        "secrets",
+        "create",
+        "keep the old value in a companion Secret, never in the journal",
+    ),
+    grant(
+        "",
+        "secrets",
+        "delete",
+        "remove that companion once the undo has put the value back",
+    ),
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        "get",
+        "see who holds a recovery target",
+    ),
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        "take a free target",
+    ),
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        "update",
+        "renew the Lease, or take over an expired one",
+    ),
+    grant(
+        "coordination.k8s.io",
+        "leases",
+        "delete",
+        "let the target go when the run ends",
+    ),
+];
+
 /// A Kubernetes operation that failed, said so an operator can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::ControlError;
 use crate::engine::Engine;
-use crate::engine::records::EventRecord;
+use crate::engine::records::{Event, EventRecord};
 
 fn snake(name: &str) -> String {
     let mut out = String::new();
@@ -72,11 +72,13 @@ pub fn describe(seq: u64, record: &EventRecord) -> Value {
     Value::Object(out)
 }
 
-/// The run's events numbered after `after`, oldest first.
+/// The run's events numbered after `after`, oldest first. Bookkeeping that is not part of
+/// the run's story (its trace ids) is neither shown nor numbered.
 pub fn since(engine: &Engine, run: &str, after: u64) -> Result<Vec<Value>, ControlError> {
     Ok(engine
         .events(run)?
         .iter()
+        .filter(|record| !matches!(record.event, Event::Traced { .. }))
         .enumerate()
         .map(|(i, record)| (i as u64 + 1, record))
         .filter(|(seq, _)| *seq > after)
@@ -87,7 +89,6 @@ pub fn since(engine: &Engine, run: &str, after: u64) -> Result<Vec<Value>, Contr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::records::Event;
 
     #[test]
     fn events_are_named_in_snake_case_with_their_payloads_as_json() {

@@ -222,6 +222,9 @@ pub async fn connect_or_own(
                 let registry = Arc::new(registry(Arc::clone(&services)));
                 let engine = Engine::new(Arc::new(journal), registry);
                 engine.set_state_dir(state_dir);
+                if let Some(tracer) = crate::telemetry::installed() {
+                    engine.set_tracer(tracer);
+                }
                 let loaded = services
                     .config_file
                     .as_deref()

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
+pub mod otlp;
 pub mod pg;
 pub mod s3;
 pub mod serve;
