@@ -107,6 +107,23 @@ impl Activity for Noop {
     }
 }
 
+/// The tracing dispatcher the engine's threads run under: none (the global no-op), or the
+/// one given, set on every runtime thread (so two settings can alternate in one process).
+static DISPATCH: std::sync::Mutex<Option<tracing::Dispatch>> = std::sync::Mutex::new(None);
+
+/// A runtime whose threads use [`DISPATCH`] as it is when the runtime is built.
+fn runtime() -> tokio::runtime::Runtime {
+    let dispatch = DISPATCH.lock().unwrap().clone();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(dispatch) = dispatch {
+        builder.on_thread_start(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        });
+    }
+    builder.build().expect("runtime")
+}
+
 /// Steps per second through submit, the executor and the journal, no-op activity.
 fn engine_steps_per_second(steps: usize) -> f64 {
     let dir = bench_dir();
@@ -117,7 +134,7 @@ fn engine_steps_per_second(steps: usize) -> f64 {
         text.push_str(&format!("[[steps]]\nid = \"s{i}\"\nactivity = \"noop\"\n"));
     }
     let workflow = Workflow::parse("bench", &text, &registry).expect("workflow");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         let journal = Arc::new(SledJournal::open(dir.path()).expect("journal"));
         let engine = Engine::new(journal, Arc::new(registry));
@@ -217,7 +234,7 @@ fn engine_concurrent(runs: usize, steps: usize) -> Concurrent {
         text.push_str(&format!("[[steps]]\nid = \"s{i}\"\nactivity = \"noop\"\n"));
     }
     let workflow = Workflow::parse("many", &text, &registry).expect("workflow");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         let journal = Arc::new(Timed {
             inner: SledJournal::open(dir.path()).expect("journal"),
@@ -402,39 +419,50 @@ fn main() {
 }
 
 /// What the engine's trace spans cost when no OTLP endpoint is configured: the same runs
-/// with no subscriber at all, then under the CLI's own subscriber (error-level logs to
-/// stderr, no OpenTelemetry layer). The spans are disabled callsites in both.
+/// with no subscriber at all and under the CLI's own subscriber (error-level logs to
+/// stderr, no OpenTelemetry layer), alternating round by round so the disk's moods hit
+/// both alike. The spans are disabled callsites either way.
 fn telemetry_unset_cost() {
-    const ROUNDS: usize = 5;
-    let measure = || {
-        let mut single: Vec<f64> = (0..ROUNDS).map(|_| engine_steps_per_second(300)).collect();
-        let many = engine_concurrent_rounds(ROUNDS, 50, 10);
-        single.sort_by(f64::total_cmp);
-        (single[ROUNDS / 2], many.per_second)
+    const ROUNDS: usize = 7;
+    let cli_like = {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::Dispatch::new(
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(tracing_subscriber::EnvFilter::new("error")),
+            ),
+        )
     };
-    let bare = measure();
-    use tracing_subscriber::layer::SubscriberExt as _;
-    let cli_like = tracing_subscriber::registry().with(
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(tracing_subscriber::EnvFilter::new("error")),
+    let (mut bare, mut logged) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for _ in 0..ROUNDS {
+        for (dispatch, into) in [(None, &mut bare), (Some(cli_like.clone()), &mut logged)] {
+            *DISPATCH.lock().unwrap() = dispatch;
+            into.0.push(engine_steps_per_second(300));
+            into.1.push(engine_concurrent(50, 10).per_second);
+        }
+    }
+    *DISPATCH.lock().unwrap() = None;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (b1, b50, l1, l50) = (
+        median(bare.0),
+        median(bare.1),
+        median(logged.0),
+        median(logged.1),
     );
-    use tracing_subscriber::Layer as _;
-    tracing::subscriber::set_global_default(cli_like).expect("subscriber");
-    let logged = measure();
     println!(
-        "telemetry unset (median of {ROUNDS}; the engine's step and attempt spans are disabled callsites):"
+        "telemetry unset (medians of {ROUNDS} alternating rounds; the engine's spans are disabled callsites):"
     );
     println!(
-        "  300-step run: no subscriber {:>6.0} steps/s, the CLI's subscriber {:>6.0} steps/s ({:.2}x)",
-        bare.0,
-        logged.0,
-        logged.0 / bare.0
+        "  300-step run: no subscriber {b1:>6.0} steps/s, the CLI's subscriber {l1:>6.0} steps/s ({:.2}x)",
+        l1 / b1
     );
     println!(
-        "  50 runs:      no subscriber {:>6.0} steps/s, the CLI's subscriber {:>6.0} steps/s ({:.2}x)",
-        bare.1,
-        logged.1,
-        logged.1 / bare.1
+        "  50 runs:      no subscriber {b50:>6.0} steps/s, the CLI's subscriber {l50:>6.0} steps/s ({:.2}x)",
+        l50 / b50
     );
 }
