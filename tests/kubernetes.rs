@@ -730,3 +730,69 @@ fn a_mistyped_cutover_object_is_refused_before_anything_is_downloaded() {
         "nothing in the cluster was touched"
     );
 }
+
+#[test]
+fn two_runners_racing_for_an_expired_lease_never_both_win() {
+    use lazarus::engine::fence::{Fence, FenceError};
+    use lazarus::k8s::lease::{LeaseFence, lease_name};
+    let kube = FakeKube::start();
+    let fence = |holder: &str| {
+        let config = kube::Config::new(format!("http://{}", kube.addr).parse().expect("url"));
+        LeaseFence::with_config(config, Some(NS), holder, std::time::Duration::from_secs(30))
+            .expect("fence")
+    };
+    let (a, b) = (fence("runner-a"), fence("runner-b"));
+    for round in 0..20 {
+        let target = format!("db{round}");
+        // A Lease left by a runner that died long ago.
+        kube.insert(
+            "leases",
+            NS,
+            json!({
+                "metadata": {"name": lease_name(&target)},
+                "spec": {"holderIdentity": "dead-runner", "leaseDurationSeconds": 15,
+                         "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 4}
+            }),
+        );
+        let barrier = std::sync::Barrier::new(2);
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| {
+                barrier.wait();
+                a.claim(&target, "run-a")
+            });
+            let tb = s.spawn(|| {
+                barrier.wait();
+                b.claim(&target, "run-b")
+            });
+            (ta.join().expect("a"), tb.join().expect("b"))
+        });
+        let (winner, loser) = match (&ra, &rb) {
+            (Ok(()), Err(FenceError::Held(m))) => ("runner-a", m.clone()),
+            (Err(FenceError::Held(m)), Ok(())) => ("runner-b", m.clone()),
+            other => panic!("round {round}: exactly one must win: {other:?}"),
+        };
+        assert!(loser.contains(&format!("held by {winner}")), "{loser}");
+        let lease = kube.get("leases", NS, &lease_name(&target)).expect("lease");
+        assert_eq!(lease["spec"]["holderIdentity"], winner);
+        assert_eq!(lease["spec"]["leaseTransitions"], 5, "one takeover");
+        let (w, run) = if winner == "runner-a" {
+            (&a, "run-a")
+        } else {
+            (&b, "run-b")
+        };
+        w.release(&target, run);
+        assert!(
+            kube.get("leases", NS, &lease_name(&target)).is_none(),
+            "released"
+        );
+    }
+    // More writes than rounds: some losers wrote too, with the version they had read, and
+    // were refused (409) by the conditional write — the race was real.
+    let writes = kube
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/leases/"))
+        .count();
+    eprintln!("{writes} conditional Lease writes in 20 rounds");
+    assert!(writes > 20, "no round raced to the write ({writes} PUTs)");
+}

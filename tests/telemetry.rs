@@ -17,8 +17,8 @@ target = "traced"
 
 [[steps]]
 id = "s1"
-activity = "command"
-with = {{ argv = ["true"] }}
+activity = "download"
+with = {{ key = "objects/blob", dest = "{d}/blob" }}
 
 [[steps]]
 id = "flaky"
@@ -52,8 +52,14 @@ fn a_run_killed_and_resumed_is_one_trace_of_run_step_and_attempt_spans() {
     let wf = sb.write("traced.toml", &workflow(&work));
     let config = sb.write(
         "lazarus.toml",
-        &format!("[telemetry]\notlp_endpoint = \"{}\"\n", otlp.endpoint()),
+        &format!(
+            "[telemetry]\notlp_endpoint = \"{}\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
+            otlp.endpoint()
+        ),
     );
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    sb.write("store/objects/blob", "");
+    std::fs::write(sb.path().join("store/objects/blob"), &blob).unwrap();
     let lazarus = || {
         let mut cmd = sb.cmd();
         cmd.env("LAZARUS_CONFIG", &config)
@@ -122,7 +128,8 @@ fn a_run_killed_and_resumed_is_one_trace_of_run_step_and_attempt_spans() {
         let span = found[0];
         assert_eq!(span.parent, run.span_id, "step {step} is under the run");
         assert_eq!(span.attributes["lazarus.step"], step);
-        assert_eq!(span.attributes["lazarus.activity"], "command");
+        let activity = if step == "s1" { "download" } else { "command" };
+        assert_eq!(span.attributes["lazarus.activity"], activity);
         assert_eq!(span.attributes["lazarus.workflow"], "traced");
         assert_eq!(span.attributes["lazarus.run"], "t1");
         assert_eq!(span.attributes["lazarus.outcome"], "completed");
@@ -137,6 +144,14 @@ fn a_run_killed_and_resumed_is_one_trace_of_run_step_and_attempt_spans() {
             );
         }
     }
+
+    // What the download moved.
+    let download = find(&spans, "step s1")[0];
+    let attempt = spans
+        .iter()
+        .find(|s| s.parent == download.span_id)
+        .expect("the download's attempt");
+    assert_eq!(attempt.attributes["lazarus.bytes"], "3000000");
 
     // The failed attempt: its outcome, its error as a span event, its status.
     let flaky = find(&spans, "step flaky")[0];

@@ -89,8 +89,28 @@ where
 
 impl LeaseFence {
     /// A fence holding Leases in `namespace` (default: the kubeconfig's or the pod's) as
-    /// `holder` (the pod or host name), each valid for `duration` unless renewed.
+    /// `holder` (the pod or host name), each valid for `duration` unless renewed; the
+    /// cluster is found the standard way (`KUBECONFIG`, `~/.kube/config`, the pod's account).
     pub fn connect(
+        namespace: Option<&str>,
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Self, K8sError> {
+        Self::start(None, namespace, holder, duration)
+    }
+
+    /// The same, with the cluster's configuration given.
+    pub fn with_config(
+        config: kube::Config,
+        namespace: Option<&str>,
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Self, K8sError> {
+        Self::start(Some(config), namespace, holder, duration)
+    }
+
+    fn start(
+        config: Option<kube::Config>,
         namespace: Option<&str>,
         holder: &str,
         duration: Duration,
@@ -103,10 +123,18 @@ impl LeaseFence {
             .map_err(|e| K8sError::Connect(format!("cannot start the Lease runtime: {e}")))?;
         let namespace = namespace.map(str::to_string);
         let connected = wait_on(&runtime, async move {
-            let client = super::client().await?;
+            let (client, default_namespace) = match config {
+                Some(config) => {
+                    let default_namespace = config.default_namespace.clone();
+                    let client = kube::Client::try_from(config)
+                        .map_err(|e| K8sError::Connect(e.to_string()))?;
+                    (client, default_namespace)
+                }
+                None => (super::client().await?, super::default_namespace().await),
+            };
             let namespace = match namespace {
                 Some(ns) if !ns.is_empty() => ns,
-                _ => super::default_namespace().await,
+                _ => default_namespace,
             };
             Ok::<_, K8sError>((client, namespace))
         })
