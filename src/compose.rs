@@ -73,7 +73,7 @@ pub fn ps_command(file: &Path, services: &[String]) -> Vec<String> {
         .map(String::from)
         .collect();
     argv.push(file.display().to_string());
-    argv.extend(["ps", "--format", "json"].map(String::from));
+    argv.extend(["ps", "-a", "--format", "json"].map(String::from));
     argv.extend(services.iter().cloned());
     argv
 }

@@ -89,7 +89,7 @@ fn stop_then_start_runs_compose_stop_and_up_and_waits_for_healthchecks() {
     let out = c.run(&[("stop", "stop"), ("start", "start")], "healthy", "");
     assert!(out.status.success(), "{}", common::text(&out));
     let f = &c.file;
-    let ps = format!("compose -f {f} ps --format json web worker");
+    let ps = format!("compose -f {f} ps -a --format json web worker");
     assert_eq!(
         c.invocations(),
         vec![

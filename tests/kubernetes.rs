@@ -275,6 +275,11 @@ fn a_configmap_cutover_changes_only_the_database_and_rollback_puts_back_the_prev
         .filter(|r| r.method == "PATCH")
         .count();
     assert_eq!(restarts, 2, "restarted again after the undo");
+    assert!(
+        c.kube
+            .get("secrets", NS, "app-db-lazarus-undo-r1")
+            .is_none()
+    );
     assert_eq!(c.sb.status("r1")["status"], "rolled_back");
 }
 
@@ -489,6 +494,31 @@ fn a_second_runner_is_refused_by_the_lease_and_takes_over_after_the_holder_dies(
     let runs = host_b.ok(&["runs", "--json"]);
     assert!(!runs.contains("r2"), "{runs}");
 
+    // A second run of the same target on the holder's own runner is refused too, and
+    // costs the first run nothing: its Lease stays as it was.
+    let again = Sandbox::run_in(
+        lazarus(&host_a, &kubeconfig, &pod_a),
+        &[
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r3",
+            "--reason",
+            "twice",
+        ],
+    );
+    assert!(!again.status.success(), "{}", common::text(&again));
+    assert!(
+        common::text(&again).contains("run r1"),
+        "{}",
+        common::text(&again)
+    );
+    let lease = kube
+        .get("leases", NS, &name)
+        .expect("the Lease is still there");
+    assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(lease["metadata"]["annotations"]["lazarus.io/run"], "r1");
+
     // The holder dies. A new pod (pod-b) with the same volume is refused until the Lease
     // expires, then takes it over and finishes the run.
     common::kill9(&mut a);
@@ -658,7 +688,7 @@ fn disaster_recovery_stops_the_app_restores_cuts_the_configmap_over_and_rolls_ba
         .as_str()
         .expect("restored database")
         .to_string();
-    // The application was at zero while the restore ran, and back afterwards.
+    // The application was at zero from before the restore until after the cut-over.
     let ended = |id: &str| {
         Sandbox::step(&report, id)["ended_at"]
             .as_str()
@@ -671,11 +701,13 @@ fn disaster_recovery_stops_the_app_restores_cuts_the_configmap_over_and_rolls_ba
             .unwrap_or("")
             .to_string()
     };
-    assert!(ended("stop_app") <= started("restore") && ended("restore") <= started("restart"));
+    assert!(ended("stop_app") <= started("restore") && ended("cutover") <= started("start_app"));
+    assert_eq!(Sandbox::step(&report, "restart")["status"], "skipped");
     let writes: Vec<(String, Value)> = c
         .kube
         .writes()
         .into_iter()
+        .filter(|r| !r.path.contains("/secrets"))
         .map(|r| (format!("{} {}", r.method, r.path), r.body))
         .collect();
     let kinds: Vec<&str> = writes.iter().map(|(w, _)| w.as_str()).collect();
@@ -683,14 +715,14 @@ fn disaster_recovery_stops_the_app_restores_cuts_the_configmap_over_and_rolls_ba
         kinds,
         vec![
             "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
-            "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
             "PUT /api/v1/namespaces/shop/configmaps/app-db",
             "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
+            "PATCH /apis/apps/v1/namespaces/shop/deployments/web",
         ],
-        "stop, start, cut over, restart to read the new value"
+        "stop, cut over, restart (to read the new value), start"
     );
     assert_eq!(writes[0].1["spec"]["replicas"], 0);
-    assert_eq!(writes[1].1["spec"]["replicas"], 3);
+    assert_eq!(writes[3].1["spec"]["replicas"], 3);
     let cm = c.kube.get("configmaps", NS, "app-db").expect("cm");
     assert_eq!(
         cm["data"]["DATABASE_URL"],
@@ -795,4 +827,37 @@ fn two_runners_racing_for_an_expired_lease_never_both_win() {
         .count();
     eprintln!("{writes} conditional Lease writes in 20 rounds");
     assert!(writes > 20, "no round raced to the write ({writes} PUTs)");
+}
+
+#[test]
+fn a_cutover_that_would_change_nothing_is_refused_and_touches_nothing() {
+    let c = Cluster::new();
+    c.kube.insert("configmaps", NS, config_map());
+    let file = c.workflow(&cutover_step(
+        "object = \"configmap/app-db\", key = \"DATABASE_URL\", dbname = \"shop\"",
+    ));
+    let out = c.run(&["run", &file, "--id", "r1", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(4), "{}", common::text(&out));
+    let report = c.sb.status("r1");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("would change nothing"),
+        "{report}"
+    );
+    assert_eq!(
+        c.kube.get("configmaps", NS, "app-db").expect("cm")["data"],
+        config_map()["data"]
+    );
+    assert!(
+        c.kube
+            .get("secrets", NS, "app-db-lazarus-undo-r1")
+            .is_none(),
+        "no companion left behind"
+    );
+    assert!(
+        c.kube.writes().iter().all(|w| w.path.contains("/secrets")),
+        "only the companion came and went"
+    );
 }

@@ -219,14 +219,6 @@ impl KubernetesInputs {
         }
     }
 
-    async fn namespace(&self) -> String {
-        if self.namespace.trim().is_empty() {
-            k8s::default_namespace().await
-        } else {
-            self.namespace.trim().to_string()
-        }
-    }
-
     /// Restarts the workload that reads the changed value, if one is named.
     async fn restart(&self, client: &kube::Client, namespace: &str) -> Result<Value, K8sError> {
         if self.restart.trim().is_empty() {
@@ -273,8 +265,7 @@ impl Activity for Cutover {
         let k = kubernetes_inputs(&inputs)?;
         let place = k.place()?;
         let value = k.new_value()?;
-        let client = k8s::client().await.map_err(k8s_failure)?;
-        let namespace = k.namespace().await;
+        let (client, namespace) = k8s::connect(&k.namespace).await.map_err(k8s_failure)?;
         let remembered: Option<String> = ctx.last_checkpoint();
         let applied = k8s_cutover::apply(
             &client,
@@ -286,7 +277,10 @@ impl Activity for Cutover {
             |previous| async move {
                 ctx.checkpoint(&previous)
                     .await
-                    .map_err(|e| K8sError::Invalid(e.message))
+                    .map_err(|e| K8sError::Transport {
+                        what: "journal the Service's previous value".into(),
+                        message: e.message,
+                    })
             },
         )
         .await
@@ -296,8 +290,8 @@ impl Activity for Cutover {
             "adapter": "kubernetes",
             "object": place.to_string(),
             "namespace": namespace,
-            "previous": applied.previous.clone().unwrap_or_else(|| "(secret)".into()),
-            "current": applied.current.clone().unwrap_or_else(|| "(secret)".into()),
+            "previous": applied.shown_previous,
+            "current": applied.shown_current,
             "applied": applied,
             "restarted": restarted,
         }))
@@ -340,7 +334,7 @@ impl Activity for Cutover {
         Ok(json!({
             "adapter": "kubernetes",
             "object": applied.place.to_string(),
-            "restored": applied.previous.unwrap_or_else(|| "(secret)".into()),
+            "restored": applied.shown_previous,
             "restarted": restarted,
         }))
     }

@@ -258,12 +258,9 @@ async fn check_kubernetes(inputs: &Inputs) -> Result<String, ActivityError> {
             .map_err(|e| {
                 ActivityError::refused(format!("{e} (-p k8s_cutover_object / k8s_cutover_key)"))
             })?;
-    let client = k8s::client().await.map_err(super::restart::k8s_failure)?;
-    let namespace = if inputs.k8s_namespace.trim().is_empty() {
-        k8s::default_namespace().await
-    } else {
-        inputs.k8s_namespace.trim().to_string()
-    };
+    let (client, namespace) = k8s::connect(&inputs.k8s_namespace)
+        .await
+        .map_err(super::restart::k8s_failure)?;
     k8s::cutover::check(&client, &namespace, &place)
         .await
         .map_err(super::restart::k8s_failure)

@@ -247,7 +247,7 @@ impl Activity for RestartApp {
                 .await?
             }
             "compose" => compose_action(ctx, &inputs, action).await?,
-            _ => kubernetes_action(&inputs, action).await?,
+            _ => kubernetes_action(ctx, &inputs, action).await?,
         };
         if let Value::Object(map) = &mut output {
             map.insert("adapter".into(), json!(adapter));
@@ -331,19 +331,29 @@ pub(crate) fn k8s_failure(error: K8sError) -> ActivityError {
     }
 }
 
-async fn kubernetes_action(inputs: &Inputs, action: Action) -> Result<Value, ActivityError> {
+async fn kubernetes_action(
+    ctx: &ActivityContext,
+    inputs: &Inputs,
+    action: Action,
+) -> Result<Value, ActivityError> {
     let workload =
         Workload::parse(inputs.workload.as_deref().unwrap_or_default()).map_err(k8s_failure)?;
-    let client = k8s::client().await.map_err(k8s_failure)?;
-    let namespace = match inputs.namespace.as_deref().map(str::trim) {
-        Some(ns) if !ns.is_empty() => ns.to_string(),
-        _ => k8s::default_namespace().await,
-    };
+    let (client, namespace) = k8s::connect(inputs.namespace.as_deref().unwrap_or_default())
+        .await
+        .map_err(k8s_failure)?;
     let limit = inputs.timeout.unwrap_or(DEFAULT_WAIT);
     let started = std::time::Instant::now();
     let (rollout, previous) = match action {
         Action::Restart => {
-            let at = rfc3339(now_us());
+            // The same restartedAt on a retry: a restart whose patch landed is not redone.
+            let at = match ctx.last_checkpoint::<String>() {
+                Some(at) => at,
+                None => {
+                    let at = rfc3339(now_us());
+                    ctx.checkpoint(&at).await?;
+                    at
+                }
+            };
             let r = rollout::restart(&client, &namespace, &workload, &at, limit).await;
             (r.map_err(k8s_failure)?, None)
         }

@@ -774,7 +774,8 @@ impl Engine {
                 self.release_target(&record, run_id).await?;
                 return Ok(());
             }
-            if state.pending_halt.is_some() {
+            let lost = self.claim_lost(record.target.as_deref(), run_id);
+            if state.pending_halt.is_some() || lost.is_some() {
                 let step = state
                     .steps
                     .iter()
@@ -782,7 +783,12 @@ impl Engine {
                     .find(|s| s.output.is_some())
                     .map(|s| s.id.clone())
                     .unwrap_or_default();
-                self.halt_at(run_id, step, HaltReason::Requested).await?;
+                let reason = match lost {
+                    // Another runner may be recovering the target: undo nothing of it.
+                    Some(lost) => HaltReason::Fenced(lost),
+                    None => HaltReason::Requested,
+                };
+                self.halt_at(run_id, step, reason).await?;
                 return Ok(());
             }
             // Newest completed step whose compensation has not completed.

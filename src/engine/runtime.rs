@@ -893,6 +893,8 @@ impl Engine {
             return Ok(format!("run {run_id}: rolling back"));
         }
         self.ensure_open()?;
+        // Across hosts first: nothing is journaled for a target another runner holds.
+        self.claim(record.target.as_deref(), run_id)?;
         if let (RunStatus::Succeeded, Some(target)) = (state.status, &record.target) {
             // The lock was released when the run succeeded; undoing it needs it again.
             self.journal

@@ -126,9 +126,17 @@ impl RetryPolicy {
     }
 }
 
-/// Evaluates a rendered `when` condition: `true`, `false`, `A == B` or `A != B` (sides
-/// compared as trimmed text, so an empty side is the empty string).
+/// Evaluates a rendered `when`: `true`, `false`, `A == B`, `A != B`, or such terms joined
+/// by `&&` (all must hold).
 pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
+    let mut all = true;
+    for term in rendered.split("&&") {
+        all &= evaluate_term(term)?;
+    }
+    Ok(all)
+}
+
+fn evaluate_term(rendered: &str) -> Result<bool, String> {
     if let Some((a, b)) = rendered.split_once("!=") {
         return Ok(a.trim() != b.trim());
     }
@@ -139,7 +147,7 @@ pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
         "true" => Ok(true),
         "false" => Ok(false),
         other => Err(format!(
-            "condition \"{other}\" is not true, false, A == B or A != B"
+            "condition \"{other}\" is not true, false, A == B or A != B (terms may be joined by &&)"
         )),
     }
 }
@@ -147,6 +155,20 @@ pub fn evaluate_condition(rendered: &str) -> Result<bool, String> {
 /// Why a step whose `when` was false did not run, in words: `no app_restart given`,
 /// `cutover is none` — not the template source.
 pub fn skip_reason(condition: &str, evaluated: &str) -> String {
+    let (terms, values): (Vec<&str>, Vec<&str>) = (
+        condition.split("&&").collect(),
+        evaluated.split("&&").collect(),
+    );
+    if terms.len() > 1 && terms.len() == values.len() {
+        // The first term that does not hold is why.
+        if let Some((term, value)) = terms
+            .iter()
+            .zip(&values)
+            .find(|(_, value)| evaluate_term(value) == Ok(false))
+        {
+            return skip_reason(term, value);
+        }
+    }
     // `${params.a}${params.b}` reads as "a or b".
     let name = |side: &str| {
         let side = side.trim();
@@ -878,6 +900,13 @@ compensate = { activity = "echo", with = { text = "undo ${steps.two.text}" } }
             skip_reason("${params.mode} == fast", "slow == fast"),
             "mode is slow, not fast"
         );
+        assert_eq!(
+            skip_reason(
+                "${params.app_stop} != true && ${params.health_url} != ",
+                "false != true &&  != "
+            ),
+            "no health_url given"
+        );
     }
 
     #[test]
@@ -901,6 +930,8 @@ compensate = { activity = "echo", with = { text = "undo ${steps.two.text}" } }
         assert_eq!(evaluate_condition("true"), Ok(true));
         assert_eq!(evaluate_condition(" false "), Ok(false));
         assert_eq!(evaluate_condition("pgbouncer != none"), Ok(true));
+        assert_eq!(evaluate_condition("true != true && x != "), Ok(false));
+        assert_eq!(evaluate_condition("false != true && x != "), Ok(true));
         assert_eq!(evaluate_condition("none != none"), Ok(false));
         assert_eq!(evaluate_condition("a == a"), Ok(true));
         assert_eq!(evaluate_condition("http://x != "), Ok(true));

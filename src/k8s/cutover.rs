@@ -7,9 +7,11 @@
 //! it (same resourceVersion): a change someone made meanwhile is never overwritten — the
 //! undo refuses and says what it found.
 //!
-//! A Secret's previous value never leaves the cluster: it is kept in a companion Secret
-//! (`NAME-lazarus-undo-RUN`) that the undo reads back and deletes, so the journal holds
-//! only its name.
+//! A key's previous value (a connection string, often with its password) never leaves the
+//! cluster: it is kept in a companion Secret (`NAME-lazarus-undo-RUN`) before the key is
+//! written, the undo reads it back and deletes it, and the journal holds only its name and
+//! the values with their password hidden. A retried cut-over finds the companion and so
+//! still knows the value from before the first attempt.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -115,21 +117,217 @@ pub struct Applied {
     pub place: Place,
     /// The namespace.
     pub namespace: String,
-    /// The value before (`None` for a Secret, whose value is in `companion`).
+    /// A Service's previous selector or externalName (a key's is in `companion`).
     pub previous: Option<String>,
-    /// The value after (`None` for a Secret).
-    pub current: Option<String>,
+    /// The value before, as it may be shown: a password hidden, a Secret's not at all.
+    pub shown_previous: String,
+    /// The value after, as it may be shown.
+    pub shown_current: String,
     /// The resourceVersion the cut-over left: the undo proceeds only from this one.
     pub resource_version: String,
-    /// For a Secret: the companion Secret holding the previous value.
+    /// For a key: the companion Secret holding the previous value.
     pub companion: Option<String>,
 }
 
+/// A ConfigMap or a Secret: an object with text under keys.
+trait Keyed:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + Serialize
+    + fmt::Debug
+{
+    /// `configmap` or `secret`.
+    const KIND: &'static str;
+    /// The text under `key`: `None` when absent, `Some(Err)` when it is not text.
+    fn text(&self, key: &str) -> Option<Result<String, ()>>;
+    /// Its keys, for a message.
+    fn keys(&self) -> Vec<String>;
+    /// Sets the text under `key`.
+    fn set(&mut self, key: &str, text: String);
+    /// A value as it may be shown.
+    fn shown(text: &str) -> String;
+}
+
+impl Keyed for ConfigMap {
+    const KIND: &'static str = "configmap";
+    fn text(&self, key: &str) -> Option<Result<String, ()>> {
+        self.data.as_ref()?.get(key).cloned().map(Ok)
+    }
+    fn keys(&self) -> Vec<String> {
+        self.data.iter().flat_map(|d| d.keys().cloned()).collect()
+    }
+    fn set(&mut self, key: &str, text: String) {
+        self.data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), text);
+    }
+    fn shown(text: &str) -> String {
+        conninfo::redacted(text)
+    }
+}
+
+impl Keyed for Secret {
+    const KIND: &'static str = "secret";
+    fn text(&self, key: &str) -> Option<Result<String, ()>> {
+        let ByteString(bytes) = self.data.as_ref()?.get(key)?.clone();
+        Some(String::from_utf8(bytes).map_err(|_| ()))
+    }
+    fn keys(&self) -> Vec<String> {
+        self.data.iter().flat_map(|d| d.keys().cloned()).collect()
+    }
+    fn set(&mut self, key: &str, text: String) {
+        self.data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), ByteString(text.into_bytes()));
+    }
+    fn shown(_: &str) -> String {
+        "(secret)".into()
+    }
+}
+
+/// The text under `key`, or why there is none.
+fn key_text<K: Keyed>(
+    object: &K,
+    name: &str,
+    key: &str,
+    namespace: &str,
+) -> Result<String, K8sError> {
+    match object.text(key) {
+        Some(Ok(text)) => Ok(text),
+        Some(Err(())) => Err(K8sError::Invalid(format!(
+            "{}/{name} key {key} is not text; give the whole new value",
+            K::KIND
+        ))),
+        None => Err(K8sError::Invalid(format!(
+            "{}/{name} in namespace {namespace} has no key {key} (it has: {})",
+            K::KIND,
+            object.keys().join(", ")
+        ))),
+    }
+}
+
+/// Refuses a cut-over that would leave the value as it is (and so traffic where it was).
+fn would_change(place: &Place, previous: &str, wanted: &str) -> Result<(), K8sError> {
+    if previous == wanted {
+        return Err(K8sError::Invalid(format!(
+            "{place} already holds that value: the cut-over would change nothing and traffic would stay where it is. \
+             For a restored server (point-in-time recovery) give the new value with -p k8s_cutover_value"
+        )));
+    }
+    Ok(())
+}
+
+/// Cuts a ConfigMap or Secret key over, keeping the previous value in a companion Secret.
+async fn apply_keyed<K: Keyed>(
+    client: &Client,
+    namespace: &str,
+    place: &Place,
+    name: &str,
+    key: &str,
+    value: &NewValue,
+    run: &str,
+) -> Result<Applied, K8sError> {
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let mut object = get(&api, name, namespace, K::KIND).await?;
+    let found = key_text(&object, name, key, namespace)?;
+    let companion = companion_name(name, run);
+    // The previous value goes to the companion first: if this attempt dies after the write
+    // below, a retry finds it there instead of reading the new value as the old one.
+    let (previous, fresh) = keep_in_companion(client, namespace, &companion, key, &found).await?;
+    let wanted = new_text(&previous, value, place)?;
+    if let Err(e) = would_change(place, &previous, &wanted) {
+        if fresh {
+            drop_companion(
+                &Api::namespaced(client.clone(), namespace),
+                &companion,
+                namespace,
+            )
+            .await?;
+        }
+        return Err(e);
+    }
+    let resource_version = if found == wanted {
+        // An earlier attempt's write landed.
+        object.meta().resource_version.clone().unwrap_or_default()
+    } else {
+        object.set(key, wanted.clone());
+        replace(&api, name, &object, namespace, K::KIND).await?
+    };
+    Ok(Applied {
+        place: place.clone(),
+        namespace: namespace.to_string(),
+        previous: None,
+        shown_previous: K::shown(&previous),
+        shown_current: K::shown(&wanted),
+        resource_version,
+        companion: Some(companion),
+    })
+}
+
+/// Puts a key's previous value back from its companion Secret, if the object is still as
+/// the cut-over left it.
+async fn undo_keyed<K: Keyed>(
+    client: &Client,
+    applied: &Applied,
+    name: &str,
+    key: &str,
+    changed: &impl Fn(Option<String>, Option<String>) -> K8sError,
+) -> Result<(), K8sError> {
+    let namespace = applied.namespace.as_str();
+    let companion = applied.companion.clone().ok_or_else(|| {
+        K8sError::Invalid(format!(
+            "the cut-over of {} does not say where it kept the old value; set it back by hand",
+            applied.place
+        ))
+    })?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let keeper = get(&secrets, &companion, namespace, "secret").await;
+    let mut object = get(&api, name, namespace, K::KIND).await?;
+    let untouched =
+        object.meta().resource_version.as_deref() == Some(applied.resource_version.as_str());
+    let previous = match keeper {
+        Ok(keeper) => key_text(&keeper, &companion, key, namespace).map_err(|_| {
+            K8sError::Invalid(format!(
+                "secret/{companion} in namespace {namespace} lacks key {key}: the old value of {} is lost; set it by hand",
+                applied.place
+            ))
+        })?,
+        // Put back and cleaned up by an earlier attempt of this undo.
+        Err(K8sError::NotFound(_)) if !untouched => return Ok(()),
+        Err(K8sError::NotFound(_)) => {
+            return Err(K8sError::Invalid(format!(
+                "the old value of {} was kept in secret/{companion} in namespace {namespace}, which is gone; \
+                 it cannot be put back: set it by hand",
+                applied.place
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if !untouched {
+        let found = object.text(key).and_then(Result::ok);
+        if found.as_deref() == Some(previous.as_str()) {
+            return drop_companion(&secrets, &companion, namespace).await;
+        }
+        return Err(changed(
+            object.meta().resource_version.clone(),
+            found.map(|f| K::shown(&f)),
+        ));
+    }
+    object.set(key, previous);
+    replace(&api, name, &object, namespace, K::KIND)
+        .await
+        .map_err(|e| conflict_is_change(e, changed))?;
+    drop_companion(&secrets, &companion, namespace).await
+}
+
 /// Changes the place to the new value, conditioned on the object not changing meanwhile.
-/// `run` names the companion Secret. `remember` is given the previous value of a Service or
-/// ConfigMap before it is overwritten, and `remembered` is what an earlier attempt of this
-/// cut-over was given: a retry after the write landed finds the new value in place and
-/// reports the remembered one as previous, instead of writing again.
+/// `run` names a key's companion Secret. `remember` is given a Service's previous value
+/// before it is overwritten, and `remembered` is what an earlier attempt of this cut-over
+/// was given: a retry after the write landed finds the new value in place and reports the
+/// remembered one as previous, instead of writing again. A cut-over that would change
+/// nothing is refused.
 pub async fn apply<Hook, Fut>(
     client: &Client,
     namespace: &str,
@@ -166,8 +364,9 @@ where
                 return Ok(Applied {
                     place: place.clone(),
                     namespace: namespace.to_string(),
+                    shown_previous: previous.clone(),
                     previous: Some(previous),
-                    current: Some(wanted),
+                    shown_current: wanted,
                     resource_version: service
                         .metadata
                         .resource_version
@@ -175,6 +374,12 @@ where
                         .unwrap_or_default(),
                     companion: None,
                 });
+            }
+            would_change(place, &found, &wanted)?;
+            if matches!(place, Place::ServiceSelector(_))
+                && parse_selector(&wanted).ok().as_ref() == spec.selector.as_ref()
+            {
+                would_change(place, &wanted, &wanted)?;
             }
             let previous = if matches!(place, Place::ServiceSelector(_)) {
                 let previous = found;
@@ -195,86 +400,18 @@ where
             Ok(Applied {
                 place: place.clone(),
                 namespace: namespace.to_string(),
+                shown_previous: previous.clone(),
                 previous: Some(previous),
-                current: Some(wanted),
+                shown_current: wanted,
                 resource_version: after,
                 companion: None,
             })
         }
         Place::ConfigMapKey(name, key) => {
-            let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            let what = format!("read configmap/{name} in namespace {namespace}");
-            let mut map = api
-                .get(name)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?;
-            let data = map.data.get_or_insert_with(BTreeMap::new);
-            let previous = data.get(key).cloned().ok_or_else(|| {
-                K8sError::Invalid(format!(
-                    "configmap/{name} in namespace {namespace} has no key {key} (it has: {})",
-                    data.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            if let Some(earlier) = remembered
-                && new_text(&earlier, value, place).ok().as_ref() == Some(&previous)
-            {
-                return Ok(Applied {
-                    place: place.clone(),
-                    namespace: namespace.to_string(),
-                    current: Some(previous),
-                    previous: Some(earlier),
-                    resource_version: map.metadata.resource_version.clone().unwrap_or_default(),
-                    companion: None,
-                });
-            }
-            let wanted = new_text(&previous, value, place)?;
-            data.insert(key.clone(), wanted.clone());
-            remember(previous.clone()).await?;
-            let after = replace(&api, name, &map, namespace, "configmap").await?;
-            Ok(Applied {
-                place: place.clone(),
-                namespace: namespace.to_string(),
-                previous: Some(previous),
-                current: Some(wanted),
-                resource_version: after,
-                companion: None,
-            })
+            apply_keyed::<ConfigMap>(client, namespace, place, name, key, value, run).await
         }
         Place::SecretKey(name, key) => {
-            let api = Api::<Secret>::namespaced(client.clone(), namespace);
-            let what = format!("read secret/{name} in namespace {namespace}");
-            let mut secret = api
-                .get(name)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?;
-            let companion = companion_name(name, run);
-            let data = secret.data.get_or_insert_with(BTreeMap::new);
-            let Some(ByteString(bytes)) = data.get(key).cloned() else {
-                return Err(K8sError::Invalid(format!(
-                    "secret/{name} in namespace {namespace} has no key {key} (it has: {})",
-                    data.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
-            };
-            let previous = String::from_utf8(bytes).map_err(|_| {
-                K8sError::Invalid(format!(
-                    "secret/{name} key {key} is not text; give the whole new value"
-                ))
-            })?;
-            // The previous value goes to the companion first: if this attempt dies after
-            // the write below, a retry finds it there instead of reading the new value as
-            // the old one.
-            let previous = keep_in_companion(client, namespace, &companion, key, &previous).await?;
-            let wanted = new_text(&previous, value, place)?;
-            data.insert(key.clone(), ByteString(wanted.into_bytes()));
-            let after = replace(&api, name, &secret, namespace, "secret").await?;
-            Ok(Applied {
-                place: place.clone(),
-                namespace: namespace.to_string(),
-                previous: None,
-                current: None,
-                resource_version: after,
-                companion: Some(companion),
-            })
+            apply_keyed::<Secret>(client, namespace, place, name, key, value, run).await
         }
     }
 }
@@ -358,15 +495,10 @@ pub async fn undo(client: &Client, applied: &Applied) -> Result<(), K8sError> {
             found
                 .map(|f| format!(": it now holds {f}"))
                 .unwrap_or_default(),
-            applied
-                .previous
-                .as_ref()
-                .map(|p| format!(" (it was {p})"))
-                .or_else(|| applied
-                    .companion
-                    .as_ref()
-                    .map(|c| format!(" (the old value is in secret/{c})")))
-                .unwrap_or_default(),
+            match &applied.companion {
+                Some(c) => format!(" (the old value is kept in secret/{c})"),
+                None => format!(" (it was {})", applied.shown_previous),
+            },
         ))
     };
     match &applied.place {
@@ -406,70 +538,16 @@ pub async fn undo(client: &Client, applied: &Applied) -> Result<(), K8sError> {
                 .map_err(|e| conflict_is_change(e, &changed))?;
         }
         Place::ConfigMapKey(name, key) => {
-            let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            let mut map = get(&api, name, namespace, "configmap").await?;
-            let found = map.data.as_ref().and_then(|d| d.get(key)).cloned();
-            if map.metadata.resource_version.as_deref() != Some(applied.resource_version.as_str()) {
-                if found.is_some() && found == applied.previous {
-                    return Ok(());
-                }
-                return Err(changed(map.metadata.resource_version.clone(), found));
-            }
-            let previous = applied.previous.clone().unwrap_or_default();
-            map.data
-                .get_or_insert_with(BTreeMap::new)
-                .insert(key.clone(), previous);
-            replace(&api, name, &map, namespace, "configmap")
-                .await
-                .map_err(|e| conflict_is_change(e, &changed))?;
+            undo_keyed::<ConfigMap>(client, applied, name, key, &changed).await?;
         }
         Place::SecretKey(name, key) => {
-            let companion = applied.companion.clone().ok_or_else(|| {
-                K8sError::Invalid("the cut-over's output names no companion secret".into())
-            })?;
-            let api = Api::<Secret>::namespaced(client.clone(), namespace);
-            let keeper = get(&api, &companion, namespace, "secret").await;
-            let mut secret = get(&api, name, namespace, "secret").await?;
-            let previous = match keeper {
-                Ok(keeper) => keeper
-                    .data
-                    .and_then(|d| d.get(key).cloned())
-                    .ok_or_else(|| {
-                        K8sError::Invalid(format!(
-                            "secret/{companion} in namespace {namespace} lacks key {key}: the old value is lost; set it by hand"
-                        ))
-                    })?,
-                // Already put back and cleaned up by an earlier attempt of this undo.
-                Err(K8sError::NotFound(_))
-                    if secret.metadata.resource_version.as_deref()
-                        != Some(applied.resource_version.as_str()) =>
-                {
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
-            if secret.metadata.resource_version.as_deref()
-                != Some(applied.resource_version.as_str())
-            {
-                if secret.data.as_ref().and_then(|d| d.get(key)) == Some(&previous) {
-                    return drop_companion(&api, &companion, namespace).await;
-                }
-                return Err(changed(secret.metadata.resource_version.clone(), None));
-            }
-            secret
-                .data
-                .get_or_insert_with(BTreeMap::new)
-                .insert(key.clone(), previous);
-            replace(&api, name, &secret, namespace, "secret")
-                .await
-                .map_err(|e| conflict_is_change(e, &changed))?;
-            drop_companion(&api, &companion, namespace).await?;
+            undo_keyed::<Secret>(client, applied, name, key, &changed).await?;
         }
     }
     Ok(())
 }
 
-/// The companion Secret's name for a Secret and run (a valid object name, at most 253).
+/// The companion Secret's name for an object and run (a valid object name, at most 253).
 fn companion_name(name: &str, run: &str) -> String {
     let run: String = run
         .to_ascii_lowercase()
@@ -482,14 +560,14 @@ fn companion_name(name: &str, run: &str) -> String {
 }
 
 /// Stores the previous value in the companion Secret, or — when this run already made
-/// it — returns the value kept there.
+/// it — returns the value kept there; and whether it was made now.
 async fn keep_in_companion(
     client: &Client,
     namespace: &str,
     companion: &str,
     key: &str,
     previous: &str,
-) -> Result<String, K8sError> {
+) -> Result<(String, bool), K8sError> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
     let keeper = Secret {
         metadata: ObjectMeta {
@@ -511,12 +589,13 @@ async fn keep_in_companion(
         ..PostParams::default()
     };
     match api.create(&params, &keeper).await {
-        Ok(_) => Ok(previous.to_string()),
+        Ok(_) => Ok((previous.to_string(), true)),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let kept = get(&api, companion, namespace, "secret").await?;
             kept.data
                 .and_then(|d| d.get(key).cloned())
                 .and_then(|ByteString(b)| String::from_utf8(b).ok())
+                .map(|kept| (kept, false))
                 .ok_or_else(|| {
                     K8sError::Invalid(format!(
                         "secret/{companion} in namespace {namespace} exists without key {key}; delete it and retry"

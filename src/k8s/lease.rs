@@ -66,8 +66,15 @@ struct Claim {
     run: String,
     /// Set when the renewer finds the Lease taken by someone else, or expired.
     lost: Option<String>,
+    /// Until when this runner may trust it holds the Lease, measured on this host's own
+    /// monotonic clock from before the last write that got through: past it, another
+    /// runner may have taken an expired Lease, whatever the renewer is still waiting for.
+    valid_until: tokio::time::Instant,
     stop: CancellationToken,
 }
+
+/// How long one Lease call may take before it counts as failed.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,7 +91,10 @@ where
     runtime.spawn(async move {
         let _ = answer.send(future.await);
     });
-    answered.recv().ok()
+    // Bounded: a hung API server must not hold an engine worker (or a control request).
+    answered
+        .recv_timeout(CALL_LIMIT + Duration::from_secs(1))
+        .ok()
 }
 
 impl LeaseFence {
@@ -191,8 +201,27 @@ impl Inner {
         )
     }
 
-    /// Creates, renews or takes over the Lease; refused while another holder's is valid.
+    /// Creates, renews or takes over the Lease, within [`CALL_LIMIT`]; refused while another
+    /// holder's is valid.
     async fn take(self: Arc<Self>, target: String, run: String) -> Result<(), FenceError> {
+        let name = lease_name(&target);
+        let namespace = self.namespace.clone();
+        tokio::time::timeout(CALL_LIMIT, self.take_unbounded(target.clone(), run))
+            .await
+            .unwrap_or_else(|_| {
+                Err(FenceError::Unavailable(format!(
+                    "the Kubernetes API did not answer within {}s about the Lease {namespace}/{name} for target \"{target}\"; \
+                     nothing was started: try again when it answers, or set [kubernetes] lease = \"off\" to run unfenced",
+                    CALL_LIMIT.as_secs()
+                )))
+            })
+    }
+
+    async fn take_unbounded(
+        self: Arc<Self>,
+        target: String,
+        run: String,
+    ) -> Result<(), FenceError> {
         let (target, run) = (target.as_str(), run.as_str());
         let name = lease_name(target);
         let unavailable = |e: kube::Error| {
@@ -274,7 +303,7 @@ impl Inner {
 impl LeaseFence {
     /// Renews the Lease every third of its duration until stopped; marks the claim lost
     /// when another holder has it, or when it expired before a renewal got through.
-    fn spawn_renewer(&self, target: String, stop: CancellationToken) {
+    fn spawn_renewer(&self, target: String, run: String, stop: CancellationToken) {
         let Some(runtime) = self.runtime.as_ref() else {
             return;
         };
@@ -289,9 +318,24 @@ impl LeaseFence {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(duration / 3) => {}
                 }
-                let lost = match renew(&inner.api, &name, &inner.holder, duration).await {
+                let asked = tokio::time::Instant::now();
+                let renewed = tokio::time::timeout(
+                    (duration / 3).max(Duration::from_secs(1)),
+                    renew(&inner.api, &name, &inner.holder, duration),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Renewal::Failed("the Kubernetes API did not answer in time".into())));
+                if stop.is_cancelled() {
+                    return;
+                }
+                let lost = match renewed {
                     Ok(()) => {
-                        last_renewed = tokio::time::Instant::now();
+                        last_renewed = asked;
+                        if let Some(claim) = lock(&claims).get_mut(&target)
+                            && claim.run == run
+                        {
+                            claim.valid_until = asked + duration;
+                        }
                         None
                     }
                     Err(Renewal::TakenBy(other)) => Some(format!(
@@ -310,7 +354,10 @@ impl LeaseFence {
                 };
                 if let Some(lost) = lost {
                     tracing::warn!(target = %target, "{lost}");
-                    if let Some(claim) = lock(&claims).get_mut(&target) {
+                    if let Some(claim) = lock(&claims).get_mut(&target)
+                        && claim.run == run
+                        && !stop.is_cancelled()
+                    {
                         claim.lost = Some(lost);
                     }
                     return;
@@ -384,14 +431,30 @@ fn expiry(spec: &LeaseSpec) -> Option<Timestamp> {
 
 impl Fence for LeaseFence {
     fn claim(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        // Another run of this very runner holds the target: the Lease is not ours to hand
+        // over (the journal's own lock refuses the run too, and must not cost the Lease).
+        if let Some(other) = lock(&self.claims)
+            .get(target)
+            .filter(|c| c.run != run && c.lost.is_none())
+        {
+            return Err(FenceError::Held(format!(
+                "target \"{target}\" is being recovered by run {} on this runner ({}); only one run per target at a time",
+                other.run, self.inner.holder
+            )));
+        }
+        let asked = tokio::time::Instant::now();
         let inner = Arc::clone(&self.inner);
         self.run(inner.take(target.to_string(), run.to_string()))
             .unwrap_or_else(|| {
-                Err(FenceError::Unavailable(
-                    "the Lease runtime has stopped".into(),
-                ))
+                Err(FenceError::Unavailable(format!(
+                    "the Kubernetes API did not answer about the Lease for target \"{target}\"; try again when it does"
+                )))
             })?;
+        let valid_until = asked + self.inner.duration;
         let mut claims = lock(&self.claims);
+        if let Some(claim) = claims.get_mut(target).filter(|c| c.run == run) {
+            claim.valid_until = valid_until;
+        }
         let renewing = claims
             .get(target)
             .is_some_and(|c| c.run == run && c.lost.is_none());
@@ -405,23 +468,37 @@ impl Fence for LeaseFence {
                 Claim {
                     run: run.to_string(),
                     lost: None,
+                    valid_until,
                     stop: stop.clone(),
                 },
             );
             drop(claims);
-            self.spawn_renewer(target.to_string(), stop);
+            self.spawn_renewer(target.to_string(), run.to_string(), stop);
         }
         Ok(())
     }
 
     fn check(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        let name = lease_name(target);
+        let namespace = &self.inner.namespace;
         match lock(&self.claims).get(target) {
             Some(claim) if claim.run == run => match &claim.lost {
                 Some(lost) => Err(FenceError::Held(lost.clone())),
+                // A margin of a tenth of the duration for the clocks of the two hosts.
+                None if tokio::time::Instant::now() + self.inner.duration / 10
+                    >= claim.valid_until =>
+                {
+                    Err(FenceError::Held(format!(
+                        "the Lease {namespace}/{name} on target \"{target}\" could not be renewed before it expired; \
+                         another runner may have taken the target, so this one runs no further step. \
+                         `lazarus resume {run}` takes it again if nobody else holds it"
+                    )))
+                }
                 None => Ok(()),
             },
             _ => Err(FenceError::Held(format!(
-                "this runner does not hold the Lease on target \"{target}\" for run {run}"
+                "this runner does not hold the Lease {namespace}/{name} on target \"{target}\" for run {run}; \
+                 `lazarus resume {run}` takes it if it is free"
             ))),
         }
     }

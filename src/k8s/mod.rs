@@ -272,6 +272,19 @@ pub async fn default_namespace() -> String {
     }
 }
 
+/// A client, and the namespace to work in: `namespace` when given, else the configuration's.
+pub async fn connect(namespace: &str) -> Result<(Client, String), K8sError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| K8sError::Connect(e.to_string()))?;
+    let namespace = match namespace.trim() {
+        "" => config.default_namespace.clone(),
+        given => given.to_string(),
+    };
+    let client = Client::try_from(config).map_err(|e| K8sError::Connect(e.to_string()))?;
+    Ok((client, namespace))
+}
+
 /// The kinds of workload Lazarus restarts and scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkloadKind {

@@ -174,7 +174,8 @@ pub async fn stop(
 }
 
 /// Scales a workload back to `replicas` (or what the stop remembered), forgets the stop,
-/// and waits until the rollout has completed.
+/// and waits until the rollout has completed. A workload that is running again (without
+/// Lazarus's stop mark) is not touched.
 pub async fn start(
     client: &Client,
     namespace: &str,
@@ -182,7 +183,12 @@ pub async fn start(
     replicas: Option<i32>,
     timeout: Duration,
 ) -> Result<Rollout, K8sError> {
-    let (_, remembered) = self::replicas(client, namespace, workload).await?;
+    let (current, remembered) = self::replicas(client, namespace, workload).await?;
+    if remembered.is_none() && current > 0 {
+        // Running already: started by an earlier attempt of this step, or scaled by someone
+        // since the stop. Left exactly as it is.
+        return wait(client, namespace, workload, 0, timeout).await;
+    }
     let Some(wanted) = replicas.or(remembered) else {
         return Err(K8sError::Invalid(format!(
             "{workload} was not stopped by Lazarus (no {REPLICAS_BEFORE_STOP} annotation) and no replica count was given"
@@ -277,7 +283,9 @@ pub async fn wait(
     let last: Arc<Mutex<Option<Progress>>> = Arc::default();
     let seen = Arc::clone(&last);
     let note = move |progress: Progress| {
-        let done = progress.done(generation) || progress.stuck.is_some();
+        // A deadline exceeded by an earlier rollout says nothing about this one.
+        let stuck = progress.stuck.is_some() && progress.observed >= generation;
+        let done = progress.done(generation) || stuck;
         *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress);
         done
     };
@@ -336,7 +344,9 @@ pub async fn wait(
             "{workload} in namespace {namespace}"
         )));
     };
-    if let Some(why) = progress.stuck {
+    if !progress.done(generation)
+        && let Some(why) = progress.stuck.clone()
+    {
         return Err(K8sError::Timeout(format!(
             "{workload} in namespace {namespace} stopped rolling out: {why} \
              ({} of {} replicas updated, {} available)",

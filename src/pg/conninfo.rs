@@ -45,6 +45,31 @@ pub fn dbname(conninfo: &str) -> Option<String> {
     keyvalue_span(conninfo).map(|(s, e)| conninfo[s..e].trim_matches('\'').to_string())
 }
 
+/// The connection string with its password (if any) replaced by `***`, for showing to
+/// people and keeping in the journal; a text that is not a connection string is shown as is.
+pub fn redacted(conninfo: &str) -> String {
+    let trimmed = conninfo.trim_start();
+    if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+        let after_scheme = conninfo.find("://").map_or(0, |i| i + 3);
+        let authority_end = conninfo[after_scheme..]
+            .find(['/', '?', '#'])
+            .map_or(conninfo.len(), |i| after_scheme + i);
+        let authority = &conninfo[after_scheme..authority_end];
+        if let Some(at) = authority.rfind('@')
+            && let Some(colon) = authority[..at].find(':')
+        {
+            let start = after_scheme + colon + 1;
+            let end = after_scheme + at;
+            return format!("{}***{}", &conninfo[..start], &conninfo[end..]);
+        }
+        return conninfo.to_string();
+    }
+    match keyvalue_span_of(conninfo, "password") {
+        Some((start, end)) => format!("{}***{}", &conninfo[..start], &conninfo[end..]),
+        None => conninfo.to_string(),
+    }
+}
+
 /// The byte range of a URI's database (empty, at the insertion point, when it has none).
 fn uri_path(uri: &str) -> (usize, usize) {
     let after_scheme = uri.find("://").map(|i| i + 3).unwrap_or(0);
@@ -75,6 +100,11 @@ fn uri_with_dbname(uri: &str, dbname: &str) -> String {
 
 /// The byte range of the value of `dbname=` in key/value form.
 fn keyvalue_span(text: &str) -> Option<(usize, usize)> {
+    keyvalue_span_of(text, "dbname")
+}
+
+/// The byte range of the value of `wanted=` in key/value form.
+fn keyvalue_span_of(text: &str, wanted: &str) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -111,7 +141,7 @@ fn keyvalue_span(text: &str) -> Option<(usize, usize)> {
                 i += 1;
             }
         }
-        if key == "dbname" {
+        if key == wanted {
             return Some((value_start, i));
         }
     }
@@ -165,6 +195,20 @@ mod tests {
             dbname("postgresql://u@h:1/shop?x=1").as_deref(),
             Some("shop")
         );
+    }
+
+    #[test]
+    fn passwords_are_hidden_and_nothing_else() {
+        assert_eq!(
+            redacted("postgresql://app:s3cr%40t@db:5432/shop?sslmode=require"),
+            "postgresql://app:***@db:5432/shop?sslmode=require"
+        );
+        assert_eq!(redacted("postgres://app@db/shop"), "postgres://app@db/shop");
+        assert_eq!(
+            redacted("host=db password='a b' dbname=shop"),
+            "host=db password=*** dbname=shop"
+        );
+        assert_eq!(redacted("db.internal"), "db.internal");
     }
 
     #[test]
