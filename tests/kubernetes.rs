@@ -419,6 +419,35 @@ fn lazarus(
     cmd
 }
 
+/// Starts run r1 of the fenced workflow in the background and waits until its third step
+/// (which waits for `go`) has begun.
+fn run_until_step_3(
+    mut cmd: std::process::Command,
+    host: &Sandbox,
+    wf: &std::path::Path,
+    work: &std::path::Path,
+) -> std::process::Child {
+    let child = cmd
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r1",
+            "--reason",
+            "recover it",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runner");
+    host.wait_for(
+        "step 3 to start",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start")),
+    );
+    child
+}
+
 #[test]
 fn a_second_runner_is_refused_by_the_lease_and_takes_over_after_the_holder_dies() {
     let kube = FakeKube::start();
@@ -435,24 +464,7 @@ fn a_second_runner_is_refused_by_the_lease_and_takes_over_after_the_holder_dies(
     let wf_b = host_b.write("fenced.toml", &fenced_workflow(&work));
 
     // Runner A takes the target and stops inside step 3.
-    let mut a = lazarus(&host_a, &kubeconfig, &pod_a)
-        .args([
-            "run",
-            &wf.display().to_string(),
-            "--id",
-            "r1",
-            "--reason",
-            "primary lost",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("runner a");
-    host_a.wait_for(
-        "step 3 to start",
-        std::time::Duration::from_secs(60),
-        || std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start")),
-    );
+    let mut a = run_until_step_3(lazarus(&host_a, &kubeconfig, &pod_a), &host_a, &wf, &work);
     let lease_name = |reqs: &[common::kube_api::Recorded]| {
         reqs.iter()
             .find(|r| r.method == "POST" && r.path.ends_with("/leases"))
@@ -561,24 +573,7 @@ fn a_runner_that_loses_its_lease_runs_no_further_step_and_says_why() {
     let work = host.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let wf = host.write("fenced.toml", &fenced_workflow(&work));
-    let mut a = lazarus(&host, &kubeconfig, &config)
-        .args([
-            "run",
-            &wf.display().to_string(),
-            "--id",
-            "r1",
-            "--reason",
-            "test",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("runner");
-    host.wait_for(
-        "step 3 to start",
-        std::time::Duration::from_secs(60),
-        || std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start")),
-    );
+    let mut a = run_until_step_3(lazarus(&host, &kubeconfig, &config), &host, &wf, &work);
     let lease = kube
         .requests()
         .into_iter()

@@ -175,22 +175,14 @@ mod tests {
             .unwrap(),
             "postgresql://app:s3cr%40t@db:5432/shop_restored_ab12cd?sslmode=require"
         );
-        assert_eq!(
-            with_dbname("postgres://db/shop", "x").unwrap(),
-            "postgres://db/x"
-        );
-        assert_eq!(
-            with_dbname("postgres://db", "x").unwrap(),
-            "postgres://db/x"
-        );
-        assert_eq!(
-            with_dbname("postgres://db?sslmode=off", "x").unwrap(),
-            "postgres://db/x?sslmode=off"
-        );
-        assert_eq!(
-            with_dbname("postgres://db/", "x").unwrap(),
-            "postgres://db/x"
-        );
+        for (uri, expected) in [
+            ("postgres://db/shop", "postgres://db/x"),
+            ("postgres://db", "postgres://db/x"),
+            ("postgres://db?sslmode=off", "postgres://db/x?sslmode=off"),
+            ("postgres://db/", "postgres://db/x"),
+        ] {
+            assert_eq!(with_dbname(uri, "x").unwrap(), expected, "{uri}");
+        }
         assert_eq!(
             dbname("postgresql://u@h:1/shop?x=1").as_deref(),
             Some("shop")
