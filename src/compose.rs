@@ -165,7 +165,7 @@ pub async fn wait_healthy(
         )
         .await
         .map_err(|_| ComposeError::Query("docker compose ps did not answer within 30 s".into()))?
-        .map_err(|e| ComposeError::Query(format!("cannot run docker: {e}")))?;
+        .map_err(|e| ComposeError::Query(format!("cannot run docker ({e}): the compose adapter needs docker with its compose plugin on the PATH of the process that drives the run")))?;
         if !output.status.success() {
             return Err(ComposeError::Query(format!(
                 "docker compose ps failed ({}): {}",

@@ -79,12 +79,7 @@ fn rollout_restart_patches_restarted_at_and_waits_until_the_rollout_completes() 
     );
     c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
 
-    let patches: Vec<_> = c
-        .kube
-        .writes()
-        .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .collect();
+    let patches: Vec<_> = c.kube.requests_of("PATCH");
     assert_eq!(patches.len(), 2, "{patches:?}");
     for (patch, path) in patches.iter().zip([
         "/apis/apps/v1/namespaces/shop/deployments/web",
@@ -179,9 +174,8 @@ fn stop_scales_to_zero_remembering_the_replicas_and_start_brings_them_back() {
     c.ok(&["resume", "r1"]);
     let patches: Vec<Value> = c
         .kube
-        .writes()
+        .requests_of("PATCH")
         .into_iter()
-        .filter(|r| r.method == "PATCH")
         .map(|r| {
             assert_eq!(r.content_type, "application/merge-patch+json");
             r.body
@@ -232,12 +226,7 @@ fn a_configmap_cutover_changes_only_the_database_and_rollback_puts_back_the_prev
     ));
     c.ok(&["run", &file, "--id", "r1", "--reason", "test"]);
 
-    let puts: Vec<_> = c
-        .kube
-        .writes()
-        .into_iter()
-        .filter(|r| r.method == "PUT")
-        .collect();
+    let puts: Vec<_> = c.kube.requests_of("PUT");
     assert_eq!(puts.len(), 1, "{puts:?}");
     assert_eq!(puts[0].path, "/api/v1/namespaces/shop/configmaps/app-db");
     assert_eq!(
@@ -253,12 +242,7 @@ fn a_configmap_cutover_changes_only_the_database_and_rollback_puts_back_the_prev
         })
     );
     assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
-    let restarts = c
-        .kube
-        .writes()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .count();
+    let restarts = c.kube.requests_of("PATCH").len();
     assert_eq!(
         restarts, 1,
         "the application was restarted to read the new value"
@@ -268,12 +252,7 @@ fn a_configmap_cutover_changes_only_the_database_and_rollback_puts_back_the_prev
     let back = c.kube.get("configmaps", NS, "app-db").expect("cm");
     assert_eq!(back["data"], before["data"]);
     assert_eq!(back["metadata"]["labels"], before["metadata"]["labels"]);
-    let restarts = c
-        .kube
-        .writes()
-        .iter()
-        .filter(|r| r.method == "PATCH")
-        .count();
+    let restarts = c.kube.requests_of("PATCH").len();
     assert_eq!(restarts, 2, "restarted again after the undo");
     assert!(
         c.kube
@@ -816,9 +795,9 @@ fn two_runners_racing_for_an_expired_lease_never_both_win() {
     // More writes than rounds: some losers wrote too, with the version they had read, and
     // were refused (409) by the conditional write — the race was real.
     let writes = kube
-        .requests()
+        .requests_of("PUT")
         .iter()
-        .filter(|r| r.method == "PUT" && r.path.contains("/leases/"))
+        .filter(|r| r.path.contains("/leases/"))
         .count();
     eprintln!("{writes} conditional Lease writes in 20 rounds");
     assert!(writes > 20, "no round raced to the write ({writes} PUTs)");

@@ -319,7 +319,9 @@ impl Activity for Cutover {
                 "the cut-over's output does not say what it changed ({e}); put the old value back by hand"
             ))
         })?;
-        let client = k8s::client().await.map_err(k8s_failure)?;
+        let (client, _) = k8s::connect(&applied.namespace)
+            .await
+            .map_err(k8s_failure)?;
         k8s_cutover::undo(&client, &applied)
             .await
             .map_err(|e| match e {

@@ -61,11 +61,6 @@ static SPEC: ActivitySpec = ActivitySpec {
             help: "kubernetes adapter: its namespace (default: the kubeconfig's or the pod's)",
         },
         InputSpec {
-            name: "stopped",
-            required: false,
-            help: "true when an earlier step stopped the application: a restart brings it back (compose up -d; scale back) instead",
-        },
-        InputSpec {
             name: "replicas",
             required: false,
             help: "kubernetes start: replicas to scale back to (default: what the stop remembered)",
@@ -109,8 +104,6 @@ struct Inputs {
     services: Vec<String>,
     workload: Option<String>,
     namespace: Option<String>,
-    #[serde(default, deserialize_with = "inputs::lenient_bool")]
-    stopped: bool,
     #[serde(default, deserialize_with = "inputs::lenient_opt_u64")]
     replicas: Option<u64>,
     #[serde(default, deserialize_with = "opt_duration")]
@@ -226,11 +219,8 @@ impl Activity for RestartApp {
         )
         .map_err(ActivityError::refused)?;
         let inputs: Inputs = inputs::parse("restart_app", inputs)?;
-        let action = match Action::parse(&inputs.action) {
-            Ok(Action::Restart) if inputs.stopped && adapter != "command" => Action::Start,
-            Ok(action) => action,
-            Err(e) => return Err(ActivityError::refused(e.to_string())),
-        };
+        let action =
+            Action::parse(&inputs.action).map_err(|e| ActivityError::refused(e.to_string()))?;
         if action == Action::Stop && adapter == "command" {
             return Err(ActivityError::refused(
                 "stopping the application needs a compose file (compose_file) or a Kubernetes workload (k8s_workload); a command can only restart it",

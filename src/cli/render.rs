@@ -223,6 +223,10 @@ impl Renderer {
                             "halt_after" => format!("after step {} (--halt-after)", h.step),
                             "interrupted" => format!("in step {}, which was interrupted", h.step),
                             "step_failed" => format!("at step {}, which failed", h.step),
+                            "fenced" => format!(
+                                "before step {}: this runner no longer holds the target's Lease",
+                                h.step
+                            ),
                             _ => format!("at step {} (on request)", h.step),
                         };
                         self.line(&format!("  ■ halted {why}"));

@@ -619,22 +619,99 @@ impl Engine {
             attempt,
             Arc::clone(handle),
         ));
-        let outcome = self
-            .attempt_inner(
-                run_id,
-                step_id,
-                activity_name,
-                work,
-                inputs,
-                output,
+        // Everything the attempt does runs inside its span.
+        let outcome: AttemptOutcome = async {
+            let host = Arc::clone(&host);
+            let interrupt = lock(&handle.interrupt).clone();
+            if interrupt.is_cancelled() {
+                return Ok::<_, EngineError>(AttemptOutcome::NotStarted);
+            }
+            let Some(activity) = self.registry.get(activity_name).cloned() else {
+                return Ok(AttemptOutcome::Failed(ActivityError::permanent(format!(
+                    "activity \"{activity_name}\" is not known to this lazarus build"
+                ))));
+            };
+            let started = match work {
+                Work::Step => Event::StepStarted {
+                    step: step_id.to_string(),
+                    attempt,
+                },
+                Work::Compensation => Event::CompensationStarted {
+                    step: step_id.to_string(),
+                    attempt,
+                },
+            };
+            // Flushed in the background while the attempt runs: the step does not wait for the
+            // disk, yet a crash a moment later still leaves the attempt on record. (Correctness
+            // does not depend on it: an attempt whose start was lost is simply run again.)
+            self.append(run_id, started)?;
+            self.commit.soon();
+            tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
+
+            let token: CancellationToken = interrupt.child_token();
+            let ctx = ActivityContext::new(
+                run_id.to_string(),
+                step_id.to_string(),
                 attempt,
-                timeout,
+                token.clone(),
                 checkpoint,
-                handle,
-                Arc::clone(&host),
-            )
-            .instrument(span.clone())
-            .await?;
+                host,
+            );
+            let future = async {
+                match work {
+                    Work::Step => activity.run(&ctx, inputs).await,
+                    Work::Compensation => {
+                        if activity.compensates_itself(&inputs) {
+                            activity.compensate(&ctx, inputs, output).await
+                        } else {
+                            activity.run(&ctx, inputs).await
+                        }
+                    }
+                }
+            };
+            tokio::pin!(future);
+            let mut timed_out = false;
+            let limit = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                result = &mut future => Some(result),
+                _ = limit => { timed_out = true; None }
+                _ = token.cancelled() => None,
+            };
+            let result = match result {
+                Some(result) => Some(result),
+                None => {
+                    token.cancel();
+                    tokio::time::timeout(CANCEL_GRACE, &mut future).await.ok()
+                }
+            };
+            if interrupt.is_cancelled() {
+                // Keep a result that made it in before the interruption took effect.
+                return Ok(match result {
+                    Some(Ok(value)) if !timed_out => AttemptOutcome::Done(value),
+                    _ => AttemptOutcome::Interrupted,
+                });
+            }
+            Ok(match (result, timed_out) {
+                (_, true) => AttemptOutcome::Failed(ActivityError::retryable(format!(
+                    "timed out after {}",
+                    format_duration(timeout.unwrap_or_default())
+                ))),
+                (Some(Ok(value)), false) => AttemptOutcome::Done(value),
+                // The activity stopped itself on a halt it noticed (an approval wait).
+                (Some(Err(e)), false) if e.kind == FailureKind::Cancelled => {
+                    AttemptOutcome::Interrupted
+                }
+                (Some(Err(e)), false) => AttemptOutcome::Failed(e),
+                (None, false) => AttemptOutcome::Interrupted,
+            })
+        }
+        .instrument(span.clone())
+        .await?;
         if !span.is_disabled() {
             if let Some(bytes) = host.bytes() {
                 span.record("lazarus.bytes", bytes);
@@ -652,111 +729,6 @@ impl Engine {
             }
         }
         Ok(outcome)
-    }
-
-    /// Runs one attempt of a step or compensation, with its timeout and cancellation.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt_inner(
-        self: &Arc<Self>,
-        run_id: &str,
-        step_id: &str,
-        activity_name: &str,
-        work: Work,
-        inputs: Value,
-        output: Value,
-        attempt: u32,
-        timeout: Option<Duration>,
-        checkpoint: Option<Vec<u8>>,
-        handle: &Arc<RunHandle>,
-        host: Arc<AttemptHost>,
-    ) -> Result<AttemptOutcome, EngineError> {
-        let interrupt = lock(&handle.interrupt).clone();
-        if interrupt.is_cancelled() {
-            return Ok(AttemptOutcome::NotStarted);
-        }
-        let Some(activity) = self.registry.get(activity_name).cloned() else {
-            return Ok(AttemptOutcome::Failed(ActivityError::permanent(format!(
-                "activity \"{activity_name}\" is not known to this lazarus build"
-            ))));
-        };
-        let started = match work {
-            Work::Step => Event::StepStarted {
-                step: step_id.to_string(),
-                attempt,
-            },
-            Work::Compensation => Event::CompensationStarted {
-                step: step_id.to_string(),
-                attempt,
-            },
-        };
-        // Flushed in the background while the attempt runs: the step does not wait for the
-        // disk, yet a crash a moment later still leaves the attempt on record. (Correctness
-        // does not depend on it: an attempt whose start was lost is simply run again.)
-        self.append(run_id, started)?;
-        self.commit.soon();
-        tracing::info!(run = %run_id, step = %step_id, activity = %activity_name, attempt, "attempt started");
-
-        let token: CancellationToken = interrupt.child_token();
-        let ctx = ActivityContext::new(
-            run_id.to_string(),
-            step_id.to_string(),
-            attempt,
-            token.clone(),
-            checkpoint,
-            host,
-        );
-        let future = async {
-            match work {
-                Work::Step => activity.run(&ctx, inputs).await,
-                Work::Compensation => {
-                    if activity.compensates_itself(&inputs) {
-                        activity.compensate(&ctx, inputs, output).await
-                    } else {
-                        activity.run(&ctx, inputs).await
-                    }
-                }
-            }
-        };
-        tokio::pin!(future);
-        let mut timed_out = false;
-        let limit = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let result = tokio::select! {
-            result = &mut future => Some(result),
-            _ = limit => { timed_out = true; None }
-            _ = token.cancelled() => None,
-        };
-        let result = match result {
-            Some(result) => Some(result),
-            None => {
-                token.cancel();
-                tokio::time::timeout(CANCEL_GRACE, &mut future).await.ok()
-            }
-        };
-        if interrupt.is_cancelled() {
-            // Keep a result that made it in before the interruption took effect.
-            return Ok(match result {
-                Some(Ok(value)) if !timed_out => AttemptOutcome::Done(value),
-                _ => AttemptOutcome::Interrupted,
-            });
-        }
-        Ok(match (result, timed_out) {
-            (_, true) => AttemptOutcome::Failed(ActivityError::retryable(format!(
-                "timed out after {}",
-                format_duration(timeout.unwrap_or_default())
-            ))),
-            (Some(Ok(value)), false) => AttemptOutcome::Done(value),
-            // The activity stopped itself on a halt it noticed (an approval wait).
-            (Some(Err(e)), false) if e.kind == FailureKind::Cancelled => {
-                AttemptOutcome::Interrupted
-            }
-            (Some(Err(e)), false) => AttemptOutcome::Failed(e),
-            (None, false) => AttemptOutcome::Interrupted,
-        })
     }
 
     /// Runs the compensations of completed steps, newest first, each journaled; resumable.

@@ -386,12 +386,7 @@ where
                 spec.selector = Some(parse_selector(&wanted)?);
                 previous
             } else {
-                if spec.type_.as_deref() != Some("ExternalName") {
-                    return Err(K8sError::Invalid(format!(
-                        "service/{name} is of type {}, not ExternalName: cut over its selector instead",
-                        spec.type_.as_deref().unwrap_or("ClusterIP")
-                    )));
-                }
+                external_name_service(spec, name)?;
                 spec.external_name = Some(wanted.clone());
                 found
             };
@@ -419,66 +414,53 @@ where
 /// Checks, before anything else happens, that the place exists and can be cut over;
 /// returns what was found, in words (never a value).
 pub async fn check(client: &Client, namespace: &str, place: &Place) -> Result<String, K8sError> {
-    let missing_key = |kind: &str, name: &str, key: &str, keys: Vec<String>| {
-        K8sError::Invalid(format!(
-            "{kind}/{name} in namespace {namespace} has no key {key} (it has: {})",
-            keys.join(", ")
-        ))
-    };
     match place {
         Place::ServiceSelector(name) | Place::ServiceExternalName(name) => {
-            let service = get(
-                &Api::<Service>::namespaced(client.clone(), namespace),
-                name,
-                namespace,
-                "service",
-            )
-            .await?;
-            let kind = service
-                .spec
-                .and_then(|s| s.type_)
-                .unwrap_or_else(|| "ClusterIP".into());
-            if matches!(place, Place::ServiceExternalName(_)) && kind != "ExternalName" {
-                return Err(K8sError::Invalid(format!(
-                    "service/{name} is of type {kind}, not ExternalName: cut over its selector instead"
-                )));
+            let api = Api::<Service>::namespaced(client.clone(), namespace);
+            let service = get(&api, name, namespace, "service").await?;
+            if matches!(place, Place::ServiceExternalName(_)) {
+                external_name_service(&service.spec.unwrap_or_default(), name)?;
             }
         }
         Place::ConfigMapKey(name, key) => {
-            let map = get(
-                &Api::<ConfigMap>::namespaced(client.clone(), namespace),
-                name,
-                namespace,
-                "configmap",
-            )
-            .await?;
-            let data = map.data.unwrap_or_default();
-            if !data.contains_key(key) {
-                return Err(missing_key(
-                    "configmap",
-                    name,
-                    key,
-                    data.into_keys().collect(),
-                ));
-            }
+            check_keyed::<ConfigMap>(client, namespace, name, key).await?
         }
-        Place::SecretKey(name, key) => {
-            let secret = get(
-                &Api::<Secret>::namespaced(client.clone(), namespace),
-                name,
-                namespace,
-                "secret",
-            )
-            .await?;
-            let data = secret.data.unwrap_or_default();
-            if !data.contains_key(key) {
-                return Err(missing_key("secret", name, key, data.into_keys().collect()));
-            }
-        }
+        Place::SecretKey(name, key) => check_keyed::<Secret>(client, namespace, name, key).await?,
     }
     Ok(format!(
         "{place} in namespace {namespace} is there to cut over"
     ))
+}
+
+/// The key is there, and text.
+async fn check_keyed<K: Keyed>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<(), K8sError> {
+    let object = get(
+        &Api::<K>::namespaced(client.clone(), namespace),
+        name,
+        namespace,
+        K::KIND,
+    )
+    .await?;
+    key_text(&object, name, key, namespace).map(|_| ())
+}
+
+/// Refuses an externalName cut-over of a Service that is not of type ExternalName.
+fn external_name_service(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    name: &str,
+) -> Result<(), K8sError> {
+    match spec.type_.as_deref() {
+        Some("ExternalName") => Ok(()),
+        other => Err(K8sError::Invalid(format!(
+            "service/{name} is of type {}, not ExternalName: cut over its selector instead",
+            other.unwrap_or("ClusterIP")
+        ))),
+    }
 }
 
 /// Puts the previous value back, if the object is still as the cut-over left it.

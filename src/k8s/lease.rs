@@ -133,18 +133,10 @@ impl LeaseFence {
             .map_err(|e| K8sError::Connect(format!("cannot start the Lease runtime: {e}")))?;
         let namespace = namespace.map(str::to_string);
         let connected = wait_on(&runtime, async move {
-            let (client, default_namespace) = match config {
-                Some(config) => {
-                    let default_namespace = config.default_namespace.clone();
-                    let client = kube::Client::try_from(config)
-                        .map_err(|e| K8sError::Connect(e.to_string()))?;
-                    (client, default_namespace)
-                }
-                None => (super::client().await?, super::default_namespace().await),
-            };
-            let namespace = match namespace {
-                Some(ns) if !ns.is_empty() => ns,
-                _ => default_namespace,
+            let namespace = namespace.unwrap_or_default();
+            let (client, namespace) = match config {
+                Some(config) => super::connect_to(config, &namespace)?,
+                None => super::connect(&namespace).await?,
             };
             Ok::<_, K8sError>((client, namespace))
         })

@@ -255,28 +255,18 @@ fn object_of(what: &str) -> String {
         .to_string()
 }
 
-/// A client from the standard configuration: `KUBECONFIG` or `~/.kube/config`, else the
-/// in-cluster service account.
-pub async fn client() -> Result<Client, K8sError> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| K8sError::Connect(e.to_string()))?;
-    Client::try_from(config).map_err(|e| K8sError::Connect(e.to_string()))
-}
-
-/// The namespace to use when a runbook names none: the kubeconfig's, or the pod's.
-pub async fn default_namespace() -> String {
-    match kube::Config::infer().await {
-        Ok(config) => config.default_namespace,
-        Err(_) => "default".to_string(),
-    }
-}
-
-/// A client, and the namespace to work in: `namespace` when given, else the configuration's.
+/// A client from the standard configuration (`KUBECONFIG` or `~/.kube/config`, else the
+/// pod's service account), and the namespace to work in: `namespace` when given, else the
+/// configuration's.
 pub async fn connect(namespace: &str) -> Result<(Client, String), K8sError> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| K8sError::Connect(e.to_string()))?;
+    connect_to(config, namespace)
+}
+
+/// The same, with the cluster's configuration given.
+pub fn connect_to(config: kube::Config, namespace: &str) -> Result<(Client, String), K8sError> {
     let namespace = match namespace.trim() {
         "" => config.default_namespace.clone(),
         given => given.to_string(),

@@ -202,40 +202,71 @@ pub async fn start(
     wait(client, namespace, workload, generation, timeout).await
 }
 
+/// A Deployment or a StatefulSet, as the functions here need it.
+trait Rollable:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Where its rollout stands.
+    fn progress(&self) -> Progress;
+}
+
+impl Rollable for Deployment {
+    fn progress(&self) -> Progress {
+        Progress::of_deployment(self)
+    }
+}
+
+impl Rollable for StatefulSet {
+    fn progress(&self) -> Progress {
+        Progress::of_statefulset(self)
+    }
+}
+
 /// The workload's `spec.replicas` and the count a Lazarus stop remembered, if any.
 async fn replicas(
     client: &Client,
     namespace: &str,
     workload: &Workload,
 ) -> Result<(i32, Option<i32>), K8sError> {
+    async fn read<K: Rollable>(api: Api<K>, name: &str, what: &str) -> Result<K, K8sError> {
+        api.get(name)
+            .await
+            .map_err(|e| K8sError::from_kube(what, e))
+    }
     let what = format!("read {workload} in namespace {namespace}");
-    let (spec, annotations) = match workload.kind {
+    let name = workload.name.as_str();
+    let (desired, meta) = match workload.kind {
         WorkloadKind::Deployment => {
-            let d = Api::<Deployment>::namespaced(client.clone(), namespace)
-                .get(&workload.name)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?;
-            (
-                d.spec.and_then(|s| s.replicas).unwrap_or(1),
-                d.metadata.annotations,
+            let d = read(
+                Api::<Deployment>::namespaced(client.clone(), namespace),
+                name,
+                &what,
             )
+            .await?;
+            (d.progress().desired, d.metadata)
         }
         WorkloadKind::StatefulSet => {
-            let s = Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .get(&workload.name)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?;
-            (
-                s.spec.and_then(|s| s.replicas).unwrap_or(1),
-                s.metadata.annotations,
+            let s = read(
+                Api::<StatefulSet>::namespaced(client.clone(), namespace),
+                name,
+                &what,
             )
+            .await?;
+            (s.progress().desired, s.metadata)
         }
     };
-    let remembered = annotations
+    let remembered = meta
+        .annotations
         .as_ref()
         .and_then(|a| a.get(REPLICAS_BEFORE_STOP))
         .and_then(|v| v.parse().ok());
-    Ok((spec, remembered))
+    Ok((desired, remembered))
 }
 
 /// Applies a patch to the workload; returns the generation it produced.
@@ -245,30 +276,44 @@ async fn patch_workload(
     workload: &Workload,
     patch: Patch<serde_json::Value>,
 ) -> Result<i64, K8sError> {
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
+    async fn apply<K: Rollable>(
+        api: Api<K>,
+        name: &str,
+        patch: &Patch<serde_json::Value>,
+        what: &str,
+    ) -> Result<i64, K8sError> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patched = api
+            .patch(name, &params, patch)
+            .await
+            .map_err(|e| K8sError::from_kube(what, e))?;
+        Ok(patched.meta().generation.unwrap_or(0))
+    }
     let what = format!("patch {workload} in namespace {namespace}");
-    let generation = match workload.kind {
+    let name = workload.name.as_str();
+    match workload.kind {
         WorkloadKind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), namespace)
-                .patch(&workload.name, &params, &patch)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?
-                .metadata
-                .generation
+            apply(
+                Api::<Deployment>::namespaced(client.clone(), namespace),
+                name,
+                &patch,
+                &what,
+            )
+            .await
         }
         WorkloadKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .patch(&workload.name, &params, &patch)
-                .await
-                .map_err(|e| K8sError::from_kube(&what, e))?
-                .metadata
-                .generation
+            apply(
+                Api::<StatefulSet>::namespaced(client.clone(), namespace),
+                name,
+                &patch,
+                &what,
+            )
+            .await
         }
-    };
-    Ok(generation.unwrap_or(0))
+    }
 }
 
 /// Waits, watching the workload, until the rollout of `generation` has completed; on
@@ -280,6 +325,18 @@ pub async fn wait(
     generation: i64,
     timeout: Duration,
 ) -> Result<Rollout, K8sError> {
+    /// Watches until `note` says done; `Err(())` on timeout.
+    async fn watch<K: Rollable>(
+        api: Api<K>,
+        name: &str,
+        timeout: Duration,
+        note: impl Fn(Progress) -> bool + Send + 'static,
+    ) -> Result<Result<(), kube::runtime::wait::Error>, tokio::time::error::Elapsed> {
+        let condition = move |k: Option<&K>| k.is_some_and(|k| note(k.progress()));
+        tokio::time::timeout(timeout, await_condition(api, name, condition))
+            .await
+            .map(|r| r.map(|_| ()))
+    }
     let last: Arc<Mutex<Option<Progress>>> = Arc::default();
     let seen = Arc::clone(&last);
     let note = move |progress: Progress| {
@@ -290,22 +347,25 @@ pub async fn wait(
         done
     };
     let what = format!("watch {workload} in namespace {namespace}");
+    let name = workload.name.as_str();
     let watched = match workload.kind {
         WorkloadKind::Deployment => {
-            let api = Api::<Deployment>::namespaced(client.clone(), namespace);
-            let condition =
-                move |d: Option<&Deployment>| d.is_some_and(|d| note(Progress::of_deployment(d)));
-            tokio::time::timeout(timeout, await_condition(api, &workload.name, condition))
-                .await
-                .map(|r| r.map(|_| ()))
+            watch(
+                Api::<Deployment>::namespaced(client.clone(), namespace),
+                name,
+                timeout,
+                note,
+            )
+            .await
         }
         WorkloadKind::StatefulSet => {
-            let api = Api::<StatefulSet>::namespaced(client.clone(), namespace);
-            let condition =
-                move |s: Option<&StatefulSet>| s.is_some_and(|s| note(Progress::of_statefulset(s)));
-            tokio::time::timeout(timeout, await_condition(api, &workload.name, condition))
-                .await
-                .map(|r| r.map(|_| ()))
+            watch(
+                Api::<StatefulSet>::namespaced(client.clone(), namespace),
+                name,
+                timeout,
+                note,
+            )
+            .await
         }
     };
     let progress = last.lock().unwrap_or_else(|p| p.into_inner()).clone();

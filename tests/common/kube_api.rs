@@ -325,6 +325,14 @@ impl FakeKube {
             .collect()
     }
 
+    /// The requests made with one method (`PATCH`, `PUT`, ...).
+    pub fn requests_of(&self, method: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method)
+            .collect()
+    }
+
     /// A kubeconfig pointing at this server, with `namespace` as the default.
     pub fn kubeconfig(&self, dir: &Path, namespace: &str) -> PathBuf {
         let path = dir.join("kubeconfig");
