@@ -148,6 +148,23 @@ pub struct KubernetesConfig {
     pub holder: Option<String>,
 }
 
+/// The `[mirror]` table: runs' journals copied to the stores, and the lease per run that
+/// lets one host at a time drive a run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Copy every run's journal to every store (default: on when `[[stores]]` are
+    /// configured; the embedded default's store lives in the state directory, which a
+    /// copy would not outlive).
+    pub journal: Option<bool>,
+    /// Take a lease per run in the stores before driving it (default: as `journal`).
+    pub lease: Option<bool>,
+    /// How long a run's lease holds without renewal ("30s" by default).
+    pub lease_duration: Option<String>,
+    /// This host's name in leases (default: the host name with the state directory).
+    pub holder: Option<String>,
+}
+
 /// The `[telemetry]` table: where traces of runs are sent.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +205,9 @@ pub struct Config {
     /// OpenTelemetry traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Runs' journals in the stores, and their leases.
+    #[serde(default)]
+    pub mirror: MirrorConfig,
 }
 
 /// A loaded configuration and where it came from.

@@ -15,6 +15,8 @@ pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod k8s;
+pub mod lease;
+pub mod mirror;
 pub mod ops;
 pub mod owner;
 pub mod parallel;

@@ -740,11 +740,11 @@ fn a_mistyped_cutover_object_is_refused_before_anything_is_downloaded() {
 #[test]
 fn two_runners_racing_for_an_expired_lease_never_both_win() {
     use lazarus::engine::fence::{Fence, FenceError};
-    use lazarus::k8s::lease::{LeaseFence, lease_name};
+    use lazarus::k8s::lease::{KubeLeaseFence, lease_name};
     let kube = FakeKube::start();
     let fence = |holder: &str| {
         let config = kube::Config::new(format!("http://{}", kube.addr).parse().expect("url"));
-        LeaseFence::with_config(config, Some(NS), holder, std::time::Duration::from_secs(30))
+        KubeLeaseFence::with_config(config, Some(NS), holder, std::time::Duration::from_secs(30))
             .expect("fence")
     };
     let (a, b) = (fence("runner-a"), fence("runner-b"));

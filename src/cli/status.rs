@@ -1,6 +1,7 @@
 //! `status` and `runs`: where runs stand, for people and for machines.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -30,6 +31,10 @@ pub struct RunsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// List the runs whose journals are in the stores (from any host), not this state
+    /// directory's: what a new host can resume.
+    #[arg(long)]
+    pub from_stores: bool,
 }
 
 fn seconds(s: f64) -> String {
@@ -175,6 +180,18 @@ pub fn print_report(r: &RunReport) {
     if let Some(error) = &r.error {
         println!("  error     {error}");
     }
+    for copy in r.mirror.iter().filter(|m| m.behind > 0) {
+        println!(
+            "  mirror    store {} is {} events behind ({} copied){}",
+            copy.store,
+            copy.behind,
+            copy.mirrored,
+            copy.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(next) = &r.next_action {
         println!("  next      {next}");
     }
@@ -252,8 +269,82 @@ fn no_report(json: bool, message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A run found in the stores, as `runs --from-stores` shows it.
+#[derive(serde::Serialize)]
+struct StoredRun {
+    #[serde(flatten)]
+    summary: crate::engine::RunSummary,
+    /// Events in the fullest copy.
+    events: usize,
+    /// The store that copy is in.
+    store: String,
+    /// Who holds the run's lease, unless they let it go.
+    driven_by: Option<String>,
+    /// When that lease runs out unless renewed, RFC 3339.
+    lease_until: Option<String>,
+}
+
+/// `lazarus runs --from-stores`: read from the stores alone, without this host's journal.
+async fn runs_from_stores(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let services = ctx.services()?;
+    let registry = crate::activities::registry(Arc::clone(&services));
+    let (copies, failures) = crate::mirror::read::all_runs(&services.stores).await;
+    let mut runs = Vec::new();
+    for copy in &copies {
+        let summary = crate::engine::adopt::summarize_copy(copy, &registry)
+            .map_err(|e| anyhow::anyhow!("run {} in store {}: {e}", copy.record.id, copy.source))?;
+        let lease = crate::mirror::read::lease(&services.stores, &copy.record.id).await;
+        let live = lease.filter(|(l, _)| !l.released);
+        runs.push(StoredRun {
+            summary,
+            events: copy.events.len(),
+            store: copy.source.clone(),
+            driven_by: live.as_ref().map(|(l, _)| l.holder.clone()),
+            lease_until: live.as_ref().and_then(|(l, _)| {
+                let until = l.renewed_at_us + i64::try_from(l.duration_ms).unwrap_or(0) * 1000;
+                chrono::DateTime::from_timestamp_micros(until)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }),
+        });
+    }
+    for failure in &failures {
+        eprintln!("warning: {failure}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!(
+            "no runs in the stores ({})",
+            services.stores.names().join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = runs.iter().map(|r| r.summary.id.len()).max().unwrap_or(3);
+    println!(
+        "{:width$}  {:<18} {:<24} {:<8} {:<10} DRIVEN BY",
+        "RUN", "STATUS", "STARTED", "EVENTS", "STORE"
+    );
+    for r in &runs {
+        let driven = match (&r.driven_by, &r.lease_until) {
+            (Some(holder), Some(until)) => format!("{holder} (lease until {until})"),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:width$}  {:<18} {:<24} {:<8} {:<10} {driven}",
+            r.summary.id, r.summary.status, r.summary.started_at, r.events, r.store
+        );
+    }
+    println!("(`lazarus resume RUN` on any host continues an unfinished run from its copy)");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `lazarus runs`.
 pub async fn runs(ctx: &Context, args: RunsArgs) -> Result<ExitCode> {
+    if args.from_stores {
+        return runs_from_stores(ctx, args.json).await;
+    }
     if !ctx.state.is_dir() {
         if args.json {
             println!("[]");

@@ -73,6 +73,9 @@ impl Engine {
                     if state.status != RunStatus::Succeeded {
                         self.discard_leftovers(run_id, false, true).await?;
                     }
+                    // The end is copied before the claim goes: a host that takes the run
+                    // next finds it ended.
+                    self.mirror_up(&record).await;
                     self.unclaim(record.target.as_deref(), run_id);
                     if let (Some(tracer), Some(ids)) = (self.tracer.get(), state.trace) {
                         tracer.run_ended(&ids, &record, &state);
@@ -106,6 +109,8 @@ impl Engine {
                     .await?;
                 return Ok(());
             }
+            // Whoever continues this run elsewhere starts from everything before this step.
+            self.mirror_up(&record).await;
             let step_id = next.id.clone();
             if let Some(condition) = workflow.step(&step_id).and_then(|s| s.when.clone()) {
                 let outputs = state.outputs();

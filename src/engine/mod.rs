@@ -2,6 +2,7 @@
 //! resumes from the journal. It knows nothing of PostgreSQL and never imports an activity.
 
 pub mod activity;
+pub mod adopt;
 pub mod clock;
 mod commit;
 pub mod duration;
@@ -10,6 +11,7 @@ pub mod fence;
 mod folded;
 mod host;
 pub mod journal;
+pub mod mirror;
 pub mod records;
 pub mod report;
 pub mod runtime;

@@ -140,6 +140,10 @@ pub struct RunReport {
     /// The run's OpenTelemetry trace id (32 hex digits), to find it in a tracing backend.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// How far each store's copy of the run's journal stands (empty when not mirrored, or
+    /// when this process has not copied it).
+    #[serde(default)]
+    pub mirror: Vec<super::mirror::MirrorLag>,
 }
 
 fn step_status_name(status: StepStatus) -> &'static str {
@@ -296,6 +300,7 @@ impl RunReport {
             steps,
             next_action,
             trace_id: state.trace.map(|t| t.trace_hex()),
+            mirror: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use super::commit::GroupCommit;
 use super::fence::Fence;
 use super::folded::{FoldCache, Loaded};
 use super::journal::{Journal, JournalError};
+use super::mirror::Mirror;
 use super::records::{Event, EventRecord, HaltReason, RunRecord};
 use super::report::{RunReport, RunSummary};
 use super::state::{RunState, RunStatus};
@@ -148,6 +149,8 @@ pub struct Engine {
     fence: std::sync::OnceLock<Arc<dyn Fence>>,
     /// Where runs' spans are exported, when telemetry is configured.
     pub(crate) tracer: std::sync::OnceLock<Arc<dyn RunTracer>>,
+    /// Where runs' journals are copied off this host, when configured.
+    pub(crate) mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -208,6 +211,7 @@ impl Engine {
             folds: FoldCache::default(),
             fence: std::sync::OnceLock::new(),
             tracer: std::sync::OnceLock::new(),
+            mirror: std::sync::OnceLock::new(),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -225,6 +229,28 @@ impl Engine {
     /// Makes every run claim its target through `fence` too (set once, by the owner).
     pub fn set_fence(&self, fence: Arc<dyn Fence>) {
         let _ = self.fence.set(fence);
+    }
+
+    /// Copies every run's journal through `mirror` (set once, by the owner).
+    pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
+        let _ = self.mirror.set(mirror);
+    }
+
+    /// Copies what the run journaled since the last copy, unless this process has lost
+    /// the run's claim (another host drives it now: its copy is the one that counts).
+    pub(crate) async fn mirror_up(&self, record: &RunRecord) {
+        let Some(mirror) = self.mirror.get() else {
+            return;
+        };
+        if let Some(lost) = self.claim_lost(record.target.as_deref(), &record.id) {
+            tracing::debug!(run = %record.id, %lost, "not mirroring a run this process no longer holds");
+            return;
+        }
+        for lag in mirror.publish(record, self.journal.as_ref()).await {
+            if let Some(error) = &lag.error {
+                tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
+            }
+        }
     }
 
     /// Sends every run's spans through `tracer` (set once, by the owner).
@@ -401,12 +427,12 @@ impl Engine {
     /// The run report.
     pub fn report(&self, run_id: &str) -> Result<RunReport, EngineError> {
         let (record, workflow, state) = self.load(run_id)?;
-        Ok(RunReport::build(
-            &record,
-            &workflow,
-            &state,
-            self.handle(run_id).is_some(),
-        ))
+        let mut report =
+            RunReport::build(&record, &workflow, &state, self.handle(run_id).is_some());
+        if let Some(mirror) = self.mirror.get() {
+            report.mirror = mirror.lag(run_id);
+        }
+        Ok(report)
     }
 
     /// A run's journaled events, oldest first: what a live view replays before it follows.
@@ -624,6 +650,10 @@ impl Engine {
                         Some(e.to_string())
                     }
                 };
+                // A halt (or an error) is copied too, so another host sees where it stopped.
+                if let Ok((record, _, _)) = engine.load(&run) {
+                    engine.mirror_up(&record).await;
+                }
                 // A cancel or rollback posted while the driver was finishing is taken here,
                 // under the same lock that posts them, so none is lost.
                 let mut active = lock(&engine.active);

@@ -8,12 +8,13 @@
 //! election — and then takes it over (`leaseTransitions` + 1). Every write is conditioned on
 //! the resourceVersion it read, so two runners racing for an expired Lease cannot both win.
 //!
-//! The engine asks synchronously; the Lease's HTTP calls run on a small runtime of its own,
-//! so neither side blocks the other's workers.
+//! Claims, renewals and the trust kept in them are [`crate::lease`]'s; this module is
+//! the Kubernetes side of it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -21,11 +22,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use super::K8sError;
 use super::rollout::FIELD_MANAGER;
-use crate::engine::fence::{Fence, FenceError};
+use crate::engine::fence::FenceError;
+use crate::lease::{CALL_LIMIT, LeaseBackend, LeaseFence, Renewal, lease_runtime, wait_on};
 
 /// The Lease annotation naming the run that holds the target.
 pub const RUN_ANNOTATION: &str = "lazarus.io/run";
@@ -45,59 +46,18 @@ pub fn lease_name(target: &str) -> String {
     format!("lazarus-{readable}-{hash}").replace("--", "-")
 }
 
-/// The claims of this process on targets, as Leases.
-pub struct LeaseFence {
-    /// Runs the Lease's HTTP calls; `None` only while being dropped.
-    runtime: Option<tokio::runtime::Runtime>,
-    inner: Arc<Inner>,
-    claims: Arc<Mutex<HashMap<String, Claim>>>,
-}
-
-/// What the Lease calls need, shared with the renewers.
-struct Inner {
+/// Leases in one namespace of a cluster, one per recovery target.
+pub struct KubeLeases {
     api: Api<Lease>,
     namespace: String,
     holder: String,
     duration: Duration,
 }
 
-/// One target this process holds.
-struct Claim {
-    run: String,
-    /// Set when the renewer finds the Lease taken by someone else, or expired.
-    lost: Option<String>,
-    /// Until when this runner may trust it holds the Lease, measured on this host's own
-    /// monotonic clock from before the last write that got through: past it, another
-    /// runner may have taken an expired Lease, whatever the renewer is still waiting for.
-    valid_until: tokio::time::Instant,
-    stop: CancellationToken,
-}
+/// The fence of a runner in (or beside) a cluster.
+pub type KubeLeaseFence = LeaseFence<KubeLeases>;
 
-/// How long one Lease call may take before it counts as failed.
-const CALL_LIMIT: Duration = Duration::from_secs(10);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs a future on the Lease's runtime and waits for it from any thread, inside an async
-/// context or not (a plain `block_on` would refuse inside the engine's runtime).
-fn wait_on<F>(runtime: &tokio::runtime::Runtime, future: F) -> Option<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let (answer, answered) = std::sync::mpsc::channel();
-    runtime.spawn(async move {
-        let _ = answer.send(future.await);
-    });
-    // Bounded: a hung API server must not hold an engine worker (or a control request).
-    answered
-        .recv_timeout(CALL_LIMIT + Duration::from_secs(1))
-        .ok()
-}
-
-impl LeaseFence {
+impl LeaseFence<KubeLeases> {
     /// A fence holding Leases in `namespace` (default: the kubeconfig's or the pod's) as
     /// `holder` (the pod or host name), each valid for `duration` unless renewed; the
     /// cluster is found the standard way (`KUBECONFIG`, `~/.kube/config`, the pod's account).
@@ -125,11 +85,7 @@ impl LeaseFence {
         holder: &str,
         duration: Duration,
     ) -> Result<Self, K8sError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lazarus-lease")
-            .enable_all()
-            .build()
+        let runtime = lease_runtime()
             .map_err(|e| K8sError::Connect(format!("cannot start the Lease runtime: {e}")))?;
         let namespace = namespace.map(str::to_string);
         let connected = wait_on(&runtime, async move {
@@ -142,33 +98,24 @@ impl LeaseFence {
         })
         .ok_or_else(|| K8sError::Connect("the Lease runtime stopped".into()))?;
         let (client, namespace) = connected?;
-        Ok(Self {
-            runtime: Some(runtime),
-            inner: Arc::new(Inner {
+        Ok(LeaseFence::new(
+            runtime,
+            KubeLeases {
                 api: Api::namespaced(client, &namespace),
                 namespace,
                 holder: holder.to_string(),
                 duration,
-            }),
-            claims: Arc::default(),
-        })
+            },
+        ))
     }
 
     /// Where the Leases are kept.
     pub fn namespace(&self) -> &str {
-        &self.inner.namespace
-    }
-
-    fn run<F>(&self, future: F) -> Option<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        wait_on(self.runtime.as_ref()?, future)
+        &self.backend().namespace
     }
 }
 
-impl Inner {
+impl KubeLeases {
     fn held_message(&self, target: &str, lease: &Lease) -> String {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec
@@ -195,10 +142,10 @@ impl Inner {
 
     /// Creates, renews or takes over the Lease, within [`CALL_LIMIT`]; refused while another
     /// holder's is valid.
-    async fn take(self: Arc<Self>, target: String, run: String) -> Result<(), FenceError> {
-        let name = lease_name(&target);
+    async fn take_bounded(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        let name = lease_name(target);
         let namespace = self.namespace.clone();
-        tokio::time::timeout(CALL_LIMIT, self.take_unbounded(target.clone(), run))
+        tokio::time::timeout(CALL_LIMIT, self.take_unbounded(target, run))
             .await
             .unwrap_or_else(|_| {
                 Err(FenceError::Unavailable(format!(
@@ -209,12 +156,7 @@ impl Inner {
             })
     }
 
-    async fn take_unbounded(
-        self: Arc<Self>,
-        target: String,
-        run: String,
-    ) -> Result<(), FenceError> {
-        let (target, run) = (target.as_str(), run.as_str());
+    async fn take_unbounded(&self, target: &str, run: &str) -> Result<(), FenceError> {
         let name = lease_name(target);
         let unavailable = |e: kube::Error| {
             FenceError::Unavailable(format!(
@@ -292,81 +234,6 @@ impl Inner {
     }
 }
 
-impl LeaseFence {
-    /// Renews the Lease every third of its duration until stopped; marks the claim lost
-    /// when another holder has it, or when it expired before a renewal got through.
-    fn spawn_renewer(&self, target: String, run: String, stop: CancellationToken) {
-        let Some(runtime) = self.runtime.as_ref() else {
-            return;
-        };
-        let inner = Arc::clone(&self.inner);
-        let claims = Arc::clone(&self.claims);
-        runtime.spawn(async move {
-            let (namespace, duration) = (inner.namespace.as_str(), inner.duration);
-            let name = lease_name(&target);
-            let mut last_renewed = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(duration / 3) => {}
-                }
-                let asked = tokio::time::Instant::now();
-                let renewed = tokio::time::timeout(
-                    (duration / 3).max(Duration::from_secs(1)),
-                    renew(&inner.api, &name, &inner.holder, duration),
-                )
-                .await
-                .unwrap_or_else(|_| Err(Renewal::Failed("the Kubernetes API did not answer in time".into())));
-                if stop.is_cancelled() {
-                    return;
-                }
-                let lost = match renewed {
-                    Ok(()) => {
-                        last_renewed = asked;
-                        if let Some(claim) = lock(&claims).get_mut(&target)
-                            && claim.run == run
-                        {
-                            claim.valid_until = asked + duration;
-                        }
-                        None
-                    }
-                    Err(Renewal::TakenBy(other)) => Some(format!(
-                        "the Lease {namespace}/{name} on target \"{target}\" is now held by {other}: \
-                         another runner took the target; this one runs no further step"
-                    )),
-                    Err(Renewal::Failed(why)) if last_renewed.elapsed() >= duration => Some(format!(
-                        "the Lease {namespace}/{name} on target \"{target}\" expired before it could be renewed ({why}); \
-                         another runner may have taken the target, so this one runs no further step. \
-                         Resume when the Kubernetes API answers again"
-                    )),
-                    Err(Renewal::Failed(why)) => {
-                        tracing::warn!(target = %target, error = %why, "could not renew the Lease; trying again");
-                        None
-                    }
-                };
-                if let Some(lost) = lost {
-                    tracing::warn!(target = %target, "{lost}");
-                    if let Some(claim) = lock(&claims).get_mut(&target)
-                        && claim.run == run
-                        && !stop.is_cancelled()
-                    {
-                        claim.lost = Some(lost);
-                    }
-                    return;
-                }
-            }
-        });
-    }
-}
-
-/// Why a renewal did not happen.
-enum Renewal {
-    /// Another holder has the Lease.
-    TakenBy(String),
-    /// The API did not answer or refused.
-    Failed(String),
-}
-
 async fn renew(
     api: &Api<Lease>,
     name: &str,
@@ -421,133 +288,57 @@ fn expiry(spec: &LeaseSpec) -> Option<Timestamp> {
         .ok()
 }
 
-impl Fence for LeaseFence {
-    fn claim(&self, target: &str, run: &str) -> Result<(), FenceError> {
-        // Another run of this very runner holds the target: the Lease is not ours to hand
-        // over (the journal's own lock refuses the run too, and must not cost the Lease).
-        if let Some(other) = lock(&self.claims)
-            .get(target)
-            .filter(|c| c.run != run && c.lost.is_none())
-        {
-            return Err(FenceError::Held(format!(
-                "target \"{target}\" is being recovered by run {} on this runner ({}); only one run per target at a time",
-                other.run, self.inner.holder
-            )));
-        }
-        let asked = tokio::time::Instant::now();
-        let inner = Arc::clone(&self.inner);
-        self.run(inner.take(target.to_string(), run.to_string()))
-            .unwrap_or_else(|| {
-                Err(FenceError::Unavailable(format!(
-                    "the Kubernetes API did not answer about the Lease for target \"{target}\"; try again when it does"
-                )))
-            })?;
-        let valid_until = asked + self.inner.duration;
-        let mut claims = lock(&self.claims);
-        if let Some(claim) = claims.get_mut(target).filter(|c| c.run == run) {
-            claim.valid_until = valid_until;
-        }
-        let renewing = claims
-            .get(target)
-            .is_some_and(|c| c.run == run && c.lost.is_none());
-        if !renewing {
-            if let Some(old) = claims.remove(target) {
-                old.stop.cancel();
-            }
-            let stop = CancellationToken::new();
-            claims.insert(
-                target.to_string(),
-                Claim {
-                    run: run.to_string(),
-                    lost: None,
-                    valid_until,
-                    stop: stop.clone(),
-                },
-            );
-            drop(claims);
-            self.spawn_renewer(target.to_string(), run.to_string(), stop);
-        }
-        Ok(())
+#[async_trait]
+impl LeaseBackend for KubeLeases {
+    fn key(&self, target: &str, _run: &str) -> String {
+        target.to_string()
     }
 
-    fn check(&self, target: &str, run: &str) -> Result<(), FenceError> {
+    fn describe(&self, key: &str) -> String {
+        format!("the Lease {}/{}", self.namespace, lease_name(key))
+    }
+
+    fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    async fn take(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        self.take_bounded(target, run).await
+    }
+
+    async fn renew(&self, target: &str, _run: &str) -> Result<(), Renewal> {
+        renew(&self.api, &lease_name(target), &self.holder, self.duration).await
+    }
+
+    async fn release(&self, target: &str, _run: &str) -> Result<(), String> {
         let name = lease_name(target);
-        let namespace = &self.inner.namespace;
-        match lock(&self.claims).get(target) {
-            Some(claim) if claim.run == run => match &claim.lost {
-                Some(lost) => Err(FenceError::Held(lost.clone())),
-                // A margin of a tenth of the duration for the clocks of the two hosts.
-                None if tokio::time::Instant::now() + self.inner.duration / 10
-                    >= claim.valid_until =>
-                {
-                    Err(FenceError::Held(format!(
-                        "the Lease {namespace}/{name} on target \"{target}\" could not be renewed before it expired; \
-                         another runner may have taken the target, so this one runs no further step. \
-                         `lazarus resume {run}` takes it again if nobody else holds it"
-                    )))
-                }
-                None => Ok(()),
-            },
-            _ => Err(FenceError::Held(format!(
-                "this runner does not hold the Lease {namespace}/{name} on target \"{target}\" for run {run}; \
-                 `lazarus resume {run}` takes it if it is free"
-            ))),
-        }
-    }
-
-    fn release(&self, target: &str, run: &str) {
-        let claim = {
-            let mut claims = lock(&self.claims);
-            match claims.get(target) {
-                Some(c) if c.run == run => claims.remove(target),
-                _ => None,
-            }
+        let Some(lease) = self.api.get_opt(&name).await.map_err(|e| e.to_string())? else {
+            return Ok(());
         };
-        let Some(claim) = claim else {
-            return;
+        let ours = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.holder.as_str());
+        if !ours {
+            return Ok(());
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: lease.metadata.resource_version.clone(),
+                uid: lease.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
         };
-        claim.stop.cancel();
-        if claim.lost.is_some() {
-            return;
-        }
-        let name = lease_name(target);
-        let inner = Arc::clone(&self.inner);
-        let result = self.run(async move {
-            let Some(lease) = inner.api.get_opt(&name).await? else {
-                return Ok(());
-            };
-            let ours = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(inner.holder.as_str());
-            if !ours {
-                return Ok(());
-            }
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: lease.metadata.resource_version.clone(),
-                    uid: lease.metadata.uid.clone(),
-                }),
-                ..DeleteParams::default()
-            };
-            inner.api.delete(&name, &params).await.map(|_| ())
-        });
-        if let Some(Err(e)) = result {
-            tracing::warn!(target = %target, error = %e, "could not delete the Lease; it expires on its own");
-        }
-    }
-}
-
-impl Drop for LeaseFence {
-    fn drop(&mut self) {
-        for claim in lock(&self.claims).values() {
-            claim.stop.cancel();
-        }
-        // Dropping a runtime waits for its threads, which an async context may not do.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.api
+            .delete(&name, &params)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::activities::Services;
 use crate::catalog::Manifest;
+use crate::engine::adopt::Adoption;
 use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Workflow};
 use actor::{Actor, Role};
 use alerts::{AlertState, Alerts};
@@ -306,10 +307,27 @@ impl Operations {
         result
     }
 
-    /// Resumes a run.
-    pub fn resume(&self, actor: &Actor, run: &str) -> Result<String, ControlError> {
+    /// Resumes a run; with a journal mirror, first brings this host's copy of the run in
+    /// line with the stores' (a run this host never saw is rebuilt from them).
+    pub async fn resume(&self, actor: &Actor, run: &str) -> Result<String, ControlError> {
+        self.permit(actor, Role::Operator, "resume", Some(run), None)?;
+        let adopted = self.engine.adopt(run).await;
         self.act(actor, Role::Operator, "resume", run, None, || {
-            self.engine.resume(run, &actor.identity)
+            let adopted = adopted?;
+            let resumed = self.engine.resume(run, &actor.identity)?;
+            Ok(match adopted {
+                Adoption::Rebuilt { events, source } => {
+                    format!(
+                        "{resumed}; rebuilt from its journal in store {source} ({events} events)"
+                    )
+                }
+                Adoption::CaughtUp { events, source } => {
+                    format!(
+                        "{resumed}; took {events} later events from its journal in store {source}"
+                    )
+                }
+                Adoption::Local | Adoption::Current => resumed,
+            })
         })
     }
 

@@ -181,7 +181,7 @@ impl Control for LocalControl {
     }
 
     async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError> {
-        self.ops.resume(&me(by), run)
+        self.ops.resume(&me(by), run).await
     }
 
     async fn halt(&self, run: &str, by: &str, now: bool) -> Result<String, ControlError> {

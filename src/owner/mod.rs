@@ -229,16 +229,17 @@ pub async fn connect_or_own(
                     .config_file
                     .as_deref()
                     .and_then(|f| crate::config::Loaded::load(Some(f)).ok());
-                if let Some(fence) = fencing::from_config(
-                    &loaded
-                        .as_ref()
-                        .map(|l| l.config.kubernetes.clone())
-                        .unwrap_or_default(),
+                let (fence, journal_mirror) = fencing::from_config(
+                    loaded.as_ref().map(|l| &l.config),
+                    &services.stores,
                     state_dir,
                 )
-                .map_err(OwnerError::Config)?
-                {
+                .map_err(OwnerError::Config)?;
+                if let Some(fence) = fence {
                     engine.set_fence(fence);
+                }
+                if let Some(journal_mirror) = journal_mirror {
+                    engine.set_mirror(journal_mirror);
                 }
                 let mirror = audit.spawn_mirror(services.stores.clone());
                 let configs = loaded.map(|l| l.config.alerts).unwrap_or_default();

@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
-use super::{Body, ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{
+    Body, ByteStream, Condition, ConditionalError, ObjectMeta, ObjectStore, StorageError,
+    Versioned, check_key,
+};
 
 /// Objects as files under a root directory; keys are relative paths.
 pub struct LocalStore {
@@ -120,6 +126,49 @@ fn write_atomically(target: &Path, body: &Body) -> std::io::Result<u64> {
     // The rename is durable once the directory is.
     std::fs::File::open(dir)?.sync_all()?;
     Ok(written)
+}
+
+/// A local object's version: a hash of its bytes (two writes of the same bytes are the same
+/// version, which is all a compare-and-swap needs).
+fn content_tag(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// Writes `bytes` to `target` if its current state meets `condition`, holding an exclusive
+/// lock on a hidden lock file beside it for the check and the rename: every conditional
+/// writer on this filesystem takes the same lock, and the kernel drops it if its process
+/// dies. An exclusive create that finds the object refuses without the lock.
+fn write_if(
+    target: &Path,
+    bytes: &[u8],
+    condition: &Condition,
+) -> std::io::Result<Result<String, ()>> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    create_dirs(dir)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!(".{name}.lock")))?;
+    lock.lock()?;
+    let current = match std::fs::read(target) {
+        Ok(found) => Some(content_tag(&found)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let met = match condition {
+        Condition::Absent => current.is_none(),
+        Condition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
+    };
+    if !met {
+        return Ok(Err(()));
+    }
+    write_atomically(target, &Body::Bytes(Bytes::copy_from_slice(bytes)))?;
+    Ok(Ok(content_tag(bytes)))
 }
 
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
@@ -244,6 +293,41 @@ impl ObjectStore for LocalStore {
             Err(e) => Err(self.err("cannot delete", &path, e)),
         }
     }
+
+    async fn read_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        let path = self.path(key)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(Versioned {
+                etag: content_tag(&bytes),
+                bytes: Bytes::from(bytes),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("cannot read", &path, e)),
+        }
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        condition: Condition,
+    ) -> Result<String, ConditionalError> {
+        let path = self.path(key)?;
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_if(&target, &bytes, &condition))
+            .await
+            .map_err(|e| StorageError::Transient {
+                store: self.name.clone(),
+                message: format!("writer task failed: {e}"),
+            })?;
+        match written.map_err(|e| self.err("cannot write", &path, e))? {
+            Ok(tag) => Ok(tag),
+            Err(()) => Err(ConditionalError::Refused {
+                store: self.name.clone(),
+                key: key.to_string(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +386,48 @@ mod tests {
         std::fs::remove_file(&src).unwrap();
         assert_eq!(std::fs::read(&linked).unwrap(), b"finished bytes");
         assert_eq!(std::fs::read(&copied).unwrap(), b"finished bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_writers_racing_from_one_read_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::new("local", dir.path()));
+        for round in 0..20 {
+            let key = format!("runs/r{round}/lease");
+            let race = |condition: Condition, body: &'static str| {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { store.put_if(&key, Bytes::from(body), condition).await })
+            };
+            let (a, b) = (race(Condition::Absent, "a"), race(Condition::Absent, "b"));
+            let created = [a.await.unwrap(), b.await.unwrap()];
+            assert_eq!(
+                created.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{created:?}"
+            );
+            let read = store.read_versioned(&key).await.unwrap().unwrap();
+            let tag = Condition::Matches(read.etag.clone());
+            let (a, b) = (race(tag.clone(), "c"), race(tag, "d"));
+            let replaced = [a.await.unwrap(), b.await.unwrap()];
+            assert_eq!(
+                replaced.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{replaced:?}"
+            );
+            assert!(matches!(
+                replaced.iter().find(|r| r.is_err()),
+                Some(Err(ConditionalError::Refused { .. }))
+            ));
+        }
+        // The lock files stay hidden from listings.
+        assert!(
+            store
+                .list("runs/")
+                .await
+                .unwrap()
+                .iter()
+                .all(|m| m.key.ends_with("/lease"))
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! Every store holds byte-identical copies (encrypt once, upload the same bytes), so a
 //! download that fails on one store continues on the next at the same offset.
 
+pub mod conditional;
 pub mod local;
 pub mod s3;
 pub mod set;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
+pub use conditional::{Condition, ConditionalError, Versioned};
 pub use set::StoreSet;
 
 /// A stream of object bytes.
@@ -111,6 +113,20 @@ pub trait ObjectStore: Send + Sync {
 
     /// Removes an object (absent is fine).
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// A small object's bytes and version, or `None` if absent: the read a
+    /// [`ObjectStore::put_if`] is conditioned on.
+    async fn read_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError>;
+
+    /// Writes a small object only if it is in the state `condition` names; returns the
+    /// new version. Stores that cannot condition a write answer
+    /// [`ConditionalError::Unsupported`] and write nothing.
+    async fn put_if(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        condition: Condition,
+    ) -> Result<String, ConditionalError>;
 }
 
 /// Checks a key before it becomes a path or a URL: relative, no `..`, no empty parts.

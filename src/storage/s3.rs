@@ -17,7 +17,10 @@ use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::sync::OnceCell;
 
-use super::{Body, ByteStream, ObjectMeta, ObjectStore, StorageError, check_key};
+use super::{
+    Body, ByteStream, Condition, ConditionalError, ObjectMeta, ObjectStore, StorageError,
+    Versioned, check_key,
+};
 
 /// Files larger than this are uploaded in parts.
 const MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -535,6 +538,96 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.classify("delete of", key, e))?;
         Ok(())
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        let full = self.full_key(key)?;
+        let out = match self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return match self.classify("read of", key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Transient {
+                store: self.settings.name.clone(),
+                message: format!("read of {key}: {}", describe(&e)),
+            })?
+            .into_bytes();
+        Ok(Some(Versioned { bytes, etag }))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        condition: Condition,
+    ) -> Result<String, ConditionalError> {
+        let full = self.full_key(key)?;
+        let request = self
+            .client()
+            .await
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .content_length(bytes.len() as i64)
+            .body(SdkStream::from(bytes));
+        let request = match &condition {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(tag) => request.if_match(tag),
+        };
+        let error = match request.send().await {
+            Ok(out) => {
+                if let Some(tag) = out.e_tag() {
+                    return Ok(tag.to_string());
+                }
+                // A store that does not say the new version: read it.
+                return match self.read_versioned(key).await? {
+                    Some(read) => Ok(read.etag),
+                    None => Err(ConditionalError::Refused {
+                        store: self.settings.name.clone(),
+                        key: key.to_string(),
+                    }),
+                };
+            }
+            Err(error) => error,
+        };
+        if let SdkError::ServiceError(service) = &error {
+            let http = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let refused = matches!(http, 412 | 409)
+                || matches!(code, "PreconditionFailed" | "ConditionalRequestConflict")
+                // If-Match on an object that is gone (moto answers 404).
+                || (http == 404 && matches!(condition, Condition::Matches(_)));
+            if refused {
+                return Err(ConditionalError::Refused {
+                    store: self.settings.name.clone(),
+                    key: key.to_string(),
+                });
+            }
+            if http == 501 || code == "NotImplemented" {
+                return Err(ConditionalError::Unsupported {
+                    store: self.settings.name.clone(),
+                    detail: format!("HTTP {http} {code} to a conditional PUT"),
+                });
+            }
+        }
+        Err(self.classify("conditional upload of", key, error).into())
     }
 }
 

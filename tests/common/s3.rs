@@ -89,6 +89,35 @@ pub struct S3sFs {
 impl S3sFs {
     /// Serves the directory `root` (each subdirectory is a bucket) over S3.
     pub fn start(root: &Path) -> S3sFs {
+        Self::serve(root, |fs| fs)
+    }
+
+    /// The same, with every PUT applied one at a time and no read in the middle of one, as
+    /// a real S3 does: s3s-fs alone checks a condition, then writes (two writers racing
+    /// from the same read can both pass the check), and renames a body into place before
+    /// it saves its ETag (a GET can pair an old body with the new ETag).
+    pub fn start_serialized(root: &Path) -> S3sFs {
+        Self::serve(root, |fs| Serialized {
+            inner: fs,
+            puts: tokio::sync::RwLock::new(()),
+            conditions: true,
+        })
+    }
+
+    /// A store that cannot condition a write, as Backblaze B2: a PUT with `If-Match` or
+    /// `If-None-Match` is answered 501 NotImplemented.
+    pub fn start_unconditional(root: &Path) -> S3sFs {
+        Self::serve(root, |fs| Serialized {
+            inner: fs,
+            puts: tokio::sync::RwLock::new(()),
+            conditions: false,
+        })
+    }
+
+    fn serve<S: s3s::S3>(
+        root: &Path,
+        wrap: impl FnOnce(s3s_fs::FileSystem) -> S + Send + 'static,
+    ) -> S3sFs {
         std::fs::create_dir_all(root).expect("s3s root");
         let kept = root.to_path_buf();
         let root = root.to_path_buf();
@@ -101,7 +130,7 @@ impl S3sFs {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs");
+                let fs = wrap(s3s_fs::FileSystem::new(&root).expect("s3s-fs"));
                 let mut builder = s3s::service::S3ServiceBuilder::new(fs);
                 builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
                 let service = builder.build();
@@ -155,6 +184,66 @@ impl Drop for S3sFs {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// s3s-fs with its PUTs serialized (see [`S3sFs::start_serialized`]); the other calls a
+/// lease and a journal mirror make go straight through.
+struct Serialized {
+    inner: s3s_fs::FileSystem,
+    puts: tokio::sync::RwLock<()>,
+    /// Whether conditional PUTs are honoured (else refused as NotImplemented).
+    conditions: bool,
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for Serialized {
+    async fn create_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
+        self.inner.create_bucket(req).await
+    }
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        if !self.conditions && (req.input.if_match.is_some() || req.input.if_none_match.is_some()) {
+            return Err(s3s::s3_error!(
+                NotImplemented,
+                "conditional writes are not supported"
+            ));
+        }
+        let _one_at_a_time = self.puts.write().await;
+        self.inner.put_object(req).await
+    }
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        // The file is opened and its ETag read under the lock: never a new body with an
+        // old ETag, or the other way round.
+        let _between_puts = self.puts.read().await;
+        self.inner.get_object(req).await
+    }
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        let _between_puts = self.puts.read().await;
+        self.inner.head_object(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.inner.list_objects_v2(req).await
+    }
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.inner.delete_object(req).await
     }
 }
 

@@ -1,0 +1,359 @@
+//! A lease per run in the stores: the fence that lets one host at a time drive a run when
+//! hosts share nothing but their stores.
+//!
+//! The lease is `runs/RUN/lease` in the first store that can condition a write and
+//! answers. It is created only if absent and renewed or taken over only at the version
+//! read (S3 `If-None-Match: *` / `If-Match: ETAG`; a lock file and a rename on a local
+//! store), so two hosts racing for it cannot both win. Another host is refused, with the
+//! holder's name, until the holder's last renewal plus its duration has passed on this
+//! host's clock (or the holder let it go); then it takes it over. A store that cannot
+//! condition writes is used only when no store can, and then a write is checked by reading
+//! it back: that narrows the window in which two hosts both believe they hold the lease,
+//! but does not close it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::lease_key;
+use crate::engine::fence::FenceError;
+use crate::lease::{LeaseBackend, Renewal};
+use crate::storage::{Condition, ConditionalError, ObjectStore, StoreSet};
+
+/// What a lease object says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseBody {
+    /// Who drives the run (host and state directory).
+    pub holder: String,
+    /// The run.
+    pub run: String,
+    /// Its target.
+    pub target: String,
+    /// The holder's last renewal, microseconds since the Unix epoch, its clock.
+    pub renewed_at_us: i64,
+    /// How long the lease holds without renewal, milliseconds.
+    pub duration_ms: u64,
+    /// How many times the run changed hands.
+    pub transitions: u64,
+    /// Whether the holder let it go (the run ended or stopped here).
+    pub released: bool,
+}
+
+impl LeaseBody {
+    fn expired(&self, now_us: i64) -> bool {
+        self.released
+            || self.renewed_at_us.saturating_add(
+                i64::try_from(self.duration_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            ) <= now_us
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Run leases kept in a set of stores.
+pub struct StoreLeases {
+    stores: StoreSet,
+    holder: String,
+    duration: Duration,
+    /// The store each run's lease was taken in.
+    chosen: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How taking a lease in one store went.
+enum Taken {
+    Yes,
+    /// Another holder's lease is valid (the message names it).
+    Held(String),
+    /// This store cannot condition a write.
+    Unsupported(String),
+    /// This store did not answer.
+    Failed(String),
+}
+
+impl StoreLeases {
+    /// Leases in `stores` as `holder`, each valid for `duration` unless renewed.
+    pub fn new(stores: StoreSet, holder: &str, duration: Duration) -> Self {
+        Self {
+            stores,
+            holder: holder.to_string(),
+            duration,
+            chosen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn body(&self, target: &str, run: &str, transitions: u64) -> LeaseBody {
+        LeaseBody {
+            holder: self.holder.clone(),
+            run: run.to_string(),
+            target: target.to_string(),
+            renewed_at_us: now_us(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            transitions,
+            released: false,
+        }
+    }
+
+    fn held_message(&self, store: &str, lease: &LeaseBody) -> String {
+        let until = chrono::DateTime::from_timestamp_micros(
+            lease.renewed_at_us + i64::try_from(lease.duration_ms).unwrap_or(0) * 1000,
+        )
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+        format!(
+            "run {} is driven by {} (its lease {} in store {store} holds until {until} unless renewed): \
+             another host is running it. Wait for it; if that host is gone, resume once the lease has expired and this host takes the run over",
+            lease.run,
+            lease.holder,
+            lease_key(&lease.run)
+        )
+    }
+
+    /// Creates, renews or takes over the lease in one store, conditioned on what was read.
+    async fn take_in(&self, store: &dyn ObjectStore, target: &str, run: &str) -> Taken {
+        let key = lease_key(run);
+        for _ in 0..3 {
+            let read = match store.read_versioned(&key).await {
+                Ok(read) => read,
+                Err(e) => return Taken::Failed(e.to_string()),
+            };
+            let (body, condition) = match read {
+                None => (self.body(target, run, 0), Condition::Absent),
+                Some(found) => {
+                    let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes) else {
+                        return Taken::Failed(format!(
+                            "{key} in store {} is not a Lazarus lease; remove it if nothing else wrote it",
+                            store.name()
+                        ));
+                    };
+                    let ours = lease.holder == self.holder;
+                    if !ours && !lease.expired(now_us()) {
+                        return Taken::Held(self.held_message(store.name(), &lease));
+                    }
+                    let transitions = lease.transitions + u64::from(!ours);
+                    if !ours {
+                        tracing::warn!(run = %run, from = %lease.holder, "taking over the run's lease");
+                    }
+                    (
+                        self.body(target, run, transitions),
+                        Condition::Matches(found.etag),
+                    )
+                }
+            };
+            let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            match store.put_if(&key, bytes, condition).await {
+                Ok(_) => return Taken::Yes,
+                // Someone wrote it between our read and write: read again and decide again.
+                Err(ConditionalError::Refused { .. }) => continue,
+                Err(ConditionalError::Unsupported { detail, .. }) => {
+                    return Taken::Unsupported(detail);
+                }
+                Err(ConditionalError::Storage(e)) => return Taken::Failed(e.to_string()),
+            }
+        }
+        Taken::Failed(format!("{key} kept changing under this host"))
+    }
+
+    /// The lease in a store that cannot condition writes: read, decide, write, read back.
+    async fn take_unconditioned(&self, store: &dyn ObjectStore, target: &str, run: &str) -> Taken {
+        let key = lease_key(run);
+        let found = match store.read_versioned(&key).await {
+            Ok(found) => found.and_then(|f| serde_json::from_slice::<LeaseBody>(&f.bytes).ok()),
+            Err(e) => return Taken::Failed(e.to_string()),
+        };
+        let transitions = match &found {
+            Some(lease) if lease.holder != self.holder && !lease.expired(now_us()) => {
+                return Taken::Held(self.held_message(store.name(), lease));
+            }
+            Some(lease) => lease.transitions + u64::from(lease.holder != self.holder),
+            None => 0,
+        };
+        let body = self.body(target, run, transitions);
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        if let Err(e) = store.put(&key, crate::storage::Body::Bytes(bytes)).await {
+            return Taken::Failed(e.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match store.read_versioned(&key).await {
+            Ok(Some(back)) => match serde_json::from_slice::<LeaseBody>(&back.bytes) {
+                Ok(lease) if lease.holder == self.holder => Taken::Yes,
+                Ok(lease) => Taken::Held(self.held_message(store.name(), &lease)),
+                Err(e) => Taken::Failed(e.to_string()),
+            },
+            Ok(None) => Taken::Failed(format!("{key} vanished after it was written")),
+            Err(e) => Taken::Failed(e.to_string()),
+        }
+    }
+
+    fn store_of(&self, run: &str) -> Option<std::sync::Arc<dyn ObjectStore>> {
+        let name = lock(&self.chosen).get(run).cloned()?;
+        self.stores.get(&name).cloned()
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for StoreLeases {
+    fn key(&self, _target: &str, run: &str) -> String {
+        run.to_string()
+    }
+
+    fn describe(&self, key: &str) -> String {
+        let store = lock(&self.chosen)
+            .get(key)
+            .map(|s| format!(" in store {s}"))
+            .unwrap_or_default();
+        format!("the lease {}{store}", lease_key(key))
+    }
+
+    fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    async fn take(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        let mut unconditioned = Vec::new();
+        let mut failures = Vec::new();
+        // The store that already holds this run's lease first, then the rest in order.
+        let mut stores = self.stores.stores().to_vec();
+        if let Some(held) = self.store_of(run) {
+            stores.retain(|s| s.name() != held.name());
+            stores.insert(0, held);
+        }
+        for store in &stores {
+            match self.take_in(store.as_ref(), target, run).await {
+                Taken::Yes => {
+                    lock(&self.chosen).insert(run.to_string(), store.name().to_string());
+                    return Ok(());
+                }
+                Taken::Held(message) => return Err(FenceError::Held(message)),
+                Taken::Unsupported(detail) => unconditioned.push((store.clone(), detail)),
+                Taken::Failed(why) => {
+                    tracing::warn!(run = %run, store = %store.name(), error = %why, "cannot take the run's lease in this store; trying the next");
+                    failures.push(format!("{}: {why}", store.name()));
+                }
+            }
+        }
+        if let Some((store, detail)) = unconditioned.first() {
+            tracing::warn!(run = %run, store = %store.name(), %detail, "no store can condition a write: the run's lease is checked by reading it back, which narrows but does not close the window for two hosts");
+            match self.take_unconditioned(store.as_ref(), target, run).await {
+                Taken::Yes => {
+                    lock(&self.chosen).insert(run.to_string(), store.name().to_string());
+                    return Ok(());
+                }
+                Taken::Held(message) => return Err(FenceError::Held(message)),
+                Taken::Unsupported(why) | Taken::Failed(why) => {
+                    failures.push(format!("{}: {why}", store.name()));
+                }
+            }
+        }
+        Err(FenceError::Unavailable(format!(
+            "no store could hold run {run}'s lease ({}); nothing was started: try again when a store answers, or set [mirror] lease = false to drive runs without it",
+            failures.join("; ")
+        )))
+    }
+
+    async fn renew(&self, target: &str, run: &str) -> Result<(), Renewal> {
+        let Some(store) = self.store_of(run) else {
+            return Err(Renewal::Failed("no store holds this run's lease".into()));
+        };
+        let key = lease_key(run);
+        let found = match store.read_versioned(&key).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(Renewal::TakenBy("nobody (the lease was removed)".into())),
+            Err(e) => return Err(Renewal::Failed(e.to_string())),
+        };
+        let lease: LeaseBody = serde_json::from_slice(&found.bytes)
+            .map_err(|e| Renewal::Failed(format!("{key} does not parse: {e}")))?;
+        if lease.holder != self.holder || lease.released {
+            return Err(Renewal::TakenBy(lease.holder));
+        }
+        let body = self.body(target, run, lease.transitions);
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        match store
+            .put_if(&key, bytes.clone(), Condition::Matches(found.etag))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ConditionalError::Refused { .. }) => Err(Renewal::Failed(
+                "the lease changed between read and renewal".into(),
+            )),
+            Err(ConditionalError::Unsupported { .. }) => store
+                .put(&key, crate::storage::Body::Bytes(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| Renewal::Failed(e.to_string())),
+            Err(ConditionalError::Storage(e)) => Err(Renewal::Failed(e.to_string())),
+        }
+    }
+
+    async fn release(&self, _target: &str, run: &str) -> Result<(), String> {
+        let Some(store) = self.store_of(run) else {
+            return Ok(());
+        };
+        let key = lease_key(run);
+        let Some(found) = store
+            .read_versioned(&key)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Ok(mut lease) = serde_json::from_slice::<LeaseBody>(&found.bytes) else {
+            return Ok(());
+        };
+        if lease.holder != self.holder {
+            return Ok(());
+        }
+        lease.released = true;
+        lease.renewed_at_us = now_us();
+        let bytes = Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+        match store
+            .put_if(&key, bytes.clone(), Condition::Matches(found.etag))
+            .await
+        {
+            Ok(_) | Err(ConditionalError::Refused { .. }) => Ok(()),
+            Err(ConditionalError::Unsupported { .. }) => store
+                .put(&key, crate::storage::Body::Bytes(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(ConditionalError::Storage(e)) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_expires_its_duration_after_its_renewal_or_when_let_go() {
+        let mut lease = LeaseBody {
+            holder: "a".into(),
+            run: "r".into(),
+            target: "t".into(),
+            renewed_at_us: 1_000_000,
+            duration_ms: 15_000,
+            transitions: 0,
+            released: false,
+        };
+        assert!(!lease.expired(15_999_999));
+        assert!(lease.expired(16_000_000));
+        lease.released = true;
+        assert!(lease.expired(1_000_001));
+    }
+}

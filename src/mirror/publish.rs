@@ -1,0 +1,229 @@
+//! Copying runs' journals to every store: the record once, then each batch of new events
+//! as an object created only if absent, to every store at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{batch_key, read, record_key};
+use crate::engine::journal::Journal;
+use crate::engine::mirror::{Mirror, MirrorLag, MirroredRun};
+use crate::engine::records::{EventRecord, RunRecord, encode};
+use crate::storage::{Condition, ConditionalError, ObjectStore, StoreSet};
+
+/// Where one store's copy of one run stands.
+#[derive(Debug, Clone, Default)]
+struct Copy {
+    /// Events known to be there; `None` until learnt from the store.
+    mirrored: Option<usize>,
+    /// Why the last copy failed.
+    error: Option<String>,
+    /// Not tried again before this (a store that failed is not waited for at every step).
+    retry_after: Option<std::time::Instant>,
+}
+
+/// How long a store whose copy failed is left alone before the next try.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The mirror of every run's journal in a set of stores.
+pub struct StoreMirror {
+    stores: StoreSet,
+    /// Per run: where its copies stand.
+    runs: Mutex<HashMap<String, Copies>>,
+}
+
+/// Events journaled as of the last publish, and each store's copy.
+type Copies = (usize, HashMap<String, Copy>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates `key` unless it exists; a store that cannot condition writes gets a plain put
+/// (the README says what that leaves).
+async fn create(store: &dyn ObjectStore, key: &str, bytes: Bytes) -> Result<bool, String> {
+    match store.put_if(key, bytes.clone(), Condition::Absent).await {
+        Ok(_) => Ok(true),
+        Err(ConditionalError::Refused { .. }) => Ok(false),
+        Err(ConditionalError::Unsupported { .. }) => store
+            .put(key, crate::storage::Body::Bytes(bytes))
+            .await
+            .map(|_| true)
+            .map_err(|e| e.to_string()),
+        Err(ConditionalError::Storage(e)) => Err(e.to_string()),
+    }
+}
+
+impl StoreMirror {
+    /// A mirror writing to every store of `stores`.
+    pub fn new(stores: StoreSet) -> Self {
+        Self {
+            stores,
+            runs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where a store's copy of a run ends: known, or learnt from the store (writing the
+    /// run's record to a store that has nothing of it yet).
+    async fn position(
+        store: &Arc<dyn ObjectStore>,
+        record: &RunRecord,
+        known: Option<usize>,
+    ) -> Result<usize, String> {
+        if let Some(at) = known {
+            return Ok(at);
+        }
+        let at = read::position(store, &record.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if at == 0 {
+            create(
+                store.as_ref(),
+                &record_key(&record.id),
+                Bytes::from(encode(record)),
+            )
+            .await?;
+        }
+        Ok(at)
+    }
+
+    /// Writes the events from `from` on to a store as one batch.
+    async fn append(
+        store: &Arc<dyn ObjectStore>,
+        run: &str,
+        from: usize,
+        events: &[EventRecord],
+    ) -> Result<usize, String> {
+        if events.is_empty() {
+            return Ok(from);
+        }
+        let key = batch_key(run, from);
+        if !create(store.as_ref(), &key, Bytes::from(encode(&events))).await? {
+            return Err(format!(
+                "{key} is already in store {}: {ANOTHER_HOST}",
+                store.name()
+            ));
+        }
+        Ok(from + events.len())
+    }
+}
+
+/// Why a store's copy went on without this process.
+const ANOTHER_HOST: &str =
+    "another host has written this run's journal there since this one last did";
+
+#[async_trait]
+impl Mirror for StoreMirror {
+    async fn publish(&self, record: &RunRecord, journal: &dyn Journal) -> Vec<MirrorLag> {
+        let run = record.id.clone();
+        let now = std::time::Instant::now();
+        let mut resting = Vec::new();
+        let known: HashMap<String, Option<usize>> = lock(&self.runs)
+            .get(&run)
+            .map(|(_, copies)| {
+                copies
+                    .iter()
+                    .inspect(|(store, copy)| {
+                        if copy.retry_after.is_some_and(|t| t > now) {
+                            resting.push(store.to_string());
+                        }
+                    })
+                    .map(|(store, copy)| (store.clone(), copy.mirrored))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stores: Vec<_> = self
+            .stores
+            .stores()
+            .iter()
+            .filter(|s| !resting.iter().any(|r| r == s.name()))
+            .cloned()
+            .collect();
+        let positions = futures::future::join_all(stores.iter().map(|store| {
+            let known = known.get(store.name()).copied().flatten();
+            async move { (known, Self::position(store, record, known).await) }
+        }))
+        .await;
+        let from = positions
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok().copied())
+            .min()
+            .unwrap_or(0);
+        let (journaled, new) = match journal.events_from(&run, from) {
+            Ok(events) => (from + events.len(), events),
+            Err(e) => {
+                tracing::warn!(run = %run, error = %e, "cannot read the run's journal to mirror it");
+                return self.lag(&run);
+            }
+        };
+        let writes = stores.iter().zip(&positions).map(|(store, (known, at))| {
+            let new = &new;
+            let run = &run;
+            async move {
+                let result = match at {
+                    Ok(at) => match new.get(at - from..) {
+                        Some(rest) => Self::append(store, run, *at, rest).await,
+                        None => Err(format!(
+                            "store {} holds {at} events of this run, more than this host's journal: {ANOTHER_HOST}",
+                            store.name()
+                        )),
+                    },
+                    Err(e) => Err(e.clone()),
+                };
+                (store.name().to_string(), *known, result)
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut runs = lock(&self.runs);
+        let entry = runs.entry(run.clone()).or_default();
+        entry.0 = journaled;
+        for (store, known, result) in results {
+            let copy = entry.1.entry(store).or_default();
+            match result {
+                Ok(at) => {
+                    *copy = Copy {
+                        mirrored: Some(at),
+                        error: None,
+                        retry_after: None,
+                    }
+                }
+                Err(error) => {
+                    // Learn the store's position again next time: it may hold more than
+                    // this process knows.
+                    copy.mirrored = known.filter(|_| !error.contains(ANOTHER_HOST));
+                    copy.error = Some(error);
+                    copy.retry_after = Some(now + RETRY_AFTER);
+                }
+            }
+        }
+        drop(runs);
+        self.lag(&run)
+    }
+
+    fn lag(&self, run: &str) -> Vec<MirrorLag> {
+        let runs = lock(&self.runs);
+        let Some((journaled, copies)) = runs.get(run) else {
+            return Vec::new();
+        };
+        self.stores
+            .names()
+            .into_iter()
+            .map(|store| {
+                let copy = copies.get(&store).cloned().unwrap_or_default();
+                let mirrored = copy.mirrored.unwrap_or(0);
+                MirrorLag {
+                    behind: journaled.saturating_sub(mirrored),
+                    error: copy.error.filter(|_| mirrored < *journaled),
+                    mirrored,
+                    store,
+                }
+            })
+            .collect()
+    }
+
+    async fn fetch(&self, run: &str) -> Result<Option<MirroredRun>, String> {
+        read::fullest(&self.stores, run).await
+    }
+}

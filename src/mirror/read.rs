@@ -1,0 +1,175 @@
+//! Reading a run back from the stores: the record and the longest unbroken chain of event
+//! batches, from whichever store holds the most.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use super::{RUNS_PREFIX, batch_first, events_prefix, record_key, run_of};
+use crate::engine::mirror::MirroredRun;
+use crate::engine::records::{EventRecord, RunRecord, decode};
+use crate::storage::{ObjectStore, StorageError, StoreSet};
+
+/// Why a store's copy of a run could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An object is there but does not decode.
+    #[error("{store}: {key} is not a Lazarus journal record ({message})")]
+    Corrupt {
+        store: String,
+        key: String,
+        message: String,
+    },
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StorageError> {
+    let mut body = store.get(key, 0, None).await?;
+    let mut bytes = Vec::new();
+    body.read_to_end(&mut bytes)
+        .await
+        .map_err(|e| StorageError::Transient {
+            store: store.name().to_string(),
+            message: format!("read of {key}: {e}"),
+        })?;
+    Ok(bytes)
+}
+
+fn decoded<T: for<'de> serde::Deserialize<'de>>(
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, ReadError> {
+    decode(bytes).map_err(|e| ReadError::Corrupt {
+        store: store.name().to_string(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The first indexes of a run's batches in one store, in order.
+pub async fn batches(store: &dyn ObjectStore, run: &str) -> Result<Vec<usize>, StorageError> {
+    let mut firsts: Vec<usize> = store
+        .list(&events_prefix(run))
+        .await?
+        .iter()
+        .filter_map(|m| batch_first(&m.key))
+        .collect();
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// One batch's events.
+pub async fn batch(
+    store: &dyn ObjectStore,
+    run: &str,
+    first: usize,
+) -> Result<Vec<EventRecord>, ReadError> {
+    let key = super::batch_key(run, first);
+    let bytes = read_all(store, &key).await?;
+    decoded(store, &key, &bytes)
+}
+
+/// A run as one store holds it: its record and the events of the unbroken chain of
+/// batches from the first (a batch that does not follow on is where the copy ends).
+pub async fn from_store(
+    store: &dyn ObjectStore,
+    run: &str,
+) -> Result<Option<MirroredRun>, ReadError> {
+    let key = record_key(run);
+    let bytes = match read_all(store, &key).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let record: RunRecord = decoded(store, &key, &bytes)?;
+    let mut events = Vec::new();
+    for first in batches(store, run).await? {
+        if first != events.len() {
+            break;
+        }
+        events.extend(batch(store, run, first).await?);
+    }
+    Ok(Some(MirroredRun {
+        record,
+        events,
+        source: store.name().to_string(),
+    }))
+}
+
+/// The fullest copy of a run among the stores; `Ok(None)` when every store answered and
+/// none has it, an error naming each store when none could be read.
+pub async fn fullest(stores: &StoreSet, run: &str) -> Result<Option<MirroredRun>, String> {
+    let mut best: Option<MirroredRun> = None;
+    let mut failures = Vec::new();
+    for store in stores.stores() {
+        match from_store(store.as_ref(), run).await {
+            Ok(Some(copy)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| copy.events.len() > b.events.len())
+                {
+                    best = Some(copy);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if best.is_none() && !failures.is_empty() && failures.len() == stores.stores().len() {
+        return Err(failures.join("; "));
+    }
+    Ok(best)
+}
+
+/// Every run found in any store, each from its fullest copy, oldest first; and the
+/// stores that could not be read, with why.
+pub async fn all_runs(stores: &StoreSet) -> (Vec<MirroredRun>, Vec<String>) {
+    let mut ids = BTreeSet::new();
+    let mut failures = Vec::new();
+    for store in stores.stores() {
+        match store.list(RUNS_PREFIX).await {
+            Ok(listing) => ids.extend(
+                listing
+                    .iter()
+                    .filter_map(|m| run_of(&m.key))
+                    .map(str::to_string),
+            ),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let mut runs = Vec::new();
+    for id in ids {
+        match fullest(stores, &id).await {
+            Ok(Some(run)) => runs.push(run),
+            Ok(None) => {}
+            Err(e) => failures.push(format!("run {id}: {e}")),
+        }
+    }
+    runs.sort_by_key(|r| r.record.created_at_us);
+    (runs, failures)
+}
+
+/// The index after the last event a store holds of a run, read from its last batch.
+pub async fn position(store: &Arc<dyn ObjectStore>, run: &str) -> Result<usize, ReadError> {
+    let firsts = batches(store.as_ref(), run).await?;
+    let Some(&last) = firsts.last() else {
+        return Ok(0);
+    };
+    Ok(last + batch(store.as_ref(), run, last).await?.len())
+}
+
+/// A run's lease as the first store holding one says, with that store's name.
+pub async fn lease(stores: &StoreSet, run: &str) -> Option<(super::lease::LeaseBody, String)> {
+    for store in stores.stores() {
+        if let Ok(Some(found)) = store.read_versioned(&super::lease_key(run)).await
+            && let Ok(lease) = serde_json::from_slice(&found.bytes)
+        {
+            return Some((lease, store.name().to_string()));
+        }
+    }
+    None
+}

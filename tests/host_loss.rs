@@ -1,0 +1,258 @@
+//! Losing the host that drives a recovery: two state directories ("host A", "host B") that
+//! share nothing but their stores (an S3 server and a directory). Host A dies with SIGKILL
+//! in the middle of a run; host B rebuilds the run from the stores alone, waits out A's
+//! lease, and finishes it; host A, started again, is fenced and runs no step.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::s3::{ACCESS_KEY, S3sFs, SECRET_KEY, create_bucket};
+use common::{Sandbox, kill9, text};
+use serde_json::Value;
+
+const BUCKET: &str = "lazarus";
+
+/// The stores both hosts share, and a directory for work files both can reach.
+struct Shared {
+    s3: S3sFs,
+    dir: tempfile::TempDir,
+}
+
+impl Shared {
+    fn start() -> Shared {
+        let dir = tempfile::Builder::new()
+            .prefix("lzshared")
+            .tempdir_in("/tmp")
+            .expect("shared dir");
+        let s3 = S3sFs::start_serialized(&dir.path().join("s3"));
+        create_bucket(&s3.endpoint(), BUCKET);
+        std::fs::create_dir_all(dir.path().join("work")).expect("work dir");
+        Shared { s3, dir }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// A host's configuration: both shared stores, leases of 3 s under the host's name,
+    /// and whatever else the test needs before them.
+    fn configure(&self, host: &Sandbox, name: &str, before: &str) -> PathBuf {
+        let config = host.write(
+            "lazarus.toml",
+            &format!(
+                "{before}[mirror]\nlease_duration = \"3s\"\nholder = \"{name}\"\n\n\
+                 [[stores]]\nname = \"r2\"\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\n\
+                 [[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"{}\"\n",
+                self.s3.endpoint(),
+                self.dir.path().join("local").display()
+            ),
+        );
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        config
+    }
+}
+
+/// Five steps on target `shop`, each recording its effect once; the third waits for `go`.
+fn torture_workflow(dir: &Path) -> String {
+    let mut text = String::from("name = \"torture\"\ntarget = \"shop\"\n");
+    for i in 1..=5 {
+        let wait = if i == 3 {
+            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
+            dir.display()
+        ));
+    }
+    text
+}
+
+fn from_stores(host: &Sandbox, run: &str) -> Value {
+    let listed: Value =
+        serde_json::from_str(&host.ok(&["runs", "--from-stores", "--json"])).expect("json");
+    listed
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["id"] == run).cloned())
+        .unwrap_or_else(|| panic!("run {run} is not in the stores: {listed}"))
+}
+
+#[test]
+fn a_run_whose_host_dies_is_finished_from_the_stores_by_another_and_the_first_is_fenced() {
+    let shared = Shared::start();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    shared.configure(&a, "host-a", "");
+    shared.configure(&b, "host-b", "");
+    let work = shared.work();
+    let wf = a.write("torture.toml", &torture_workflow(&work));
+
+    let mut runner = a
+        .cmd()
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r1",
+            "--reason",
+            "primary lost",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("host A");
+    a.wait_for("step 3 on host A", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start"))
+    });
+
+    // Host B, which has never seen the run, finds it in the stores, driven by host A, with
+    // the two completed steps before the one running.
+    let seen = from_stores(&b, "r1");
+    assert_eq!(seen["driven_by"], "host-a", "{seen}");
+    assert_eq!(seen["workflow"], "torture", "{seen}");
+    let local_runs = b.ok(&["runs", "--json"]);
+    assert!(!local_runs.contains("\"r1\""), "{local_runs}");
+
+    kill9(&mut runner);
+
+    // While host A's lease is valid, host B is refused, naming A.
+    let early = b.run(&["resume", "r1"]);
+    assert!(!early.status.success(), "{}", text(&early));
+    assert!(
+        text(&early).contains("driven by host-a"),
+        "{}",
+        text(&early)
+    );
+
+    // Once it has expired, host B takes the run over from the stores and finishes it.
+    std::fs::write(work.join("go"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    let resumed = b.run(&["resume", "r1"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let report = b.status("r1");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(work.join("effects")).unwrap(),
+        "s1\ns2\ns3\ns4\ns5\n",
+        "every step's effect exactly once across both hosts"
+    );
+
+    // Host A comes back: its copy of the run went another way, so it is fenced, says why,
+    // and runs no step.
+    let back = a.run(&["resume", "r1"]);
+    assert!(!back.status.success(), "{}", text(&back));
+    assert!(
+        text(&back).contains("continued by another host"),
+        "{}",
+        text(&back)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(work.join("effects")).unwrap(),
+        "s1\ns2\ns3\ns4\ns5\n"
+    );
+
+    // The stores hold the whole run, ended, with nobody driving it.
+    let ended = from_stores(&a, "r1");
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["driven_by"], Value::Null, "{ended}");
+    let lease: Value = serde_json::from_slice(
+        &std::fs::read(
+            shared
+                .dir
+                .path()
+                .join("s3")
+                .join(BUCKET)
+                .join("runs/r1/lease"),
+        )
+        .expect("the lease is in the first store"),
+    )
+    .expect("lease json");
+    assert_eq!(lease["holder"], "host-b", "{lease}");
+    assert_eq!(lease["transitions"], 1, "{lease}");
+    assert_eq!(lease["released"], true, "{lease}");
+    // Both stores hold the same events.
+    let events = |root: &Path| -> usize {
+        std::fs::read_dir(root.join("runs/r1/events"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(events(&shared.dir.path().join("local")) > 0);
+    assert!(events(&shared.dir.path().join("s3").join(BUCKET)) > 0);
+}
+
+#[test]
+fn a_real_restore_killed_on_one_host_is_finished_on_another_with_identical_data() {
+    let shared = Shared::start();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let pg = common::pg::Pg::start();
+    pg.load_sample("shop", 2);
+    let original = pg.checksums("shop");
+    let keys = shared.dir.path().join("keys");
+    a.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
+    let before = format!(
+        "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n",
+        keys.display(),
+        pg.port()
+    );
+    shared.configure(&a, "host-a", &before);
+    shared.configure(&b, "host-b", &before);
+    let workdir = format!("workdir={}", shared.work().display());
+    a.ok(&["backup", "--database", "shop", "-p", &workdir]);
+    a.ok(&["drill", "--database", "shop", "-p", &workdir]);
+
+    let mut runner = a.spawn(&[
+        "recover",
+        "--database",
+        "shop",
+        "--reason",
+        "primary lost",
+        "--id",
+        "r1",
+        "-p",
+        &workdir,
+        "-p",
+        "cutover=none",
+    ]);
+    a.wait_for("the restore on host A", Duration::from_secs(120), || {
+        let report = a.run(&["status", "r1", "--json"]);
+        serde_json::from_slice::<Value>(&report.stdout).is_ok_and(|r| {
+            r["steps"].as_array().is_some_and(|steps| {
+                steps
+                    .iter()
+                    .any(|s| s["id"] == "restore" && s["status"] == "running")
+            })
+        })
+    });
+    kill9(&mut runner);
+
+    std::thread::sleep(Duration::from_millis(3500));
+    let resumed = b.run(&["resume", "r1"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("rebuilt from its journal in store r2"),
+        "{}",
+        text(&resumed)
+    );
+    let report = b.status("r1");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    let restored = Sandbox::step(&report, "restore")["output"]["database"]
+        .as_str()
+        .expect("restored database")
+        .to_string();
+    assert_eq!(
+        pg.checksums(&restored),
+        original,
+        "identical data after the host was lost mid-restore"
+    );
+    let back = a.run(&["resume", "r1"]);
+    assert!(!back.status.success(), "{}", text(&back));
+    assert!(
+        text(&back).contains("continued by another host"),
+        "{}",
+        text(&back)
+    );
+}
