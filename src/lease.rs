@@ -43,8 +43,8 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// How long a lease holds without renewal.
     fn duration(&self) -> Duration;
     /// Creates, renews or takes over the lease; refused (naming the holder) while another
-    /// holder's lease is valid.
-    async fn take(&self, target: &str, run: &str) -> Result<(), FenceError>;
+    /// holder's lease is valid, unless that holder is `over` (a forced takeover).
+    async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError>;
     /// Renews this holder's lease.
     async fn renew(&self, target: &str, run: &str) -> Result<(), Renewal>;
     /// Gives the lease up, if this holder still has it.
@@ -192,6 +192,24 @@ impl<B: LeaseBackend> LeaseFence<B> {
 
 impl<B: LeaseBackend> Fence for LeaseFence<B> {
     fn claim(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        self.claim_as(target, run, None)
+    }
+
+    fn claim_over(&self, target: &str, run: &str, holder: &str) -> Result<(), FenceError> {
+        self.claim_as(target, run, Some(holder))
+    }
+
+    fn check(&self, target: &str, run: &str) -> Result<(), FenceError> {
+        self.check_claim(target, run)
+    }
+
+    fn release(&self, target: &str, run: &str) {
+        self.release_claim(target, run)
+    }
+}
+
+impl<B: LeaseBackend> LeaseFence<B> {
+    fn claim_as(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
         let key = self.backend.key(target, run);
         // Another run of this very runner holds the lease: it is not ours to hand over
         // (the journal's own lock refuses the run too, and must not cost the lease).
@@ -208,9 +226,10 @@ impl<B: LeaseBackend> Fence for LeaseFence<B> {
         let asked = tokio::time::Instant::now();
         let backend = Arc::clone(&self.backend);
         let (t, r) = (target.to_string(), run.to_string());
+        let over = over.map(str::to_string);
         let what = self.backend.describe(&key);
         self.run(async move {
-            tokio::time::timeout(CALL_LIMIT, backend.take(&t, &r))
+            tokio::time::timeout(CALL_LIMIT, backend.take(&t, &r, over.as_deref()))
                 .await
                 .unwrap_or_else(|_| {
                     Err(FenceError::Unavailable(format!(
@@ -253,7 +272,7 @@ impl<B: LeaseBackend> Fence for LeaseFence<B> {
         Ok(())
     }
 
-    fn check(&self, target: &str, run: &str) -> Result<(), FenceError> {
+    fn check_claim(&self, target: &str, run: &str) -> Result<(), FenceError> {
         let key = self.backend.key(target, run);
         let what = self.backend.describe(&key);
         let duration = self.backend.duration();
@@ -277,7 +296,7 @@ impl<B: LeaseBackend> Fence for LeaseFence<B> {
         }
     }
 
-    fn release(&self, target: &str, run: &str) {
+    fn release_claim(&self, target: &str, run: &str) {
         let key = self.backend.key(target, run);
         let claim = {
             let mut claims = lock(&self.claims);
@@ -326,6 +345,18 @@ impl Fence for AllFences {
     fn claim(&self, target: &str, run: &str) -> Result<(), FenceError> {
         for (taken, fence) in self.0.iter().enumerate() {
             if let Err(e) = fence.claim(target, run) {
+                for earlier in &self.0[..taken] {
+                    earlier.release(target, run);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_over(&self, target: &str, run: &str, holder: &str) -> Result<(), FenceError> {
+        for (taken, fence) in self.0.iter().enumerate() {
+            if let Err(e) = fence.claim_over(target, run, holder) {
                 for earlier in &self.0[..taken] {
                     earlier.release(target, run);
                 }

@@ -127,11 +127,23 @@ fn a_run_whose_host_dies_is_finished_from_the_stores_by_another_and_the_first_is
         text(&early)
     );
 
-    // Once it has expired, host B takes the run over from the stores and finishes it.
+    // An operator who knows host A is gone takes the run over at once, naming A; naming
+    // anyone else takes nothing.
+    let wrong = b.run(&["resume", "r1", "--force", "host-z"]);
+    assert!(!wrong.status.success(), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("driven by host-a"),
+        "{}",
+        text(&wrong)
+    );
     std::fs::write(work.join("go"), "").unwrap();
-    std::thread::sleep(Duration::from_millis(3500));
-    let resumed = b.run(&["resume", "r1"]);
+    let resumed = b.run(&["resume", "r1", "--force", "host-a"]);
     assert!(resumed.status.success(), "{}", text(&resumed));
+    let audit = b.ok(&["audit", "--json"]);
+    assert!(
+        audit.contains("resume --force host-a"),
+        "the forced takeover is audited: {audit}"
+    );
     let report = b.status("r1");
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(

@@ -79,7 +79,7 @@ fn race(endpoint: &str, rounds: usize) {
                     let (run, go) = (run.clone(), go.clone());
                     tokio::spawn(async move {
                         go.wait().await;
-                        leases.take("shop", &run).await
+                        leases.take("shop", &run, None).await
                     })
                 };
                 let (ra, rb) = (take(a.clone()), take(b.clone()));
@@ -114,7 +114,7 @@ fn race(endpoint: &str, rounds: usize) {
 
 #[test]
 fn two_takers_racing_for_one_lease_in_moto_never_both_win() {
-    let moto = Moto::start();
+    let moto = Moto::start_serialized();
     create_bucket(&moto.endpoint(), BUCKET);
     race(&moto.endpoint(), 100);
 }
@@ -138,10 +138,10 @@ fn a_store_without_conditional_writes_is_used_by_reading_the_lease_back() {
             taker(&s3.endpoint(), "host-a"),
             taker(&s3.endpoint(), "host-b"),
         );
-        a.take("shop", "weak")
+        a.take("shop", "weak", None)
             .await
             .expect("host A takes the lease");
-        let refused = b.take("shop", "weak").await.unwrap_err();
+        let refused = b.take("shop", "weak", None).await.unwrap_err();
         assert!(
             matches!(&refused, FenceError::Held(m) if m.contains("driven by host-a")),
             "{refused:?}"
@@ -151,7 +151,7 @@ fn a_store_without_conditional_writes_is_used_by_reading_the_lease_back() {
             .ok()
             .expect("host A renews it");
         a.release("shop", "weak").await.expect("host A lets it go");
-        b.take("shop", "weak")
+        b.take("shop", "weak", None)
             .await
             .expect("host B takes a lease let go");
     });

@@ -160,7 +160,7 @@ pub async fn resume(
     Caller(actor): Caller,
     Path(run): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(done(state.ops.resume(&actor, &run).await?))
+    Ok(done(state.ops.resume(&actor, &run, None).await?))
 }
 
 /// `POST /api/runs/{run}/rollback`.

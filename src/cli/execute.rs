@@ -62,6 +62,10 @@ pub struct ResumeArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Take the run over from HOLDER (as `lazarus runs --from-stores` names it) before its
+    /// lease expires: only once you are sure that host is down, or stopped. Audited.
+    #[arg(long, value_name = "HOLDER")]
+    pub force: Option<String>,
 }
 
 /// Arguments of `lazarus rollback`.
@@ -217,8 +221,8 @@ pub async fn resume(ctx: &Context, args: ResumeArgs) -> Result<ExitCode> {
     let by = ctx.operator.clone();
     if args.detach {
         let message = detached(ctx, |remote| {
-            let (run, by) = (args.run.clone(), by.clone());
-            Box::pin(async move { remote.resume(&run, &by).await })
+            let (run, by, force) = (args.run.clone(), by.clone(), args.force.clone());
+            Box::pin(async move { remote.resume(&run, &by, force.as_deref()).await })
         })
         .await?;
         println!("{message}");
@@ -227,8 +231,8 @@ pub async fn resume(ctx: &Context, args: ResumeArgs) -> Result<ExitCode> {
     let run = args.run.clone();
     let (message, session) = ctx
         .call(|c| {
-            let (run, by) = (run.clone(), by.clone());
-            Box::pin(async move { c.resume(&run, &by).await })
+            let (run, by, force) = (run.clone(), by.clone(), args.force.clone());
+            Box::pin(async move { c.resume(&run, &by, force.as_deref()).await })
         })
         .await?;
     eprintln!("{message}");

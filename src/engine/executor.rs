@@ -75,7 +75,7 @@ impl Engine {
                     }
                     // The end is copied before the claim goes: a host that takes the run
                     // next finds it ended.
-                    self.mirror_up(&record).await;
+                    self.mirror_all(&record).await;
                     self.unclaim(record.target.as_deref(), run_id);
                     if let (Some(tracer), Some(ids)) = (self.tracer.get(), state.trace) {
                         tracer.run_ended(&ids, &record, &state);
@@ -109,7 +109,8 @@ impl Engine {
                     .await?;
                 return Ok(());
             }
-            // Whoever continues this run elsewhere starts from everything before this step.
+            // Whoever continues this run elsewhere starts at most one step back: the copy of
+            // the previous step's events lands while this one runs.
             self.mirror_up(&record).await;
             let step_id = next.id.clone();
             if let Some(condition) = workflow.step(&step_id).and_then(|s| s.when.clone()) {

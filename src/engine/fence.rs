@@ -27,4 +27,8 @@ pub trait Fence: Send + Sync {
     fn check(&self, target: &str, run: &str) -> Result<(), FenceError>;
     /// Lets the claim go: the run has ended.
     fn release(&self, target: &str, run: &str);
+    /// Claims `target` for `run` although `holder` still holds it: an operator's
+    /// `resume --force HOLDER`, after making sure that runner is gone. Refused when anyone
+    /// other than `holder` holds it.
+    fn claim_over(&self, target: &str, run: &str, holder: &str) -> Result<(), FenceError>;
 }

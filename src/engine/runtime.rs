@@ -151,6 +151,8 @@ pub struct Engine {
     pub(crate) tracer: std::sync::OnceLock<Arc<dyn RunTracer>>,
     /// Where runs' journals are copied off this host, when configured.
     pub(crate) mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
+    /// Each run's copy in flight: the next step waits for it, never for its own.
+    mirroring: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -212,6 +214,7 @@ impl Engine {
             fence: std::sync::OnceLock::new(),
             tracer: std::sync::OnceLock::new(),
             mirror: std::sync::OnceLock::new(),
+            mirroring: Mutex::new(HashMap::new()),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -236,21 +239,46 @@ impl Engine {
         let _ = self.mirror.set(mirror);
     }
 
-    /// Copies what the run journaled since the last copy, unless this process has lost
-    /// the run's claim (another host drives it now: its copy is the one that counts).
+    /// Waits for the run's copy in flight (what was journaled before the previous step),
+    /// then starts copying what the run journaled since, in the background: a step waits
+    /// for the copy of the events before the step it follows, never for its own. Nothing is
+    /// copied once this process has lost the run's claim (another host drives it now: its
+    /// copy is the one that counts).
     pub(crate) async fn mirror_up(&self, record: &RunRecord) {
-        let Some(mirror) = self.mirror.get() else {
+        let Some(mirror) = self.mirror.get().cloned() else {
             return;
         };
+        self.mirror_settled(&record.id).await;
         if let Some(lost) = self.claim_lost(record.target.as_deref(), &record.id) {
             tracing::debug!(run = %record.id, %lost, "not mirroring a run this process no longer holds");
             return;
         }
-        for lag in mirror.publish(record, self.journal.as_ref()).await {
-            if let Some(error) = &lag.error {
-                tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
+        let journal = Arc::clone(&self.journal);
+        let record = record.clone();
+        let run = record.id.clone();
+        let copying = tokio::spawn(async move {
+            for lag in mirror.publish(&record, journal.as_ref()).await {
+                if let Some(error) = &lag.error {
+                    tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
+                }
             }
+        });
+        lock(&self.mirroring).insert(run, copying);
+    }
+
+    /// Waits until the run's copy in flight, if any, has landed (or failed).
+    pub(crate) async fn mirror_settled(&self, run: &str) {
+        let copying = lock(&self.mirroring).remove(run);
+        if let Some(copying) = copying {
+            let _ = copying.await;
         }
+    }
+
+    /// Copies everything the run journaled and waits for it: where a run stops, so the
+    /// next host to take it finds where it stopped.
+    pub(crate) async fn mirror_all(&self, record: &RunRecord) {
+        self.mirror_up(record).await;
+        self.mirror_settled(&record.id).await;
     }
 
     /// Sends every run's spans through `tracer` (set once, by the owner).
@@ -652,7 +680,7 @@ impl Engine {
                 };
                 // A halt (or an error) is copied too, so another host sees where it stopped.
                 if let Ok((record, _, _)) = engine.load(&run) {
-                    engine.mirror_up(&record).await;
+                    engine.mirror_all(&record).await;
                 }
                 // A cancel or rollback posted while the driver was finishing is taken here,
                 // under the same lock that posts them, so none is lost.
@@ -756,6 +784,17 @@ impl Engine {
     /// Continues a halted, failed or interrupted run from its journal, with its pinned
     /// workflow.
     pub fn resume(self: &Arc<Self>, run_id: &str, by: &str) -> Result<String, EngineError> {
+        self.resume_over(run_id, by, None)
+    }
+
+    /// [`Engine::resume`], taking the run's cross-host claim from `over` (a runner the
+    /// operator has made sure is gone) even before it expires; journaled with the resume.
+    pub fn resume_over(
+        self: &Arc<Self>,
+        run_id: &str,
+        by: &str,
+        over: Option<&str>,
+    ) -> Result<String, EngineError> {
         let _serial = lock(&self.control);
         self.ensure_open()?;
         let (record, _, state) = self.load(run_id)?;
@@ -766,8 +805,25 @@ impl Engine {
                 std::process::id()
             )));
         }
-        self.claim(record.target.as_deref(), run_id)?;
-        self.append_sync_durable(run_id, Event::Resumed { by: by.to_string() })?;
+        let by = match (over, self.fence.get(), record.target.as_deref()) {
+            (Some(holder), Some(fence), Some(target)) => {
+                fence
+                    .claim_over(target, run_id, holder)
+                    .map_err(|e| EngineError::Refused(e.to_string()))?;
+                tracing::warn!(run = %run_id, by, from = %holder, "run taken over by force");
+                format!("{by} (taken over from {holder} by --force)")
+            }
+            (Some(_), _, _) => {
+                return Err(EngineError::Refused(format!(
+                    "--force names a holder to take run {run_id} over from, but this run is not fenced (no lease is configured, or it has no target): resume it without --force"
+                )));
+            }
+            (None, _, _) => {
+                self.claim(record.target.as_deref(), run_id)?;
+                by.to_string()
+            }
+        };
+        self.append_sync_durable(run_id, Event::Resumed { by: by.clone() })?;
         tracing::info!(run = %run_id, by, "run resumed");
         self.start(run_id)?;
         Ok(format!("run {run_id} resumed by {by}"))

@@ -142,10 +142,15 @@ impl KubeLeases {
 
     /// Creates, renews or takes over the Lease, within [`CALL_LIMIT`]; refused while another
     /// holder's is valid.
-    async fn take_bounded(&self, target: &str, run: &str) -> Result<(), FenceError> {
+    async fn take_bounded(
+        &self,
+        target: &str,
+        run: &str,
+        over: Option<&str>,
+    ) -> Result<(), FenceError> {
         let name = lease_name(target);
         let namespace = self.namespace.clone();
-        tokio::time::timeout(CALL_LIMIT, self.take_unbounded(target, run))
+        tokio::time::timeout(CALL_LIMIT, self.take_unbounded(target, run, over))
             .await
             .unwrap_or_else(|_| {
                 Err(FenceError::Unavailable(format!(
@@ -156,7 +161,12 @@ impl KubeLeases {
             })
     }
 
-    async fn take_unbounded(&self, target: &str, run: &str) -> Result<(), FenceError> {
+    async fn take_unbounded(
+        &self,
+        target: &str,
+        run: &str,
+        over: Option<&str>,
+    ) -> Result<(), FenceError> {
         let name = lease_name(target);
         let unavailable = |e: kube::Error| {
             FenceError::Unavailable(format!(
@@ -197,7 +207,8 @@ impl KubeLeases {
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             let ours = spec.holder_identity.as_deref() == Some(self.holder.as_str());
             let expired = expiry(spec).is_none_or(|t| t <= now);
-            if !ours && !expired {
+            let forced = over.is_some() && over == spec.holder_identity.as_deref();
+            if !ours && !expired && !forced {
                 return Err(FenceError::Held(self.held_message(target, &lease)));
             }
             if !ours {
@@ -306,8 +317,8 @@ impl LeaseBackend for KubeLeases {
         self.duration
     }
 
-    async fn take(&self, target: &str, run: &str) -> Result<(), FenceError> {
-        self.take_bounded(target, run).await
+    async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
+        self.take_bounded(target, run, over).await
     }
 
     async fn renew(&self, target: &str, _run: &str) -> Result<(), Renewal> {

@@ -121,7 +121,13 @@ impl StoreLeases {
     }
 
     /// Creates, renews or takes over the lease in one store, conditioned on what was read.
-    async fn take_in(&self, store: &dyn ObjectStore, target: &str, run: &str) -> Taken {
+    async fn take_in(
+        &self,
+        store: &dyn ObjectStore,
+        target: &str,
+        run: &str,
+        over: Option<&str>,
+    ) -> Taken {
         let key = lease_key(run);
         for _ in 0..3 {
             let read = match store.read_versioned(&key).await {
@@ -138,7 +144,8 @@ impl StoreLeases {
                         ));
                     };
                     let ours = lease.holder == self.holder;
-                    if !ours && !lease.expired(now_us()) {
+                    let forced = over == Some(lease.holder.as_str());
+                    if !ours && !forced && !lease.expired(now_us()) {
                         return Taken::Held(self.held_message(store.name(), &lease));
                     }
                     let transitions = lease.transitions + u64::from(!ours);
@@ -166,14 +173,24 @@ impl StoreLeases {
     }
 
     /// The lease in a store that cannot condition writes: read, decide, write, read back.
-    async fn take_unconditioned(&self, store: &dyn ObjectStore, target: &str, run: &str) -> Taken {
+    async fn take_unconditioned(
+        &self,
+        store: &dyn ObjectStore,
+        target: &str,
+        run: &str,
+        over: Option<&str>,
+    ) -> Taken {
         let key = lease_key(run);
         let found = match store.read_versioned(&key).await {
             Ok(found) => found.and_then(|f| serde_json::from_slice::<LeaseBody>(&f.bytes).ok()),
             Err(e) => return Taken::Failed(e.to_string()),
         };
         let transitions = match &found {
-            Some(lease) if lease.holder != self.holder && !lease.expired(now_us()) => {
+            Some(lease)
+                if lease.holder != self.holder
+                    && over != Some(lease.holder.as_str())
+                    && !lease.expired(now_us()) =>
+            {
                 return Taken::Held(self.held_message(store.name(), lease));
             }
             Some(lease) => lease.transitions + u64::from(lease.holder != self.holder),
@@ -224,7 +241,7 @@ impl LeaseBackend for StoreLeases {
         self.duration
     }
 
-    async fn take(&self, target: &str, run: &str) -> Result<(), FenceError> {
+    async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
         let mut unconditioned = Vec::new();
         let mut failures = Vec::new();
         // The store that already holds this run's lease first, then the rest in order.
@@ -234,7 +251,7 @@ impl LeaseBackend for StoreLeases {
             stores.insert(0, held);
         }
         for store in &stores {
-            match self.take_in(store.as_ref(), target, run).await {
+            match self.take_in(store.as_ref(), target, run, over).await {
                 Taken::Yes => {
                     lock(&self.chosen).insert(run.to_string(), store.name().to_string());
                     return Ok(());
@@ -249,7 +266,10 @@ impl LeaseBackend for StoreLeases {
         }
         if let Some((store, detail)) = unconditioned.first() {
             tracing::warn!(run = %run, store = %store.name(), %detail, "no store can condition a write: the run's lease is checked by reading it back, which narrows but does not close the window for two hosts");
-            match self.take_unconditioned(store.as_ref(), target, run).await {
+            match self
+                .take_unconditioned(store.as_ref(), target, run, over)
+                .await
+            {
                 Taken::Yes => {
                     lock(&self.chosen).insert(run.to_string(), store.name().to_string());
                     return Ok(());

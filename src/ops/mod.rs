@@ -309,12 +309,31 @@ impl Operations {
 
     /// Resumes a run; with a journal mirror, first brings this host's copy of the run in
     /// line with the stores' (a run this host never saw is rebuilt from them).
-    pub async fn resume(&self, actor: &Actor, run: &str) -> Result<String, ControlError> {
-        self.permit(actor, Role::Operator, "resume", Some(run), None)?;
+    /// With `force`, the run's lease is taken from that holder even before it expires (the
+    /// audit trail records it as `resume --force HOLDER`).
+    pub async fn resume(
+        &self,
+        actor: &Actor,
+        run: &str,
+        force: Option<&str>,
+    ) -> Result<String, ControlError> {
+        let action = match force {
+            Some(holder) => format!("resume --force {holder}"),
+            None => "resume".to_string(),
+        };
+        self.permit(actor, Role::Operator, &action, Some(run), None)?;
         let adopted = self.engine.adopt(run).await;
-        self.act(actor, Role::Operator, "resume", run, None, || {
+        self.act(actor, Role::Operator, &action, run, None, || {
             let adopted = adopted?;
-            let resumed = self.engine.resume(run, &actor.identity)?;
+            let resumed = match (self.engine.resume_over(run, &actor.identity, force), &adopted) {
+                (Ok(resumed), _) => resumed,
+                (Err(e), Adoption::CaughtUp { events, source }) => {
+                    return Err(crate::engine::EngineError::Refused(format!(
+                        "run {run} was continued by another host: this host took the {events} events it had missed from the run's journal in store {source}, and {e}"
+                    )));
+                }
+                (Err(e), _) => return Err(e),
+            };
             Ok(match adopted {
                 Adoption::Rebuilt { events, source } => {
                     format!(

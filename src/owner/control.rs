@@ -25,8 +25,13 @@ pub use crate::ops::ControlError;
 pub trait Control: Send + Sync {
     /// Submits and starts a run; returns its id.
     async fn submit(&self, request: SubmitRequest) -> Result<String, ControlError>;
-    /// Resumes a run.
-    async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError>;
+    /// Resumes a run; with `force`, taking its lease from that holder before it expires.
+    async fn resume(
+        &self,
+        run: &str,
+        by: &str,
+        force: Option<&str>,
+    ) -> Result<String, ControlError>;
     /// Halts a run at the next boundary, or now.
     async fn halt(&self, run: &str, by: &str, now: bool) -> Result<String, ControlError>;
     /// Approves a waiting step.
@@ -180,8 +185,13 @@ impl Control for LocalControl {
         self.ops.submit(&actor, request)
     }
 
-    async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError> {
-        self.ops.resume(&me(by), run).await
+    async fn resume(
+        &self,
+        run: &str,
+        by: &str,
+        force: Option<&str>,
+    ) -> Result<String, ControlError> {
+        self.ops.resume(&me(by), run, force).await
     }
 
     async fn halt(&self, run: &str, by: &str, now: bool) -> Result<String, ControlError> {
@@ -335,10 +345,16 @@ impl Control for RemoteControl {
         }
     }
 
-    async fn resume(&self, run: &str, by: &str) -> Result<String, ControlError> {
+    async fn resume(
+        &self,
+        run: &str,
+        by: &str,
+        force: Option<&str>,
+    ) -> Result<String, ControlError> {
         self.message(Request::Resume {
             run: run.into(),
             by: by.into(),
+            force: force.map(str::to_string),
         })
         .await
     }

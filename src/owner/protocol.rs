@@ -17,7 +17,13 @@ pub enum Request {
     /// Submit and start a run.
     Submit(SubmitRequest),
     /// Resume a run.
-    Resume { run: String, by: String },
+    Resume {
+        run: String,
+        by: String,
+        /// Take the run's lease from this holder before it expires.
+        #[serde(default)]
+        force: Option<String>,
+    },
     /// Halt a run.
     Halt { run: String, by: String, now: bool },
     /// Approve a waiting step.

@@ -102,7 +102,10 @@ async fn handle(
                 run,
             })
         }
-        Request::Resume { run, by } => answer(ops.resume(&as_caller(&by), &run).await, done),
+        Request::Resume { run, by, force } => answer(
+            ops.resume(&as_caller(&by), &run, force.as_deref()).await,
+            done,
+        ),
         Request::Halt { run, by, now } => answer(ops.halt(&as_caller(&by), &run, now), done),
         Request::Approve { run, by, comment } => {
             answer(ops.approve(&as_caller(&by), &run, comment), done)

@@ -134,10 +134,10 @@ fn content_tag(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
 }
 
-/// Writes `bytes` to `target` if its current state meets `condition`, holding an exclusive
-/// lock on a hidden lock file beside it for the check and the rename: every conditional
-/// writer on this filesystem takes the same lock, and the kernel drops it if its process
-/// dies. An exclusive create that finds the object refuses without the lock.
+/// Writes `bytes` to `target` if its current state meets `condition`. A replace holds an
+/// exclusive lock on a hidden lock file beside it for the check and the rename: every
+/// conditional writer on this filesystem takes the same lock, and the kernel drops it if
+/// its process dies. An exclusive create needs no lock (see [`create_exclusive`]).
 fn write_if(
     target: &Path,
     bytes: &[u8],
@@ -149,6 +149,9 @@ fn write_if(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if *condition == Condition::Absent {
+        return create_exclusive(dir, &name, target, bytes);
+    }
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -169,6 +172,37 @@ fn write_if(
     }
     write_atomically(target, &Body::Bytes(Bytes::copy_from_slice(bytes)))?;
     Ok(Ok(content_tag(bytes)))
+}
+
+/// Creates `target` only if it does not exist: the bytes go to a new hidden file, made
+/// durable, then linked under the object's name (`link` fails if the name is taken, in one
+/// step). The directory is not synced: a create lost in a crash is an object that is not
+/// there, which every caller (a lease taken again, a journal batch copied again) handles;
+/// a name that survived always has its whole, synced bytes behind it.
+fn create_exclusive(
+    dir: &Path,
+    name: &str,
+    target: &Path,
+    bytes: &[u8],
+) -> std::io::Result<Result<String, ()>> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.new-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::hard_link(&tmp, target)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(Ok(content_tag(bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(())),
+        Err(e) => Err(e),
+    }
 }
 
 fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {

@@ -58,6 +58,30 @@ impl Moto {
         Moto { child, port }
     }
 
+    /// moto's S3 answering one request at a time, as a real S3 applies a conditional write:
+    /// moto checks `If-Match` / `If-None-Match`, then writes, in a threaded server, so two
+    /// writers racing from the same read can (rarely: once in about a thousand races on this
+    /// machine under load) both pass the check.
+    pub fn start_serialized() -> Moto {
+        let port = free_port();
+        let serve = format!(
+            "from werkzeug.serving import run_simple\n\
+             from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\n\
+             run_simple('127.0.0.1', {port}, DomainDispatcherApplication(create_backend_app), threaded=False)\n"
+        );
+        let child = Command::new("python3")
+            .args(["-c", &serve])
+            .env("MOTO_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("this test needs python3 with moto (pip install 'moto[server]'): {e}")
+            });
+        wait_for_port(port, "moto (python3 -c, single-threaded)");
+        Moto { child, port }
+    }
+
     /// Its endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
