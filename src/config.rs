@@ -165,6 +165,33 @@ pub struct MirrorConfig {
     pub holder: Option<String>,
 }
 
+/// The `[retention]` table: how long backups and WAL are kept, for `lazarus expire`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Every moment this far back stays recoverable ("30d"): the default for every
+    /// database and archive.
+    pub recovery_window: Option<String>,
+    /// Backups kept whatever their age, per database (base backups, per archive).
+    pub min_backups: Option<usize>,
+    /// Per database: overrides of the two.
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, RetentionRule>,
+    /// Per WAL archive (its base backups and WAL): overrides of the two.
+    #[serde(default)]
+    pub archives: std::collections::BTreeMap<String, RetentionRule>,
+}
+
+/// A database's or an archive's own retention.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Its recovery window.
+    pub recovery_window: Option<String>,
+    /// Its minimum number of backups.
+    pub min_backups: Option<usize>,
+}
+
 /// The `[telemetry]` table: where traces of runs are sent.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +235,9 @@ pub struct Config {
     /// Runs' journals in the stores, and their leases.
     #[serde(default)]
     pub mirror: MirrorConfig,
+    /// How long backups and WAL are kept.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
 }
 
 /// A loaded configuration and where it came from.

@@ -12,6 +12,7 @@ pub mod decrypt;
 pub mod download;
 pub mod dump;
 pub mod encrypt;
+pub mod expire;
 pub mod files;
 pub mod http_check;
 pub mod import;
@@ -57,6 +58,7 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(pitr::StartRecovery::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
+    registry.register(Arc::new(expire::ExpireBackups::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::SelectBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(restore::Restore::new(Arc::clone(&services))));
     registry.register(Arc::new(restore::DropDatabase::new(Arc::clone(&services))));

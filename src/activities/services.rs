@@ -26,6 +26,8 @@ pub struct Services {
     pub config_file: Option<PathBuf>,
     catalog: OnceLock<Catalog>,
     wal_catalog: OnceLock<WalCatalog>,
+    /// How long backups and WAL are kept (`[retention]`), if configured.
+    pub retention: Option<crate::config::RetentionConfig>,
 }
 
 impl Services {
@@ -41,6 +43,12 @@ impl Services {
     /// With the configuration file in force.
     pub fn with_config_file(mut self, file: Option<PathBuf>) -> Self {
         self.config_file = file;
+        self
+    }
+
+    /// With this retention policy.
+    pub fn with_retention(mut self, retention: Option<crate::config::RetentionConfig>) -> Self {
+        self.retention = retention;
         self
     }
 

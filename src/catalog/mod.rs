@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{ObjectStore, StorageError, StoreSet};
 
 pub mod choose;
+pub mod expire;
 pub mod preflight;
+pub mod retention;
 
 /// Manifest format written by this build.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -194,6 +196,17 @@ impl Catalog {
         let bytes = serde_json::to_vec(manifest).map_err(|e| CatalogError::Store(e.to_string()))?;
         self.tree
             .insert(manifest.id.as_bytes(), bytes)
+            .map_err(|e| CatalogError::Store(e.to_string()))?;
+        self.tree
+            .flush()
+            .map_err(|e| CatalogError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Forgets a backup (its files are gone from the stores).
+    pub fn remove(&self, id: &str) -> Result<(), CatalogError> {
+        self.tree
+            .remove(id.as_bytes())
             .map_err(|e| CatalogError::Store(e.to_string()))?;
         self.tree
             .flush()

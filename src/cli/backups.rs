@@ -69,6 +69,20 @@ pub enum CatalogCommand {
     },
 }
 
+/// Arguments of `lazarus expire`.
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// List what would be removed and the window that would be left; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this database or WAL archive.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Why (recorded; default "retention").
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
 /// Arguments of `lazarus drill`.
 #[derive(Debug, Args)]
 pub struct DrillArgs {
@@ -256,6 +270,22 @@ pub async fn catalog(ctx: &Context, command: CatalogCommand) -> Result<ExitCode>
     session.finish().await;
     println!("catalog rebuilt from store {from}: {count} backups");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lazarus expire`: the retention policy as a journaled run.
+pub async fn expire(ctx: &Context, args: ExpireArgs) -> Result<ExitCode> {
+    let mut base = vec![("dry_run".to_string(), args.dry_run.to_string())];
+    if let Some(only) = args.only {
+        base.push(("only".into(), only));
+    }
+    let reason = args.reason.unwrap_or_else(|| {
+        if args.dry_run {
+            "retention (dry run)".to_string()
+        } else {
+            "retention".to_string()
+        }
+    });
+    execute::run(ctx, run_args("expire", base, reason)).await
 }
 
 /// `lazarus drill`.

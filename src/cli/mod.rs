@@ -98,6 +98,11 @@ pub enum Command {
     /// The backup catalog.
     #[command(subcommand)]
     Catalog(backups::CatalogCommand),
+    /// Remove backups and WAL outside the retention window ([retention] in lazarus.toml).
+    #[command(
+        after_help = "Examples:\n  lazarus expire --dry-run\n  lazarus expire\n  lazarus expire --only shop\n\nKeeps every backup inside the recovery window, the newest min_backups, the newest VERIFIED backup, and for an archive the newest base backup before the window and all the WAL it needs; prints the point-in-time window that is left."
+    )]
+    Expire(backups::ExpireArgs),
     /// Restore a backup into a scratch database, check it, mark it VERIFIED or FAILED.
     #[command(
         after_help = "Examples:\n  lazarus drill --database shop\n  lazarus drill --database shop --backup shop-20261124T213500Z"
@@ -207,7 +212,8 @@ impl Context {
         Ok(Arc::new(
             Services::new(stores, loaded.keys_file())
                 .with_postgres(tools, server)
-                .with_config_file(loaded.file.clone()),
+                .with_config_file(loaded.file.clone())
+                .with_retention(loaded.config.retention.clone()),
         ))
     }
 
@@ -299,6 +305,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backups(args) => backups::backups(&ctx, args).await,
         Command::Catalog(command) => backups::catalog(&ctx, command).await,
         Command::Drill(args) => backups::drill(&ctx, args).await,
+        Command::Expire(args) => backups::expire(&ctx, args).await,
         Command::Recover(args) => backups::recover(&ctx, args).await,
         Command::Init(args) => setup::init(args),
         Command::Key(command) => setup::key(command),

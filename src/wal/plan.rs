@@ -295,6 +295,37 @@ pub(super) fn route<'a>(
     })
 }
 
+/// The newest archived commit along a path's ranges: (time, timeline, segment).
+fn last_commit(
+    catalog: &WalCatalog,
+    archive: &str,
+    ranges: &[(u32, u64, u64)],
+) -> Result<Option<(i64, u32, u64)>, PlanError> {
+    for &(tli, first, last) in ranges.iter().rev() {
+        if let Some((time, segno)) = catalog.latest_commit(archive, tli, first, last)? {
+            return Ok(Some((time, tli, segno)));
+        }
+    }
+    Ok(None)
+}
+
+/// The span of time `archive` can be restored to along `timeline`'s path with these base
+/// backups: what is left after `expire`, say.
+pub fn window(
+    catalog: &WalCatalog,
+    archive: &str,
+    timeline: TimelineChoice,
+    backups: &[BaseBackup],
+) -> Result<Window, PlanError> {
+    let route = route(catalog, archive, timeline, backups)?;
+    let from = route.usable.iter().map(|b| b.stop_time).min();
+    let to = last_commit(catalog, archive, &route.ranges)?;
+    Ok(Window {
+        from: from.map(micros_to_rfc3339),
+        to: to.map(|(t, _, _)| micros_to_rfc3339(t)),
+    })
+}
+
 /// Plans a recovery of `archive` to `target` (microseconds since the Unix epoch).
 pub fn plan(
     catalog: &WalCatalog,
@@ -313,13 +344,7 @@ pub fn plan(
     } = route(catalog, archive, timeline, backups)?;
     let seg = |lsn: Lsn| lsn.segno(segment_size);
     usable.sort_by_key(|b| (b.stop_time, b.stop_lsn));
-    let mut last_commit: Option<(i64, u32, u64)> = None;
-    for &(tli, first, last) in ranges.iter().rev() {
-        if let Some((time, segno)) = catalog.latest_commit(archive, tli, first, last)? {
-            last_commit = Some((time, tli, segno));
-            break;
-        }
-    }
+    let last_commit = last_commit(catalog, archive, &ranges)?;
     let window = Window {
         from: usable.first().map(|b| micros_to_rfc3339(b.stop_time)),
         to: last_commit.map(|(t, _, _)| micros_to_rfc3339(t)),
