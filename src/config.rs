@@ -238,6 +238,9 @@ pub struct Config {
     /// How long backups and WAL are kept.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// Runs `serve` starts on a timetable.
+    #[serde(default)]
+    pub schedules: Vec<crate::ops::schedule::ScheduleConfig>,
 }
 
 /// A loaded configuration and where it came from.

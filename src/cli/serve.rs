@@ -53,6 +53,9 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
     let watch = (!args.exit_when_idle)
         .then(|| start_watch(ctx, owned))
         .transpose()?;
+    let schedules = (!args.exit_when_idle)
+        .then(|| start_schedules(ctx, owned))
+        .transpose()?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut idle_since = Instant::now();
     loop {
@@ -74,12 +77,33 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> Result<ExitCode> {
     if let Some(watch) = watch {
         watch.abort();
     }
+    if let Some(schedules) = schedules {
+        schedules.abort();
+    }
     engine.interrupt_all(&format!(
         "lazarus serve (pid {}) stopping",
         std::process::id()
     ));
     session.finish().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `[[schedules]]`: runs started on a timetable.
+fn start_schedules(
+    ctx: &Context,
+    owned: &crate::owner::Owned,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let loaded = ctx.loaded_config()?;
+    let schedules = crate::ops::schedule::parse(&loaded.config.schedules)
+        .map_err(|e| anyhow!("{}: {e}", loaded.source))?;
+    for s in &schedules {
+        tracing::info!(schedule = %s.name, runbook = %s.runbook, next = ?s.cron.upcoming(chrono::Utc).next(), "scheduled");
+    }
+    let ops = std::sync::Arc::clone(owned.ops());
+    let state = ctx.state.clone();
+    Ok(tokio::spawn(crate::ops::schedule::run(
+        ops, state, schedules,
+    )))
 }
 
 /// The RPO and backup-age watch, every `[watch] every`.

@@ -9,6 +9,7 @@ pub mod events;
 pub mod gc;
 pub mod metrics;
 pub mod runs;
+pub mod schedule;
 pub mod tokens;
 pub mod wal;
 pub mod watch;
