@@ -131,6 +131,11 @@ pub struct AlertConfig {
 pub struct WatchConfig {
     /// Between two checks ("1m" by default).
     pub every: Option<String>,
+    /// The recovery point objective: the newest archived transaction may be at most this
+    /// old ("5m"); past it, `serve` logs it and `status` shows it (alerts have their own).
+    pub rpo: Option<String>,
+    /// The newest backup of every database may be at most this old ("26h").
+    pub backup_max_age: Option<String>,
 }
 
 /// The `[kubernetes]` table: the Lease that fences a recovery target across pods and hosts.

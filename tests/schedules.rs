@@ -26,6 +26,27 @@ fn configure(sb: &Sandbox, pg: &Pg, schedule: &str) {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
+/// `serve`, its log kept in the sandbox; returns once it owns the state directory (a
+/// `runs` polled before that could own it for a moment and make `serve` give up).
+fn start_serve(sb: &Sandbox, name: &str) -> std::process::Child {
+    let log = std::fs::File::create(sb.path().join(format!("serve-{name}.log"))).unwrap();
+    let child = sb
+        .cmd()
+        .args(["serve", "--no-http"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    sb.wait_for(
+        "serve to own the state directory",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(sb.state().join("owner.pid")).is_ok_and(|p| p.trim() == pid),
+    );
+    child
+}
+
 /// The runs a schedule started, from the journal.
 fn scheduled(sb: &Sandbox, name: &str) -> Vec<Value> {
     let out = sb.run(&["runs", "--json"]);
@@ -58,7 +79,7 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
             work.display()
         ),
     );
-    let mut serve = sb.spawn(&["serve", "--no-http"]);
+    let mut serve = start_serve(&sb, "often");
     sb.wait_for("two scheduled backups", Duration::from_secs(90), || {
         scheduled(&sb, "often")
             .iter()
@@ -102,12 +123,20 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
         format!("{{\"nightly\": \"{two_days_ago}\"}}"),
     )
     .unwrap();
-    let mut serve = sb.spawn(&["serve", "--no-http"]);
-    sb.wait_for("the missed nightly backup", Duration::from_secs(60), || {
-        scheduled(&sb, "nightly")
-            .iter()
-            .any(|r| r["status"] == "succeeded")
-    });
+    let mut serve = start_serve(&sb, "nightly");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !scheduled(&sb, "nightly")
+        .iter()
+        .any(|r| r["status"] == "succeeded")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the missed nightly backup did not run: {}\n{}",
+            sb.ok(&["runs"]),
+            std::fs::read_to_string(sb.path().join("serve-nightly.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         scheduled(&sb, "nightly").len(),
@@ -115,8 +144,25 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
         "missed twice, fired once"
     );
     kill9(&mut serve);
-    let mut serve = sb.spawn(&["serve", "--no-http"]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Restarted, with the watch's own backup-age target: no second nightly run, and the
+    // stale backup is raised in `status` (and the log).
+    configure(
+        &sb,
+        &pg,
+        &format!(
+            "[watch]\nevery = \"1s\"\nbackup_max_age = \"1s\"\n\n[[schedules]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\nrunbook = \"backup\"\nparams = {{ database = \"shop\", workdir = \"{}\" }}\n",
+            work.display()
+        ),
+    );
+    let mut serve = start_serve(&sb, "again");
+    sb.wait_for(
+        "the watch to raise the backup's age",
+        Duration::from_secs(30),
+        || {
+            let out = sb.run(&["status"]);
+            text(&out).contains("⚠ watch   database shop: the newest backup is")
+        },
+    );
     assert_eq!(
         scheduled(&sb, "nightly").len(),
         1,

@@ -114,10 +114,23 @@ fn start_watch(ctx: &Context, owned: &crate::owner::Owned) -> Result<tokio::task
             .map_err(|e| anyhow!("{}: [watch] every: {e}", loaded.source))?,
         None => crate::ops::watch::DEFAULT_EVERY,
     };
+    let parse = |name: &str, text: &Option<String>| -> Result<Option<Duration>> {
+        text.as_deref()
+            .map(crate::engine::duration::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow!("{}: [watch] {name}: {e}", loaded.source))
+    };
+    let targets = crate::ops::watch::Targets {
+        rpo: parse("rpo", &loaded.config.watch.rpo)?,
+        backup_max_age: parse("backup_max_age", &loaded.config.watch.backup_max_age)?,
+    };
     let ops = std::sync::Arc::clone(owned.ops());
+    let state = ctx.state.clone();
     Ok(tokio::spawn(async move {
+        let mut seen = std::collections::HashMap::new();
         loop {
             crate::ops::watch::check(&ops).await;
+            crate::ops::watch::check_targets(&ops, &targets, &state, &mut seen).await;
             tokio::time::sleep(every).await;
         }
     }))

@@ -237,6 +237,11 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<ExitCode> {
         if let Some(alerts) = alerts {
             print!("{}", alert_lines(&alerts));
         }
+        if let Some(watch) = crate::ops::watch::last_verdicts(&ctx.state) {
+            for f in watch.findings.iter().filter(|f| f.over) {
+                println!("  ⚠ watch   {} (checked {})", f.text, watch.checked_at);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

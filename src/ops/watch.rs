@@ -2,8 +2,11 @@
 //! database's newest backup, checked against the limits alerts set, raised once when a limit
 //! is crossed (and again only after it was back under).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Operations;
@@ -76,5 +79,128 @@ pub async fn check(ops: &Operations) {
                 );
             }
         }
+    }
+}
+
+/// The watch's own targets (`[watch] rpo`, `backup_max_age`), apart from any alert's.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    /// The newest archived transaction may be at most this old.
+    pub rpo: Option<Duration>,
+    /// Every database's newest backup may be at most this old.
+    pub backup_max_age: Option<Duration>,
+}
+
+/// One thing the watch checked against a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What was checked (`rpo:main`, `backup:shop`).
+    pub what: String,
+    /// Whether it is past its target.
+    pub over: bool,
+    /// In words, with what to do.
+    pub text: String,
+}
+
+/// The last round of the watch, as `STATE/watch.json` keeps it for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdicts {
+    /// When it was checked, RFC 3339.
+    pub checked_at: String,
+    /// Every finding.
+    pub findings: Vec<Finding>,
+}
+
+/// Where the last round is kept.
+pub fn verdicts_path(state: &Path) -> PathBuf {
+    state.join("watch.json")
+}
+
+/// The last round, if `serve` has made one.
+pub fn last_verdicts(state: &Path) -> Option<Verdicts> {
+    serde_json::from_slice(&std::fs::read(verdicts_path(state)).ok()?).ok()
+}
+
+/// The findings of one round against the watch's own targets.
+async fn findings(ops: &Operations, targets: &Targets) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(rpo) = targets.rpo {
+        let archive = crate::wal::DEFAULT_ARCHIVE;
+        let query = super::wal::WalQuery::Status {
+            archive: archive.to_string(),
+            rpo_seconds: 0.0,
+        };
+        match super::wal::answer(ops.services(), query).await {
+            Ok(answer) => {
+                if let Some(lag) = answer["lag_seconds"].as_f64() {
+                    let target = rpo.as_secs_f64();
+                    out.push(Finding {
+                        what: format!("rpo:{archive}"),
+                        over: lag > target,
+                        text: format!(
+                            "archive {archive}: the newest archived transaction is {lag:.0}s old (RPO {target:.0}s){}",
+                            if lag > target { "; a loss now would cost that much data: check archive_command and `lazarus wal status`" } else { "" }
+                        ),
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "RPO watch: cannot read the archive status"),
+        }
+    }
+    if let Some(limit) = targets.backup_max_age {
+        let backups = ops.backups(None).await.unwrap_or_default();
+        let newest = crate::catalog::newest_age_per_database(&backups, chrono::Utc::now());
+        let limit = limit.as_secs_f64();
+        for (database, age) in &newest {
+            out.push(Finding {
+                what: format!("backup:{database}"),
+                over: *age > limit,
+                text: format!(
+                    "database {database}: the newest backup is {age:.0}s old (limit {limit:.0}s){}",
+                    if *age > limit {
+                        format!("; `lazarus backup --database {database}` makes one now")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// One round against the watch's own targets: logs every crossing (once, and again when it
+/// is back under), and keeps the round in `STATE/watch.json` for `status`.
+pub async fn check_targets(
+    ops: &Operations,
+    targets: &Targets,
+    state: &Path,
+    seen: &mut HashMap<String, bool>,
+) {
+    if targets.rpo.is_none() && targets.backup_max_age.is_none() {
+        return;
+    }
+    let findings = findings(ops, targets).await;
+    for f in &findings {
+        if seen.insert(f.what.clone(), f.over) != Some(f.over) {
+            if f.over {
+                tracing::warn!(what = %f.what, "{}", f.text);
+            } else {
+                tracing::info!(what = %f.what, "{}", f.text);
+            }
+        }
+    }
+    let verdicts = Verdicts {
+        checked_at: now_text(),
+        findings,
+    };
+    let path = verdicts_path(state);
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec_pretty(&verdicts)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot keep the watch's findings");
     }
 }
