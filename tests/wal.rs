@@ -505,6 +505,34 @@ fn wal_check_lists_the_stores_and_finds_a_segment_deleted_after_it_was_indexed()
         text.contains("1 segment(s) indexed but in no store") && text.contains(&second),
         "{text}"
     );
+    // The same check as a run (what a schedule starts every day): it succeeds, and its
+    // results say the archive is broken and where, which raises wal_check_failed.
+    let out = a
+        .lazarus(&state)
+        .args(["run", "wal-check", "--reason", "daily check"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &a.lazarus(&state)
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(report["workflow"], "wal-check", "{report}");
+    assert_eq!(report["results"]["ok"], false, "{report}");
+    assert!(
+        report["results"]["problems"].to_string().contains(&second),
+        "{report}"
+    );
+
     // --local is the fast index-only check, and says so.
     let (code, text) = check(&["--local"]);
     assert_eq!(code, Some(0), "{text}");

@@ -28,6 +28,7 @@ pub mod services;
 mod streamed;
 pub mod supervise;
 pub mod upload;
+pub mod wal_check;
 mod web;
 
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(expire::ExpireBackups::new(Arc::clone(&services))));
+    registry.register(Arc::new(wal_check::WalCheck::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::SelectBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(restore::Restore::new(Arc::clone(&services))));
     registry.register(Arc::new(restore::DropDatabase::new(Arc::clone(&services))));

@@ -23,6 +23,7 @@ pub const EVENTS: &[&str] = &[
     "waiting_approval",
     "run_succeeded",
     "drill_failed",
+    "wal_check_failed",
     "rpo_exceeded",
     "backup_too_old",
 ];
@@ -33,6 +34,7 @@ const DEFAULT_EVENTS: &[&str] = &[
     "run_halted",
     "waiting_approval",
     "drill_failed",
+    "wal_check_failed",
 ];
 
 /// The longest wait between two attempts at one delivery.
@@ -191,7 +193,10 @@ pub fn event_for(report: &RunReport) -> Option<&'static str> {
         .get("verdict")
         .and_then(Value::as_str)
         .is_some_and(|v| v == crate::catalog::status::FAILED);
+    let archive_broken = report.workflow == "wal-check"
+        && report.results.get("ok").and_then(Value::as_bool) == Some(false);
     match report.status.as_str() {
+        "succeeded" if archive_broken => Some("wal_check_failed"),
         "failed" if drill => Some("drill_failed"),
         "failed" => Some("run_failed"),
         "halted" => Some("run_halted"),
@@ -209,6 +214,7 @@ fn text(event: &str, report: &RunReport) -> String {
         "waiting_approval" => "waits for approval",
         "run_succeeded" => "succeeded",
         "drill_failed" => "drill FAILED",
+        "wal_check_failed" => "found the WAL archive broken",
         other => other,
     };
     let mut line = format!("Lazarus: run {} ({}) {what}", report.id, report.workflow);
@@ -217,6 +223,12 @@ fn text(event: &str, report: &RunReport) -> String {
     }
     if let Some(error) = &report.error {
         line.push_str(&format!(": {error}"));
+    }
+    if event == "wal_check_failed"
+        && let Some(problems) = report.results.get("problems").and_then(Value::as_array)
+    {
+        let problems: Vec<&str> = problems.iter().filter_map(Value::as_str).collect();
+        line.push_str(&format!(": {}", problems.join("; ")));
     }
     if let Some(next) = &report.next_action {
         line.push_str(&format!(". Next: {next}"));

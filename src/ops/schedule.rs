@@ -1,6 +1,6 @@
 //! Schedules of `serve`: `[[schedules]]` with a cron expression start ordinary runs of a
 //! built-in runbook (`backup`, `base-backup`, `drill`, `expire`), visible in `runs`, the
-//! report and the audit trail like any other.
+//! report and the audit trail like any other; and `wal-check`.
 //!
 //! When each schedule last fired is kept in `STATE/schedules.json`, so a schedule missed
 //! while `serve` was down fires once when it comes back (not once per missed time). A
@@ -19,7 +19,7 @@ use super::actor::Actor;
 use super::{Operations, SubmitRequest};
 
 /// Runbooks a schedule may start.
-pub const SCHEDULABLE: &[&str] = &["backup", "base-backup", "drill", "expire"];
+pub const SCHEDULABLE: &[&str] = &["backup", "base-backup", "drill", "expire", "wal-check"];
 
 /// One `[[schedules]]` entry.
 #[derive(Debug, Clone, Deserialize)]

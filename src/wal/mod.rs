@@ -4,6 +4,7 @@
 pub mod ahead;
 pub mod archive;
 pub mod catalog;
+pub mod check;
 pub mod names;
 pub mod plan;
 pub mod presence;
