@@ -184,3 +184,93 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
         text(&out)
     );
 }
+
+#[test]
+fn a_scheduled_drill_that_fails_marks_the_backup_failed_and_raises_it() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = Arc::clone(&received);
+    let hook = common::http_server(axum::Router::new().route(
+        "/hook/{secret}",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(body.0);
+                axum::http::StatusCode::OK
+            }
+        }),
+    ));
+    let pg = Pg::start();
+    pg.load_sample("shop", 1);
+    let sb = Sandbox::new();
+    let work = sb.path().join("work");
+    let schedule = format!(
+        "[[alerts]]\nname = \"oncall\"\nurl_env = \"LAZARUS_TEST_HOOK\"\n\n[[schedules]]\nname = \"daily-drill\"\ncron = \"0 0 4 * * *\"\nrunbook = \"drill\"\nparams = {{ database = \"shop\", workdir = \"{}\" }}\n",
+        work.display()
+    );
+    configure(&sb, &pg, &schedule);
+    sb.ok(&[
+        "backup",
+        "--database",
+        "shop",
+        "-p",
+        &format!("workdir={}", work.display()),
+    ]);
+    // The backup rots in the store: bytes in its middle are overwritten.
+    let dir = sb.path().join("store/backups/shop");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".dump.lzr"))
+        .expect("the backup file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    // The daily drill's time passed while serve was down: it runs once at start.
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(
+        sb.state().join("schedules.json"),
+        format!("{{\"daily-drill\": \"{yesterday}\"}}"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(sb.path().join("serve.log")).unwrap();
+    let mut serve = sb
+        .cmd()
+        .args(["serve", "--no-http"])
+        .env("LAZARUS_TEST_HOOK", format!("http://{hook}/hook/SECRET"))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = serve.id().to_string();
+    sb.wait_for(
+        "serve to own the state directory",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(sb.state().join("owner.pid")).is_ok_and(|p| p.trim() == pid),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "drill_failed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drill_failed alert: {:?}\nruns: {}",
+            received.lock().unwrap(),
+            text(&sb.run(&["runs"]))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill9(&mut serve);
+    let listed: Value = serde_json::from_str(&sb.ok(&["backups", "--json"])).unwrap();
+    assert_eq!(listed[0]["status"], "FAILED", "{listed}");
+    let runs = scheduled(&sb, "daily-drill");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+}

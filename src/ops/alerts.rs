@@ -195,8 +195,18 @@ pub fn event_for(report: &RunReport) -> Option<&'static str> {
         .is_some_and(|v| v == crate::catalog::status::FAILED);
     let archive_broken = report.workflow == "wal-check"
         && report.results.get("ok").and_then(Value::as_bool) == Some(false);
+    // A step failed and the workflow rolled itself back (`on_failure = "rollback"`, as a
+    // drill does): that is a failure, whoever reads the status.
+    let failed_and_undone = report.status == "rolled_back"
+        && report
+            .rollback
+            .as_ref()
+            .and_then(|r| r.get("by"))
+            .is_some_and(|by| by == "lazarus");
     match report.status.as_str() {
         "succeeded" if archive_broken => Some("wal_check_failed"),
+        "rolled_back" if failed_and_undone && drill => Some("drill_failed"),
+        "rolled_back" if failed_and_undone => Some("run_failed"),
         "failed" if drill => Some("drill_failed"),
         "failed" => Some("run_failed"),
         "halted" => Some("run_halted"),
