@@ -66,6 +66,9 @@ impl Mirror for Timed {
     fn lag(&self, run: &str) -> Vec<MirrorLag> {
         self.inner.lag(run)
     }
+    fn retry_now(&self, run: &str) {
+        self.inner.retry_now(run)
+    }
     async fn fetch(&self, run: &str) -> Result<Option<MirroredRun>, String> {
         self.inner.fetch(run).await
     }

@@ -206,6 +206,16 @@ impl<B: LeaseBackend> Fence for LeaseFence<B> {
     fn release(&self, target: &str, run: &str) {
         self.release_claim(target, run)
     }
+
+    fn abandon(&self, target: &str, run: &str) {
+        let key = self.backend.key(target, run);
+        let mut claims = lock(&self.claims);
+        if claims.get(&key).is_some_and(|c| c.run == run)
+            && let Some(claim) = claims.remove(&key)
+        {
+            claim.stop.cancel();
+        }
+    }
 }
 
 impl<B: LeaseBackend> LeaseFence<B> {
@@ -368,6 +378,12 @@ impl Fence for AllFences {
 
     fn check(&self, target: &str, run: &str) -> Result<(), FenceError> {
         self.0.iter().try_for_each(|f| f.check(target, run))
+    }
+
+    fn abandon(&self, target: &str, run: &str) {
+        for fence in &self.0 {
+            fence.abandon(target, run);
+        }
     }
 
     fn release(&self, target: &str, run: &str) {

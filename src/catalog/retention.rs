@@ -97,8 +97,15 @@ pub fn expire(backups: &[Manifest], policy: Policy, now: DateTime<Utc>) -> Expir
             Some("its finish time does not parse; kept rather than guessed at".to_string())
         } else if newest_verified.as_deref() == Some(m.id.as_str()) {
             Some("the newest VERIFIED backup".to_string())
-        } else if at.is_some_and(|t| t >= start) && !failed {
-            Some("inside the recovery window".to_string())
+        } else if at.is_some_and(|t| t >= start) {
+            // A FAILED drill can be the drill's fault (a full disk, a store outage): a
+            // backup inside the window is never removed for it.
+            Some(if failed {
+                "inside the recovery window (FAILED by a drill; kept until it leaves the window)"
+            } else {
+                "inside the recovery window"
+            }
+            .to_string())
         } else if counted < policy.min_backups && !failed {
             Some(format!("one of the newest {}", policy.min_backups))
         } else if physical && !anchor_taken && !failed && at.is_some_and(|t| t < start) {
@@ -128,15 +135,17 @@ pub fn expire(backups: &[Manifest], policy: Policy, now: DateTime<Utc>) -> Expir
         }
     }
     if physical {
-        out.wal_needed_from = backups
+        // A kept base backup whose start cannot be read keeps every WAL file.
+        let starts: Option<Vec<u64>> = backups
             .iter()
             .filter(|m| out.keep.iter().any(|k| k.id == m.id))
-            .filter_map(|m| {
+            .map(|m| {
                 let p = m.physical.as_ref()?;
                 let lsn: crate::wal::names::Lsn = p.start_lsn.parse().ok()?;
                 Some(lsn.segno(p.segment_size))
             })
-            .min();
+            .collect();
+        out.wal_needed_from = starts.and_then(|s| s.into_iter().min());
     }
     out
 }
@@ -210,16 +219,14 @@ mod tests {
             .map(|d| logical(&format!("d{d:02}"), d as f64 + 0.5, status::UNVERIFIED, now))
             .collect();
         all[20].status = status::VERIFIED.into(); // 20.5 days old: the newest verified
-        all[3].status = status::FAILED.into(); // inside the window, but failed
+        all[3].status = status::FAILED.into(); // inside the window: kept all the same
+        all[25].status = status::FAILED.into(); // outside: goes
         let policy = Policy {
             window: Duration::from_secs(7 * DAY as u64),
             min_backups: 2,
         };
         let out = expire(&all, policy, now);
-        let mut kept: Vec<String> = (0..7)
-            .filter(|d| *d != 3)
-            .map(|d| format!("d{d:02}"))
-            .collect();
+        let mut kept: Vec<String> = (0..7).map(|d| format!("d{d:02}")).collect();
         kept.push("d20".into());
         kept.sort();
         assert_eq!(
@@ -229,6 +236,11 @@ mod tests {
         assert_eq!(out.keep.len() + out.remove.len(), 30);
         assert!(
             out.remove
+                .iter()
+                .any(|v| v.id == "d25" && v.why.contains("FAILED"))
+        );
+        assert!(
+            out.keep
                 .iter()
                 .any(|v| v.id == "d03" && v.why.contains("FAILED"))
         );

@@ -296,8 +296,16 @@ async fn runs_from_stores(ctx: &Context, json: bool) -> Result<ExitCode> {
     let (copies, failures) = crate::mirror::read::all_runs(&services.stores).await;
     let mut runs = Vec::new();
     for copy in &copies {
-        let summary = crate::engine::adopt::summarize_copy(copy, &registry)
-            .map_err(|e| anyhow::anyhow!("run {} in store {}: {e}", copy.record.id, copy.source))?;
+        let summary = match crate::engine::adopt::summarize_copy(copy, &registry) {
+            Ok(summary) => summary,
+            Err(e) => {
+                eprintln!(
+                    "warning: run {} in store {} cannot be read by this lazarus: {e}",
+                    copy.record.id, copy.source
+                );
+                continue;
+            }
+        };
         let lease = crate::mirror::read::lease(&services.stores, &copy.record.id).await;
         let live = lease.filter(|(l, _)| !l.released);
         runs.push(StoredRun {

@@ -89,6 +89,30 @@ impl Engine {
         })
     }
 
+    /// Takes the run's cross-host claim ahead of a resume (from `over` by force), so that
+    /// what the previous holder copied up to that moment can be taken before this host
+    /// goes on: nothing it publishes after can be missed.
+    /// A run that has ended is not claimed: there is nothing to resume.
+    pub fn claim_run(&self, run_id: &str, over: Option<&str>) -> Result<(), EngineError> {
+        let (record, _, state) = self.load(run_id)?;
+        if state.status.is_terminal() {
+            return Ok(());
+        }
+        match (over, self.fence.get(), record.target.as_deref()) {
+            (Some(holder), Some(fence), Some(target)) => fence
+                .claim_over(target, run_id, holder)
+                .map_err(|e| EngineError::Refused(e.to_string())),
+            _ => self.claim(record.target.as_deref(), run_id),
+        }
+    }
+
+    /// Lets a claim taken by [`Engine::claim_run`] go, when the resume is refused after all.
+    pub fn release_run_claim(&self, run_id: &str) {
+        if let Ok((record, _, _)) = self.load(run_id) {
+            self.unclaim(record.target.as_deref(), run_id);
+        }
+    }
+
     /// Appends events taken from a mirror, durably.
     fn take_copied(&self, run_id: &str, events: &[EventRecord]) -> Result<usize, EngineError> {
         for event in events {

@@ -75,8 +75,12 @@ impl Engine {
                     }
                     // The end is copied before the claim goes: a host that takes the run
                     // next finds it ended.
-                    self.mirror_all(&record).await;
-                    self.unclaim(record.target.as_deref(), run_id);
+                    if self.mirror_all(&record).await {
+                        self.unclaim(record.target.as_deref(), run_id);
+                    } else {
+                        tracing::warn!(run = %run_id, "the run's end reached no store; its lease is left to lapse rather than let go");
+                        self.abandon_claim(record.target.as_deref(), run_id);
+                    }
                     if let (Some(tracer), Some(ids)) = (self.tracer.get(), state.trace) {
                         tracer.run_ended(&ids, &record, &state);
                     }
@@ -112,6 +116,13 @@ impl Engine {
             // Whoever continues this run elsewhere starts at most one step back: the copy of
             // the previous step's events lands while this one runs.
             self.mirror_up(&record).await;
+            // Waiting for that copy takes time a lease can run out in: look again.
+            if let Some(lost) = self.claim_lost(record.target.as_deref(), run_id) {
+                tracing::warn!(run = %run_id, %lost, "the target's claim was lost; halting");
+                self.halt_at(run_id, next.id.clone(), HaltReason::Fenced(lost))
+                    .await?;
+                return Ok(());
+            }
             let step_id = next.id.clone();
             if let Some(condition) = workflow.step(&step_id).and_then(|s| s.when.clone()) {
                 let outputs = state.outputs();

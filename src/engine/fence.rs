@@ -27,6 +27,11 @@ pub trait Fence: Send + Sync {
     fn check(&self, target: &str, run: &str) -> Result<(), FenceError>;
     /// Lets the claim go: the run has ended.
     fn release(&self, target: &str, run: &str);
+    /// Stops holding the claim without letting it go: it lapses after its duration. For a
+    /// run whose end could not be recorded where the next holder looks.
+    fn abandon(&self, target: &str, run: &str) {
+        self.release(target, run);
+    }
     /// Claims `target` for `run` although `holder` still holds it: an operator's
     /// `resume --force HOLDER`, after making sure that runner is gone. Refused when anyone
     /// other than `holder` holds it.

@@ -44,6 +44,9 @@ pub trait Mirror: Send + Sync {
     async fn publish(&self, record: &RunRecord, journal: &dyn Journal) -> Vec<MirrorLag>;
     /// How far behind each copy of a run is, as of the last publish in this process.
     fn lag(&self, run: &str) -> Vec<MirrorLag>;
+    /// Makes the next publish of a run try every place, even one left alone after a
+    /// failure (a run's end is worth the wait).
+    fn retry_now(&self, run: &str);
     /// The fullest copy of a run, or `None` when no place has one.
     async fn fetch(&self, run: &str) -> Result<Option<MirroredRun>, String>;
 }

@@ -146,7 +146,7 @@ pub struct Engine {
     /// Runs' folded states, brought up to date by new events only.
     folds: FoldCache,
     /// The cross-host claim on targets, when one is configured (a Kubernetes Lease).
-    fence: std::sync::OnceLock<Arc<dyn Fence>>,
+    pub(crate) fence: std::sync::OnceLock<Arc<dyn Fence>>,
     /// Where runs' spans are exported, when telemetry is configured.
     pub(crate) tracer: std::sync::OnceLock<Arc<dyn RunTracer>>,
     /// Where runs' journals are copied off this host, when configured.
@@ -274,11 +274,18 @@ impl Engine {
         }
     }
 
-    /// Copies everything the run journaled and waits for it: where a run stops, so the
-    /// next host to take it finds where it stopped.
-    pub(crate) async fn mirror_all(&self, record: &RunRecord) {
+    /// Copies everything the run journaled and waits for it, trying every store: where a
+    /// run stops, so the next host to take it finds where it stopped. Whether some store
+    /// now holds all of it (true without a mirror).
+    pub(crate) async fn mirror_all(&self, record: &RunRecord) -> bool {
+        let Some(mirror) = self.mirror.get().cloned() else {
+            return true;
+        };
+        mirror.retry_now(&record.id);
         self.mirror_up(record).await;
         self.mirror_settled(&record.id).await;
+        let lags = mirror.lag(&record.id);
+        lags.is_empty() || lags.iter().any(|l| l.behind == 0)
     }
 
     /// Sends every run's spans through `tracer` (set once, by the owner).
@@ -308,6 +315,14 @@ impl Engine {
     pub(crate) fn unclaim(&self, target: Option<&str>, run_id: &str) {
         if let (Some(fence), Some(target)) = (self.fence.get(), target) {
             fence.release(target, run_id);
+        }
+    }
+
+    /// Stops holding the run's claim without letting it go: it lapses after its duration
+    /// (the run's end reached no store, so no other host should think it free sooner).
+    pub(crate) fn abandon_claim(&self, target: Option<&str>, run_id: &str) {
+        if let (Some(fence), Some(target)) = (self.fence.get(), target) {
+            fence.abandon(target, run_id);
         }
     }
 

@@ -242,6 +242,19 @@ impl LeaseBackend for StoreLeases {
     }
 
     async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
+        // A lease another host holds in any store that answers counts, not only in the
+        // one this host would write to: two hosts that each reach a different first store
+        // must not both drive the run.
+        for store in self.stores.stores() {
+            if let Ok(Some(found)) = store.read_versioned(&lease_key(run)).await
+                && let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
+                && lease.holder != self.holder
+                && over != Some(lease.holder.as_str())
+                && !lease.expired(now_us())
+            {
+                return Err(FenceError::Held(self.held_message(store.name(), &lease)));
+            }
+        }
         let mut unconditioned = Vec::new();
         let mut failures = Vec::new();
         // The store that already holds this run's lease first, then the rest in order.

@@ -65,28 +65,52 @@ impl StoreMirror {
         }
     }
 
-    /// Where a store's copy of a run ends: known, or learnt from the store (writing the
-    /// run's record to a store that has nothing of it yet).
+    /// Where a store's copy of a run ends: known, or learnt from the store — and then
+    /// checked: the copy must be of this very run (its record) and agree with this
+    /// journal up to where it ends, or nothing is appended to it.
     async fn position(
         store: &Arc<dyn ObjectStore>,
         record: &RunRecord,
+        journal: &dyn Journal,
         known: Option<usize>,
     ) -> Result<usize, String> {
         if let Some(at) = known {
             return Ok(at);
         }
-        let at = read::position(store, &record.id)
+        let run = record.id.as_str();
+        let name = store.name();
+        let created = create(
+            store.as_ref(),
+            &record_key(run),
+            Bytes::from(encode(record)),
+        )
+        .await?;
+        if !created {
+            let theirs = read::from_store(store.as_ref(), run)
+                .await
+                .map_err(|e| e.to_string())?;
+            if theirs.as_ref().is_some_and(|t| t.record != *record) {
+                return Err(format!(
+                    "store {name} holds another run with id {run} (its record differs from this one's): this run is not copied there; give runs distinct ids"
+                ));
+            }
+        }
+        let firsts = read::batches(store.as_ref(), run)
             .await
             .map_err(|e| e.to_string())?;
-        if at == 0 {
-            create(
-                store.as_ref(),
-                &record_key(&record.id),
-                Bytes::from(encode(record)),
-            )
-            .await?;
+        let Some(&last) = firsts.last() else {
+            return Ok(0);
+        };
+        let theirs = read::batch(store.as_ref(), run, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ours = journal.events_from(run, last).map_err(|e| e.to_string())?;
+        if ours.len() < theirs.len() || ours[..theirs.len()] != theirs[..] {
+            return Err(format!(
+                "store {name}'s copy of run {run} differs from this host's journal from event {last} on: {ANOTHER_HOST}"
+            ));
         }
-        Ok(at)
+        Ok(last + theirs.len())
     }
 
     /// Writes the events from `from` on to a store as one batch.
@@ -143,7 +167,7 @@ impl Mirror for StoreMirror {
             .collect();
         let positions = futures::future::join_all(stores.iter().map(|store| {
             let known = known.get(store.name()).copied().flatten();
-            async move { (known, Self::position(store, record, known).await) }
+            async move { (known, Self::position(store, record, journal, known).await) }
         }))
         .await;
         let from = positions
@@ -200,6 +224,14 @@ impl Mirror for StoreMirror {
         }
         drop(runs);
         self.lag(&run)
+    }
+
+    fn retry_now(&self, run: &str) {
+        if let Some((_, copies)) = lock(&self.runs).get_mut(run) {
+            for copy in copies.values_mut() {
+                copy.retry_after = None;
+            }
+        }
     }
 
     fn lag(&self, run: &str) -> Vec<MirrorLag> {

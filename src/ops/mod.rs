@@ -323,10 +323,28 @@ impl Operations {
             None => "resume".to_string(),
         };
         self.permit(actor, Role::Operator, &action, Some(run), None)?;
-        let adopted = self.engine.adopt(run).await;
+        // Rebuild or catch up, then take the claim, then catch up again: whatever the last
+        // holder copied before losing the run is here before this host goes on.
+        let mut adopted = self.engine.adopt(run).await;
+        if adopted.is_ok() && self.engine.handle(run).is_none() {
+            match self.engine.claim_run(run, force) {
+                Ok(()) => {
+                    if let Err(e) = self.engine.adopt(run).await {
+                        self.engine.release_run_claim(run);
+                        adopted = Err(e);
+                    }
+                }
+                Err(crate::engine::EngineError::UnknownRun(_)) => {}
+                Err(e) => adopted = Err(e),
+            }
+        }
         self.act(actor, Role::Operator, &action, run, None, || {
             let adopted = adopted?;
-            let resumed = match (self.engine.resume_over(run, &actor.identity, force), &adopted) {
+            let resumed = self.engine.resume_over(run, &actor.identity, force);
+            if resumed.is_err() && self.engine.handle(run).is_none() {
+                self.engine.release_run_claim(run);
+            }
+            let resumed = match (resumed, &adopted) {
                 (Ok(resumed), _) => resumed,
                 (Err(e), Adoption::CaughtUp { events, source }) => {
                     return Err(crate::engine::EngineError::Refused(format!(
