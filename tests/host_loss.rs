@@ -55,23 +55,6 @@ impl Shared {
     }
 }
 
-/// Five steps on target `shop`, each recording its effect once; the third waits for `go`.
-fn torture_workflow(dir: &Path) -> String {
-    let mut text = String::from("name = \"torture\"\ntarget = \"shop\"\n");
-    for i in 1..=5 {
-        let wait = if i == 3 {
-            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
-        } else {
-            ""
-        };
-        text.push_str(&format!(
-            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
-            dir.display()
-        ));
-    }
-    text
-}
-
 fn from_stores(host: &Sandbox, run: &str) -> Value {
     let listed: Value =
         serde_json::from_str(&host.ok(&["runs", "--from-stores", "--json"])).expect("json");
@@ -88,7 +71,10 @@ fn a_run_whose_host_dies_is_finished_from_the_stores_by_another_and_the_first_is
     shared.configure(&a, "host-a", "");
     shared.configure(&b, "host-b", "");
     let work = shared.work();
-    let wf = a.write("torture.toml", &torture_workflow(&work));
+    let wf = a.write(
+        "torture.toml",
+        &common::five_effects_workflow("torture", &work),
+    );
 
     let mut runner = a
         .cmd()

@@ -370,23 +370,6 @@ fn lease_config(sb: &Sandbox, holder: &str) -> std::path::PathBuf {
     )
 }
 
-/// Five steps on target `shop`, each recording its effect once; the third waits for `go`.
-fn fenced_workflow(dir: &std::path::Path) -> String {
-    let mut text = String::from("name = \"fenced\"\ntarget = \"shop\"\n");
-    for i in 1..=5 {
-        let wait = if i == 3 {
-            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
-        } else {
-            ""
-        };
-        text.push_str(&format!(
-            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
-            dir.display()
-        ));
-    }
-    text
-}
-
 fn lazarus(
     sb: &Sandbox,
     kubeconfig: &std::path::Path,
@@ -439,8 +422,14 @@ fn a_second_runner_is_refused_by_the_lease_and_takes_over_after_the_holder_dies(
     );
     let work = host_a.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let wf = host_a.write("fenced.toml", &fenced_workflow(&work));
-    let wf_b = host_b.write("fenced.toml", &fenced_workflow(&work));
+    let wf = host_a.write(
+        "fenced.toml",
+        &common::five_effects_workflow("fenced", &work),
+    );
+    let wf_b = host_b.write(
+        "fenced.toml",
+        &common::five_effects_workflow("fenced", &work),
+    );
 
     // Runner A takes the target and stops inside step 3.
     let mut a = run_until_step_3(lazarus(&host_a, &kubeconfig, &pod_a), &host_a, &wf, &work);
@@ -551,7 +540,10 @@ fn a_runner_that_loses_its_lease_runs_no_further_step_and_says_why() {
     let config = lease_config(&host, "pod-a");
     let work = host.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let wf = host.write("fenced.toml", &fenced_workflow(&work));
+    let wf = host.write(
+        "fenced.toml",
+        &common::five_effects_workflow("fenced", &work),
+    );
     let mut a = run_until_step_3(lazarus(&host, &kubeconfig, &config), &host, &wf, &work);
     let lease = kube
         .requests()

@@ -8,22 +8,6 @@ use common::pg::Pg;
 use common::{Sandbox, text};
 use serde_json::Value;
 
-fn config(sb: &Sandbox, pg: &Pg, retention: &str) {
-    let keys = sb.path().join("keys");
-    if !keys.exists() {
-        sb.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
-    }
-    let path = sb.write(
-        "lazarus.toml",
-        &format!(
-            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n{retention}\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n",
-            keys.display(),
-            pg.port()
-        ),
-    );
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
 fn backups(sb: &Sandbox) -> Vec<Value> {
     sb.ok(&["catalog", "sync"]);
     let listed: Value = serde_json::from_str(&sb.ok(&["backups", "--json"])).unwrap();
@@ -49,7 +33,7 @@ fn expire_keeps_the_window_the_minimum_and_the_newest_verified_backup() {
     let pg = Pg::start();
     pg.load_sample("shop", 1);
     let sb = Sandbox::new();
-    config(&sb, &pg, "");
+    common::pg::write_config(&sb, &pg, "");
     let work = format!("workdir={}", sb.path().join("work").display());
 
     // Without a policy, expire refuses and removes nothing.
@@ -79,7 +63,7 @@ fn expire_keeps_the_window_the_minimum_and_the_newest_verified_backup() {
     ]);
     age(&sb, &ids[0], 40);
     age(&sb, &ids[1], 20);
-    config(
+    common::pg::write_config(
         &sb,
         &pg,
         "[retention]\nrecovery_window = \"7d\"\nmin_backups = 1\n",

@@ -10,22 +10,6 @@ use common::pg::Pg;
 use common::{Sandbox, kill9, text};
 use serde_json::Value;
 
-fn configure(sb: &Sandbox, pg: &Pg, schedule: &str) {
-    let keys = sb.path().join("keys");
-    if !keys.exists() {
-        sb.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
-    }
-    let path = sb.write(
-        "lazarus.toml",
-        &format!(
-            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n\n{schedule}",
-            keys.display(),
-            pg.port()
-        ),
-    );
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
 /// `serve`, its log kept in the sandbox; returns once it owns the state directory (a
 /// `runs` polled before that could own it for a moment and make `serve` give up).
 fn start_serve(sb: &Sandbox, name: &str) -> std::process::Child {
@@ -71,7 +55,7 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
     let work = sb.path().join("work");
 
     // Every 3 seconds.
-    configure(
+    common::pg::write_config(
         &sb,
         &pg,
         &format!(
@@ -108,7 +92,7 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
 
     // A daily schedule at 03:00 that last fired two days ago: one run when serve comes
     // back, however many times were missed, and none when it comes back again.
-    configure(
+    common::pg::write_config(
         &sb,
         &pg,
         &format!(
@@ -146,7 +130,7 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
     kill9(&mut serve);
     // Restarted, with the watch's own backup-age target: no second nightly run, and the
     // stale backup is raised in `status` (and the log).
-    configure(
+    common::pg::write_config(
         &sb,
         &pg,
         &format!(
@@ -171,7 +155,7 @@ fn scheduled_backups_fire_as_runs_and_a_missed_schedule_fires_once_on_restart() 
     kill9(&mut serve);
 
     // A schedule that cannot work is refused when serve starts, naming it.
-    configure(
+    common::pg::write_config(
         &sb,
         &pg,
         "[[schedules]]\nname = \"typo\"\ncron = \"0 3 * * * * * *\"\nrunbook = \"backup\"\n",
@@ -208,7 +192,7 @@ fn a_scheduled_drill_that_fails_marks_the_backup_failed_and_raises_it() {
         "[[alerts]]\nname = \"oncall\"\nurl_env = \"LAZARUS_TEST_HOOK\"\n\n[[schedules]]\nname = \"daily-drill\"\ncron = \"0 0 4 * * *\"\nrunbook = \"drill\"\nparams = {{ database = \"shop\", workdir = \"{}\" }}\n",
         work.display()
     );
-    configure(&sb, &pg, &schedule);
+    common::pg::write_config(&sb, &pg, &schedule);
     sb.ok(&[
         "backup",
         "--database",

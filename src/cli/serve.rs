@@ -129,8 +129,7 @@ fn start_watch(ctx: &Context, owned: &crate::owner::Owned) -> Result<tokio::task
     Ok(tokio::spawn(async move {
         let mut seen = std::collections::HashMap::new();
         loop {
-            crate::ops::watch::check(&ops).await;
-            crate::ops::watch::check_targets(&ops, &targets, &state, &mut seen).await;
+            crate::ops::watch::round(&ops, &targets, &state, &mut seen).await;
             tokio::time::sleep(every).await;
         }
     }))

@@ -98,12 +98,7 @@ impl Engine {
         if state.status.is_terminal() {
             return Ok(());
         }
-        match (over, self.fence.get(), record.target.as_deref()) {
-            (Some(holder), Some(fence), Some(target)) => fence
-                .claim_over(target, run_id, holder)
-                .map_err(|e| EngineError::Refused(e.to_string())),
-            _ => self.claim(record.target.as_deref(), run_id),
-        }
+        self.claim_from(&record, over)
     }
 
     /// Lets a claim taken by [`Engine::claim_run`] go, when the resume is refused after all.

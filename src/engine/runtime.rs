@@ -146,7 +146,7 @@ pub struct Engine {
     /// Runs' folded states, brought up to date by new events only.
     folds: FoldCache,
     /// The cross-host claim on targets, when one is configured (a Kubernetes Lease).
-    pub(crate) fence: std::sync::OnceLock<Arc<dyn Fence>>,
+    fence: std::sync::OnceLock<Arc<dyn Fence>>,
     /// Where runs' spans are exported, when telemetry is configured.
     pub(crate) tracer: std::sync::OnceLock<Arc<dyn RunTracer>>,
     /// Where runs' journals are copied off this host, when configured.
@@ -300,6 +300,25 @@ impl Engine {
                 .claim(target, run_id)
                 .map_err(|e| EngineError::Refused(e.to_string())),
             _ => Ok(()),
+        }
+    }
+
+    /// Claims the run's target, from `over` by force when an operator named that holder;
+    /// refused when a holder is named for a run no fence guards.
+    pub(crate) fn claim_from(
+        &self,
+        record: &RunRecord,
+        over: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let run_id = record.id.as_str();
+        match (over, self.fence.get(), record.target.as_deref()) {
+            (Some(holder), Some(fence), Some(target)) => fence
+                .claim_over(target, run_id, holder)
+                .map_err(|e| EngineError::Refused(e.to_string())),
+            (Some(_), _, _) => Err(EngineError::Refused(format!(
+                "--force names a holder to take run {run_id} over from, but this run is not fenced (no lease is configured, or it has no target): resume it without --force"
+            ))),
+            (None, _, target) => self.claim(target, run_id),
         }
     }
 
@@ -820,23 +839,13 @@ impl Engine {
                 std::process::id()
             )));
         }
-        let by = match (over, self.fence.get(), record.target.as_deref()) {
-            (Some(holder), Some(fence), Some(target)) => {
-                fence
-                    .claim_over(target, run_id, holder)
-                    .map_err(|e| EngineError::Refused(e.to_string()))?;
+        self.claim_from(&record, over)?;
+        let by = match over {
+            Some(holder) => {
                 tracing::warn!(run = %run_id, by, from = %holder, "run taken over by force");
                 format!("{by} (taken over from {holder} by --force)")
             }
-            (Some(_), _, _) => {
-                return Err(EngineError::Refused(format!(
-                    "--force names a holder to take run {run_id} over from, but this run is not fenced (no lease is configured, or it has no target): resume it without --force"
-                )));
-            }
-            (None, _, _) => {
-                self.claim(record.target.as_deref(), run_id)?;
-                by.to_string()
-            }
+            None => by.to_string(),
         };
         self.append_sync_durable(run_id, Event::Resumed { by: by.clone() })?;
         tracing::info!(run = %run_id, by, "run resumed");

@@ -105,6 +105,14 @@ impl StoreLeases {
         }
     }
 
+    /// Whether `lease` keeps this host out: another holder's, still valid, and not the one
+    /// an operator named to take it from.
+    fn keeps_out(&self, lease: &LeaseBody, over: Option<&str>) -> bool {
+        lease.holder != self.holder
+            && over != Some(lease.holder.as_str())
+            && !lease.expired(now_us())
+    }
+
     fn held_message(&self, store: &str, lease: &LeaseBody) -> String {
         let until = chrono::DateTime::from_timestamp_micros(
             lease.renewed_at_us + i64::try_from(lease.duration_ms).unwrap_or(0) * 1000,
@@ -144,8 +152,7 @@ impl StoreLeases {
                         ));
                     };
                     let ours = lease.holder == self.holder;
-                    let forced = over == Some(lease.holder.as_str());
-                    if !ours && !forced && !lease.expired(now_us()) {
+                    if self.keeps_out(&lease, over) {
                         return Taken::Held(self.held_message(store.name(), &lease));
                     }
                     let transitions = lease.transitions + u64::from(!ours);
@@ -169,7 +176,9 @@ impl StoreLeases {
                 Err(ConditionalError::Storage(e)) => return Taken::Failed(e.to_string()),
             }
         }
-        Taken::Failed(format!("{key} kept changing under this host"))
+        Taken::Failed(format!(
+            "{key} kept changing under this host while it tried to take it; try again in a moment"
+        ))
     }
 
     /// The lease in a store that cannot condition writes: read, decide, write, read back.
@@ -186,11 +195,7 @@ impl StoreLeases {
             Err(e) => return Taken::Failed(e.to_string()),
         };
         let transitions = match &found {
-            Some(lease)
-                if lease.holder != self.holder
-                    && over != Some(lease.holder.as_str())
-                    && !lease.expired(now_us()) =>
-            {
+            Some(lease) if self.keeps_out(lease, over) => {
                 return Taken::Held(self.held_message(store.name(), lease));
             }
             Some(lease) => lease.transitions + u64::from(lease.holder != self.holder),
@@ -248,9 +253,7 @@ impl LeaseBackend for StoreLeases {
         for store in self.stores.stores() {
             if let Ok(Some(found)) = store.read_versioned(&lease_key(run)).await
                 && let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
-                && lease.holder != self.holder
-                && over != Some(lease.holder.as_str())
-                && !lease.expired(now_us())
+                && self.keeps_out(&lease, over)
             {
                 return Err(FenceError::Held(self.held_message(store.name(), &lease)));
             }

@@ -2,7 +2,6 @@
 //! batches, from whichever store holds the most.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
@@ -151,15 +150,6 @@ pub async fn all_runs(stores: &StoreSet) -> (Vec<MirroredRun>, Vec<String>) {
     }
     runs.sort_by_key(|r| r.record.created_at_us);
     (runs, failures)
-}
-
-/// The index after the last event a store holds of a run, read from its last batch.
-pub async fn position(store: &Arc<dyn ObjectStore>, run: &str) -> Result<usize, ReadError> {
-    let firsts = batches(store.as_ref(), run).await?;
-    let Some(&last) = firsts.last() else {
-        return Ok(0);
-    };
-    Ok(last + batch(store.as_ref(), run, last).await?.len())
 }
 
 /// A run's lease as the first store holding one says, with that store's name.

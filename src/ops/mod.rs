@@ -47,6 +47,18 @@ pub struct SubmitRequest {
     pub id: Option<String>,
 }
 
+/// Replaces a small state file beside the journal (when schedules fired, the watch's last
+/// round) with `value` as JSON: readers see the old file or the whole new one.
+pub(crate) fn replace_json<T: serde::Serialize>(
+    path: &std::path::Path,
+    value: &T,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// An operation that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

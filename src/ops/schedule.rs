@@ -106,12 +106,7 @@ impl Fired {
     }
 
     fn save(&self) {
-        let tmp = self.path.with_extension("json.tmp");
-        let written = serde_json::to_vec_pretty(&self.at)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
+        if let Err(e) = super::replace_json(&self.path, &self.at) {
             tracing::warn!(file = %self.path.display(), error = %e, "cannot record when schedules fired; a restart may fire them again");
         }
     }

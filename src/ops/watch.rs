@@ -18,66 +18,97 @@ fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// One round of checks.
-pub async fn check(ops: &Operations) {
-    let alerts = ops.alerts();
-    let hooks = alerts.hooks().to_vec();
-    if hooks
-        .iter()
-        .all(|h| h.rpo.is_none() && h.backup_max_age.is_none())
-    {
-        return;
-    }
-    let archive = crate::wal::DEFAULT_ARCHIVE;
-    if hooks.iter().any(|h| h.rpo.is_some()) {
+/// What one round reads: the archive's lag (with its last commit) and each database's
+/// newest backup age, each only when some target asks for it.
+#[derive(Debug, Default)]
+struct Readings {
+    lag: Option<(f64, serde_json::Value)>,
+    ages: Vec<(String, f64)>,
+}
+
+async fn read(ops: &Operations, lag: bool, ages: bool) -> Readings {
+    let mut out = Readings::default();
+    if lag {
         let query = super::wal::WalQuery::Status {
-            archive: archive.to_string(),
+            archive: crate::wal::DEFAULT_ARCHIVE.to_string(),
             rpo_seconds: 0.0,
         };
         match super::wal::answer(ops.services(), query).await {
             Ok(answer) => {
-                if let Some(lag) = answer["lag_seconds"].as_f64() {
-                    for hook in hooks.iter().filter(|h| h.rpo.is_some()) {
-                        let target = hook.rpo.unwrap_or_default().as_secs_f64();
-                        let over = lag > target;
-                        alerts.watched(
-                            hook,
-                            &format!("rpo:{archive}"),
-                            over,
-                            "rpo_exceeded",
-                            &format!("archive {archive}"),
-                            json!({
-                                "event": "rpo_exceeded", "archive": archive, "lag_seconds": lag,
-                                "rpo_seconds": target, "last_commit": answer["last_commit"],
-                                "at": now_text(),
-                                "text": format!("Lazarus: archive {archive} is {lag:.0}s behind (RPO target {target:.0}s): a loss now would cost that much data. Check archive_command and `lazarus wal status`."),
-                            }),
-                        );
-                    }
-                }
+                out.lag = answer["lag_seconds"]
+                    .as_f64()
+                    .map(|lag| (lag, answer["last_commit"].clone()));
             }
             Err(e) => tracing::warn!(error = %e, "RPO watch: cannot read the archive status"),
         }
     }
-    if hooks.iter().any(|h| h.backup_max_age.is_some()) {
+    if ages {
         let backups = ops.backups(None).await.unwrap_or_default();
-        let newest = crate::catalog::newest_age_per_database(&backups, chrono::Utc::now());
-        for hook in hooks.iter().filter(|h| h.backup_max_age.is_some()) {
-            let limit = hook.backup_max_age.unwrap_or_default().as_secs_f64();
-            for (database, age) in &newest {
-                alerts.watched(
-                    hook,
-                    &format!("backup:{database}"),
-                    *age > limit,
-                    "backup_too_old",
-                    &format!("database {database}"),
-                    json!({
-                        "event": "backup_too_old", "database": database, "age_seconds": age,
-                        "limit_seconds": limit, "at": now_text(),
-                        "text": format!("Lazarus: the newest backup of {database} is {age:.0}s old (limit {limit:.0}s). Check the backup schedule; `lazarus backup --database {database}` makes one now."),
-                    }),
-                );
-            }
+        out.ages = crate::catalog::newest_age_per_database(&backups, chrono::Utc::now())
+            .into_iter()
+            .collect();
+    }
+    out
+}
+
+/// One round: reads the archive and the backups once, raises what alerts ask for, and
+/// checks the watch's own targets (logged, kept for `status`).
+pub async fn round(
+    ops: &Operations,
+    targets: &Targets,
+    state: &Path,
+    seen: &mut HashMap<String, bool>,
+) {
+    let hooks = ops.alerts().hooks().to_vec();
+    let lag = targets.rpo.is_some() || hooks.iter().any(|h| h.rpo.is_some());
+    let ages = targets.backup_max_age.is_some() || hooks.iter().any(|h| h.backup_max_age.is_some());
+    if !lag && !ages {
+        return;
+    }
+    let readings = read(ops, lag, ages).await;
+    alert(ops, &readings);
+    check_targets(targets, &readings, state, seen);
+}
+
+/// Raises what the alerts' own limits ask for, once per crossing.
+fn alert(ops: &Operations, readings: &Readings) {
+    let alerts = ops.alerts();
+    let hooks = alerts.hooks().to_vec();
+    let archive = crate::wal::DEFAULT_ARCHIVE;
+    if let Some((lag, last_commit)) = &readings.lag {
+        let lag = *lag;
+        for hook in hooks.iter().filter(|h| h.rpo.is_some()) {
+            let target = hook.rpo.unwrap_or_default().as_secs_f64();
+            alerts.watched(
+                hook,
+                &format!("rpo:{archive}"),
+                lag > target,
+                "rpo_exceeded",
+                &format!("archive {archive}"),
+                json!({
+                    "event": "rpo_exceeded", "archive": archive, "lag_seconds": lag,
+                    "rpo_seconds": target, "last_commit": last_commit,
+                    "at": now_text(),
+                    "text": format!("Lazarus: archive {archive} is {lag:.0}s behind (RPO target {target:.0}s): a loss now would cost that much data. Check archive_command and `lazarus wal status`."),
+                }),
+            );
+        }
+    }
+    for hook in hooks.iter().filter(|h| h.backup_max_age.is_some()) {
+        let limit = hook.backup_max_age.unwrap_or_default().as_secs_f64();
+        for (database, age) in &readings.ages {
+            alerts.watched(
+                hook,
+                &format!("backup:{database}"),
+                *age > limit,
+                "backup_too_old",
+                &format!("database {database}"),
+                json!({
+                    "event": "backup_too_old", "database": database, "age_seconds": age,
+                    "limit_seconds": limit, "at": now_text(),
+                    "text": format!("Lazarus: the newest backup of {database} is {age:.0}s old (limit {limit:.0}s). Check the backup schedule; `lazarus backup --database {database}` makes one now."),
+                }),
+            );
         }
     }
 }
@@ -122,36 +153,23 @@ pub fn last_verdicts(state: &Path) -> Option<Verdicts> {
 }
 
 /// The findings of one round against the watch's own targets.
-async fn findings(ops: &Operations, targets: &Targets) -> Vec<Finding> {
+fn findings(targets: &Targets, readings: &Readings) -> Vec<Finding> {
     let mut out = Vec::new();
-    if let Some(rpo) = targets.rpo {
-        let archive = crate::wal::DEFAULT_ARCHIVE;
-        let query = super::wal::WalQuery::Status {
-            archive: archive.to_string(),
-            rpo_seconds: 0.0,
-        };
-        match super::wal::answer(ops.services(), query).await {
-            Ok(answer) => {
-                if let Some(lag) = answer["lag_seconds"].as_f64() {
-                    let target = rpo.as_secs_f64();
-                    out.push(Finding {
-                        what: format!("rpo:{archive}"),
-                        over: lag > target,
-                        text: format!(
-                            "archive {archive}: the newest archived transaction is {lag:.0}s old (RPO {target:.0}s){}",
-                            if lag > target { "; a loss now would cost that much data: check archive_command and `lazarus wal status`" } else { "" }
-                        ),
-                    });
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "RPO watch: cannot read the archive status"),
-        }
+    let archive = crate::wal::DEFAULT_ARCHIVE;
+    if let (Some(rpo), Some((lag, _))) = (targets.rpo, &readings.lag) {
+        let (lag, target) = (*lag, rpo.as_secs_f64());
+        out.push(Finding {
+            what: format!("rpo:{archive}"),
+            over: lag > target,
+            text: format!(
+                "archive {archive}: the newest archived transaction is {lag:.0}s old (RPO {target:.0}s){}",
+                if lag > target { "; a loss now would cost that much data: check archive_command and `lazarus wal status`" } else { "" }
+            ),
+        });
     }
     if let Some(limit) = targets.backup_max_age {
-        let backups = ops.backups(None).await.unwrap_or_default();
-        let newest = crate::catalog::newest_age_per_database(&backups, chrono::Utc::now());
         let limit = limit.as_secs_f64();
-        for (database, age) in &newest {
+        for (database, age) in &readings.ages {
             out.push(Finding {
                 what: format!("backup:{database}"),
                 over: *age > limit,
@@ -171,16 +189,16 @@ async fn findings(ops: &Operations, targets: &Targets) -> Vec<Finding> {
 
 /// One round against the watch's own targets: logs every crossing (once, and again when it
 /// is back under), and keeps the round in `STATE/watch.json` for `status`.
-pub async fn check_targets(
-    ops: &Operations,
+fn check_targets(
     targets: &Targets,
+    readings: &Readings,
     state: &Path,
     seen: &mut HashMap<String, bool>,
 ) {
     if targets.rpo.is_none() && targets.backup_max_age.is_none() {
         return;
     }
-    let findings = findings(ops, targets).await;
+    let findings = findings(targets, readings);
     for f in &findings {
         if seen.insert(f.what.clone(), f.over) != Some(f.over) {
             if f.over {
@@ -195,12 +213,7 @@ pub async fn check_targets(
         findings,
     };
     let path = verdicts_path(state);
-    let tmp = path.with_extension("json.tmp");
-    let written = serde_json::to_vec_pretty(&verdicts)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
+    if let Err(e) = super::replace_json(&path, &verdicts) {
         tracing::warn!(file = %path.display(), error = %e, "cannot keep the watch's findings");
     }
 }

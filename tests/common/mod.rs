@@ -217,3 +217,22 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Five command steps on target `shop`, each appending its name to `DIR/effects` once
+/// (the torture that shows every effect exactly once); the third logs `s3-start` to
+/// `DIR/log` and waits for `DIR/go`, so a test can kill its runner inside it.
+pub fn five_effects_workflow(name: &str, dir: &Path) -> String {
+    let mut text = format!("name = \"{name}\"\ntarget = \"shop\"\n");
+    for i in 1..=5 {
+        let wait = if i == 3 {
+            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
+            dir.display()
+        ));
+    }
+    text
+}

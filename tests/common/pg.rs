@@ -220,3 +220,22 @@ impl Drop for Bouncer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Writes `lazarus.toml` for a sandbox backing up `pg` to one local store (`store/`), with
+/// a key made on first use and `extra` (tables such as `[retention]` or `[[schedules]]`)
+/// after the store; owner-only, as Lazarus requires.
+pub fn write_config(sb: &super::Sandbox, pg: &Pg, extra: &str) {
+    let keys = sb.path().join("keys");
+    if !keys.exists() {
+        sb.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
+    }
+    let path = sb.write(
+        "lazarus.toml",
+        &format!(
+            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"store\"\n\n{extra}",
+            keys.display(),
+            pg.port()
+        ),
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
