@@ -1,7 +1,8 @@
 //! Losing the host that drives a recovery: two state directories ("host A", "host B") that
 //! share nothing but their stores (an S3 server and a directory). Host A dies with SIGKILL
-//! in the middle of a run; host B rebuilds the run from the stores alone, waits out A's
-//! lease, and finishes it; host A, started again, is fenced and runs no step.
+//! in the middle of a run, and its work files with it; host B rebuilds the run from the
+//! stores alone (fetching the backup again), waits out A's lease, and finishes it; host A,
+//! started again, is fenced and runs no step.
 
 mod common;
 
@@ -226,6 +227,8 @@ fn a_real_restore_killed_on_one_host_is_finished_on_another_with_identical_data(
         })
     });
     kill9(&mut runner);
+    // Host A's disk goes with it: the download and the unpacked archive are gone.
+    std::fs::remove_dir_all(shared.work()).expect("remove host A's work files");
 
     std::thread::sleep(Duration::from_millis(3500));
     let resumed = b.run(&["resume", "r1"]);
@@ -237,6 +240,21 @@ fn a_real_restore_killed_on_one_host_is_finished_on_another_with_identical_data(
     );
     let report = b.status("r1");
     assert_eq!(report["status"], "succeeded", "{report}");
+    // Host B fetched the backup again from the stores: the restore's input was not there.
+    for made in ["decrypt", "download"] {
+        let step = Sandbox::step(&report, made);
+        assert!(
+            step["reruns"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("is not on this host")),
+            "{made} ran again on host B: {step}"
+        );
+    }
+    assert!(
+        text(&resumed).contains("download runs again"),
+        "{}",
+        text(&resumed)
+    );
     let restored = Sandbox::step(&report, "restore")["output"]["database"]
         .as_str()
         .expect("restored database")
@@ -252,5 +270,43 @@ fn a_real_restore_killed_on_one_host_is_finished_on_another_with_identical_data(
         text(&back).contains("continued by another host"),
         "{}",
         text(&back)
+    );
+}
+
+#[test]
+fn a_run_without_a_target_still_has_one_driver_across_hosts() {
+    let shared = Shared::start();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    shared.configure(&a, "host-a", "");
+    shared.configure(&b, "host-b", "");
+    let work = shared.work();
+    let text_of_workflow =
+        common::five_effects_workflow("untargeted", &work).replace("target = \"shop\"\n", "");
+    assert!(!text_of_workflow.contains("target ="));
+    let wf = a.write("untargeted.toml", &text_of_workflow);
+    let mut runner = a.spawn(&[
+        "run",
+        &wf.display().to_string(),
+        "--id",
+        "u1",
+        "--reason",
+        "check",
+    ]);
+    a.wait_for("step 3 on host A", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.join("log")).is_ok_and(|l| l.contains("s3-start"))
+    });
+    let refused = b.run(&["resume", "u1"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("driven by host-a"),
+        "{}",
+        text(&refused)
+    );
+    std::fs::write(work.join("go"), "").unwrap();
+    let finished = runner.wait().expect("host A");
+    assert!(finished.success());
+    assert_eq!(
+        std::fs::read_to_string(work.join("effects")).unwrap(),
+        "s1\ns2\ns3\ns4\ns5\n"
     );
 }

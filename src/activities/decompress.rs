@@ -81,6 +81,10 @@ impl Activity for Decompress {
         &SPEC
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["src"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("decompress", inputs)?;
         let started = Instant::now();

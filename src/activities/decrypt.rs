@@ -522,6 +522,10 @@ impl Activity for Decrypt {
         })
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["src"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("decrypt", inputs)?;
         let started = Instant::now();

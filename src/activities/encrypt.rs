@@ -138,6 +138,10 @@ impl Activity for Encrypt {
         }
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["src"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("encrypt", inputs)?;
         let started = Instant::now();

@@ -291,6 +291,10 @@ impl Activity for UnpackBaseBackup {
         Ok(done)
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["src"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: UnpackInputs = inputs::parse("unpack_base_backup", inputs)?;
         let started = Instant::now();
@@ -664,6 +668,10 @@ impl Activity for StartRecovery {
         done.removed
             .push(format!("the server on port {port} (stopped)"));
         Ok(done)
+    }
+
+    fn input_files(&self) -> &'static [&'static str] {
+        &["data_dir"]
     }
 
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {

@@ -130,6 +130,10 @@ impl Activity for Restore {
         &RESTORE
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["file"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: RestoreInputs = inputs::parse("restore", inputs)?;
         let started = Instant::now();

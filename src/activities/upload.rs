@@ -77,6 +77,10 @@ impl Activity for Upload {
         &SPEC
     }
 
+    fn input_files(&self) -> &'static [&'static str] {
+        &["src"]
+    }
+
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError> {
         let inputs: Inputs = inputs::parse("upload", inputs)?;
         let started = Instant::now();

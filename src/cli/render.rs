@@ -13,6 +13,8 @@ use crate::engine::{Progress, RunReport};
 pub struct Renderer {
     seen: HashMap<String, (String, u32)>,
     cleaned: HashSet<String>,
+    /// Reruns already told, per step.
+    reruns: HashMap<String, usize>,
     run_status: Option<String>,
     bar: Option<(String, ProgressBar)>,
     tty: bool,
@@ -30,6 +32,7 @@ impl Renderer {
         Self {
             seen: HashMap::new(),
             cleaned: HashSet::new(),
+            reruns: HashMap::new(),
             run_status: None,
             bar: None,
             tty: std::io::stderr().is_terminal(),
@@ -119,6 +122,12 @@ impl Renderer {
                 && self.cleaned.insert(step.id.clone())
             {
                 self.line(&cleanup_line(&step.id, d));
+            }
+            let told = self.reruns.insert(step.id.clone(), step.reruns.len());
+            if let Some(reason) = step.reruns.last()
+                && told.is_some_and(|told| told < step.reruns.len())
+            {
+                self.line(&format!("  ↻ {} runs again: {reason}", step.id));
             }
             let key = (step.status.clone(), step.attempts);
             let before = self.seen.insert(step.id.clone(), key.clone());

@@ -237,6 +237,14 @@ pub trait Activity: Send + Sync {
         Ok(())
     }
 
+    /// Inputs that name a file or directory this activity reads, made by an earlier step
+    /// (a download, an unpacked archive). When one is missing as the step is about to run —
+    /// the run moved to a host that never had it, or it was removed — the step that made it
+    /// runs again first.
+    fn input_files(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Does the work of one attempt.
     async fn run(&self, ctx: &ActivityContext, inputs: Value) -> Result<Value, ActivityError>;
 

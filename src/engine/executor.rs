@@ -16,6 +16,7 @@ use super::activity::{ActivityContext, ActivityError, Discarded, FailureKind, Le
 use super::duration::format_duration;
 use super::host::AttemptHost;
 use super::records::{Event, HaltReason};
+use super::rerun::lost_output;
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
 use super::state::{RunState, RunStatus, StepState, StepStatus};
 use super::template::Scope;
@@ -161,6 +162,25 @@ impl Engine {
                 self.halt_at(run_id, step_id, HaltReason::HaltBefore)
                     .await?;
                 return Ok(());
+            }
+            if let Some(lost) = lost_output(
+                &self.registry,
+                &workflow,
+                &state,
+                &record.params,
+                run_id,
+                &step_id,
+            ) {
+                tracing::warn!(run = %run_id, step = %lost.producer, reason = %lost.reason, "a completed step's output is gone; it runs again");
+                self.append_durable(
+                    run_id,
+                    Event::OutputLost {
+                        step: lost.producer,
+                        reason: lost.reason,
+                    },
+                )
+                .await?;
+                continue;
             }
             match self
                 .run_step(run_id, &workflow, &state, &step_id, handle)

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod mirror;
 pub mod records;
 pub mod report;
+pub mod rerun;
 pub mod runtime;
 pub mod state;
 pub mod suggest;

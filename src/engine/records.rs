@@ -138,6 +138,10 @@ pub enum Event {
     /// The run's trace and run-span ids (see [`super::trace`]). Appended last: older
     /// journal records keep their encoding.
     Traced { trace_id: String, span_id: String },
+    /// What a completed step made is gone from the host driving the run (it was made on a
+    /// host since lost, or removed): the step runs again before the step that needs it.
+    /// Appended last: older journal records keep their encoding.
+    OutputLost { step: String, reason: String },
 }
 
 /// An event with its journal time.

@@ -71,6 +71,10 @@ pub struct StepReport {
     /// What was cleaned up (and kept, with why) after the run ended without success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded: Option<super::activity::Discarded>,
+    /// Why the step ran again after it had completed (what it made was gone from the host
+    /// driving the run), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<String>,
 }
 
 /// Where and why a run halted.
@@ -217,6 +221,7 @@ impl RunReport {
                         error: c.error.clone(),
                     }),
                     discarded: s.discarded.clone(),
+                    reruns: s.reruns.clone(),
                 }
             })
             .collect();

@@ -163,6 +163,12 @@ pub struct Engine {
     state_dir: std::sync::OnceLock<String>,
 }
 
+/// What a run is fenced under across hosts: its target, or, for a run without one, the
+/// run itself (one driver per run either way).
+fn claim_name(target: Option<&str>, run_id: &str) -> String {
+    target.map_or_else(|| format!("run:{run_id}"), str::to_string)
+}
+
 /// The placeholder a parameter default uses for the state directory.
 pub const STATE_PLACEHOLDER: &str = "${lazarus.state}";
 
@@ -295,11 +301,11 @@ impl Engine {
 
     /// Claims the run's target across hosts, if a fence is configured.
     pub(crate) fn claim(&self, target: Option<&str>, run_id: &str) -> Result<(), EngineError> {
-        match (self.fence.get(), target) {
-            (Some(fence), Some(target)) => fence
-                .claim(target, run_id)
+        match self.fence.get() {
+            Some(fence) => fence
+                .claim(&claim_name(target, run_id), run_id)
                 .map_err(|e| EngineError::Refused(e.to_string())),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -311,37 +317,40 @@ impl Engine {
         over: Option<&str>,
     ) -> Result<(), EngineError> {
         let run_id = record.id.as_str();
-        match (over, self.fence.get(), record.target.as_deref()) {
-            (Some(holder), Some(fence), Some(target)) => fence
-                .claim_over(target, run_id, holder)
+        let target = record.target.as_deref();
+        match (over, self.fence.get()) {
+            (Some(holder), Some(fence)) => fence
+                .claim_over(&claim_name(target, run_id), run_id, holder)
                 .map_err(|e| EngineError::Refused(e.to_string())),
-            (Some(_), _, _) => Err(EngineError::Refused(format!(
-                "--force names a holder to take run {run_id} over from, but this run is not fenced (no lease is configured, or it has no target): resume it without --force"
+            (Some(_), None) => Err(EngineError::Refused(format!(
+                "--force names a holder to take run {run_id} over from, but this run is not fenced (no lease is configured): resume it without --force"
             ))),
-            (None, _, target) => self.claim(target, run_id),
+            (None, _) => self.claim(target, run_id),
         }
     }
 
     /// Whether this process still holds the run's cross-host claim.
     pub(crate) fn claim_lost(&self, target: Option<&str>, run_id: &str) -> Option<String> {
-        match (self.fence.get(), target) {
-            (Some(fence), Some(target)) => fence.check(target, run_id).err().map(|e| e.to_string()),
-            _ => None,
-        }
+        self.fence.get().and_then(|fence| {
+            fence
+                .check(&claim_name(target, run_id), run_id)
+                .err()
+                .map(|e| e.to_string())
+        })
     }
 
     /// Lets the run's cross-host claim go (the run has ended).
     pub(crate) fn unclaim(&self, target: Option<&str>, run_id: &str) {
-        if let (Some(fence), Some(target)) = (self.fence.get(), target) {
-            fence.release(target, run_id);
+        if let Some(fence) = self.fence.get() {
+            fence.release(&claim_name(target, run_id), run_id);
         }
     }
 
     /// Stops holding the run's claim without letting it go: it lapses after its duration
     /// (the run's end reached no store, so no other host should think it free sooner).
     pub(crate) fn abandon_claim(&self, target: Option<&str>, run_id: &str) {
-        if let (Some(fence), Some(target)) = (self.fence.get(), target) {
-            fence.abandon(target, run_id);
+        if let Some(fence) = self.fence.get() {
+            fence.abandon(&claim_name(target, run_id), run_id);
         }
     }
 

@@ -154,6 +154,9 @@ pub struct StepState {
     pub compensation: Option<CompensationState>,
     /// What was cleaned up after the run ended without success.
     pub discarded: Option<super::activity::Discarded>,
+    /// Why the step ran again after it had completed (what it made was gone), oldest
+    /// first.
+    pub reruns: Vec<String>,
 }
 
 impl StepState {
@@ -223,6 +226,7 @@ impl RunState {
                     approval_prompt: None,
                     compensation: None,
                     discarded: None,
+                    reruns: Vec::new(),
                 })
                 .collect(),
             halt: None,
@@ -465,6 +469,16 @@ impl RunState {
                         "reason": super::workflow::skip_reason(condition, evaluated),
                     }));
                     s.completed_us = Some(at);
+                }
+            }
+            Event::OutputLost { step, reason } => {
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Pending;
+                    s.output = None;
+                    s.completed_us = None;
+                    s.checkpoint = None;
+                    s.failures_since_resume = 0;
+                    s.reruns.push(reason.clone());
                 }
             }
         }
