@@ -284,7 +284,7 @@ impl Journal for SledJournal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::records::Event;
     use std::collections::BTreeMap;
@@ -303,7 +303,8 @@ mod tests {
         panic!("the store stayed locked after its only handle was dropped");
     }
 
-    fn record(id: &str, target: Option<&str>) -> RunRecord {
+    /// A run record for tests, with the given id and target.
+    pub(crate) fn record(id: &str, target: Option<&str>) -> RunRecord {
         RunRecord {
             id: id.into(),
             workflow_name: "wf".into(),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
@@ -153,6 +154,8 @@ pub struct Engine {
     pub(crate) mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
     /// Each run's copy in flight: the next step waits for it, never for its own.
     mirroring: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Time runs have spent waiting for copies to land, µs, since this engine started.
+    mirror_waited_us: std::sync::atomic::AtomicU64,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -221,6 +224,7 @@ impl Engine {
             tracer: std::sync::OnceLock::new(),
             mirror: std::sync::OnceLock::new(),
             mirroring: Mutex::new(HashMap::new()),
+            mirror_waited_us: std::sync::atomic::AtomicU64::new(0),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -276,8 +280,21 @@ impl Engine {
     pub(crate) async fn mirror_settled(&self, run: &str) {
         let copying = lock(&self.mirroring).remove(run);
         if let Some(copying) = copying {
+            let started = std::time::Instant::now();
             let _ = copying.await;
+            let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.mirror_waited_us
+                .fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// How long runs have waited for their journal's copies to land, in all, since this
+    /// engine started: what mirroring costs the steps (the copy itself runs beside them).
+    pub fn mirror_waited(&self) -> Duration {
+        Duration::from_micros(
+            self.mirror_waited_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Copies everything the run journaled and waits for it, trying every store: where a

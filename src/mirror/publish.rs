@@ -41,10 +41,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Creates `key` unless it exists; a store that cannot condition writes gets a plain put
-/// (the README says what that leaves).
-async fn create(store: &dyn ObjectStore, key: &str, bytes: Bytes) -> Result<bool, String> {
-    match store.put_if(key, bytes.clone(), Condition::Absent).await {
+/// Creates `key` unless it exists (`condition` is one of the two creates); a store that
+/// cannot condition writes gets a plain put (the README says what that leaves).
+async fn create(
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: Bytes,
+    condition: Condition,
+) -> Result<bool, String> {
+    match store.put_if(key, bytes.clone(), condition).await {
         Ok(_) => Ok(true),
         Err(ConditionalError::Refused { .. }) => Ok(false),
         Err(ConditionalError::Unsupported { .. }) => store
@@ -67,7 +72,8 @@ impl StoreMirror {
 
     /// Where a store's copy of a run ends: known, or learnt from the store — and then
     /// checked: the copy must be of this very run (its record) and agree with this
-    /// journal up to where it ends, or nothing is appended to it.
+    /// journal up to where it ends, or nothing is appended to it. Batches past the end of
+    /// its chain (torn by a crash) are removed, so the copy goes on from where it is whole.
     async fn position(
         store: &Arc<dyn ObjectStore>,
         record: &RunRecord,
@@ -83,6 +89,7 @@ impl StoreMirror {
             store.as_ref(),
             &record_key(run),
             Bytes::from(encode(record)),
+            Condition::Absent,
         )
         .await?;
         if !created {
@@ -95,22 +102,22 @@ impl StoreMirror {
                 ));
             }
         }
-        let firsts = read::batches(store.as_ref(), run)
+        let chain = read::chain(store.as_ref(), run)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(&last) = firsts.last() else {
-            return Ok(0);
-        };
-        let theirs = read::batch(store.as_ref(), run, last)
-            .await
-            .map_err(|e| e.to_string())?;
-        let ours = journal.events_from(run, last).map_err(|e| e.to_string())?;
-        if ours.len() < theirs.len() || ours[..theirs.len()] != theirs[..] {
+        let ours = journal.events_from(run, 0).map_err(|e| e.to_string())?;
+        let theirs = &chain.events;
+        if let Some(at) = (0..theirs.len()).find(|&i| ours.get(i) != Some(&theirs[i])) {
             return Err(format!(
-                "store {name}'s copy of run {run} differs from this host's journal from event {last} on: {ANOTHER_HOST}"
+                "store {name}'s copy of run {run} differs from this host's journal from event {at} on: {ANOTHER_HOST}"
             ));
         }
-        Ok(last + theirs.len())
+        for first in chain.past_end {
+            let key = batch_key(run, first);
+            tracing::warn!(store = %name, %key, "removing a journal batch past the end of the store's whole copy");
+            store.delete(&key).await.map_err(|e| e.to_string())?;
+        }
+        Ok(theirs.len())
     }
 
     /// Writes the events from `from` on to a store as one batch.
@@ -124,7 +131,17 @@ impl StoreMirror {
             return Ok(from);
         }
         let key = batch_key(run, from);
-        if !create(store.as_ref(), &key, Bytes::from(encode(&events))).await? {
+        // A batch is a copy of what this host's journal holds durably: made again from it
+        // if a crash tears it, so it need not be flushed on its own (see
+        // `Condition::AbsentCopy`).
+        if !create(
+            store.as_ref(),
+            &key,
+            Bytes::from(encode(&events)),
+            Condition::AbsentCopy,
+        )
+        .await?
+        {
             return Err(format!(
                 "{key} is already in store {}: {ANOTHER_HOST}",
                 store.name()
@@ -257,5 +274,58 @@ impl Mirror for StoreMirror {
 
     async fn fetch(&self, run: &str) -> Result<Option<MirroredRun>, String> {
         read::fullest(&self.stores, run).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SledJournal;
+    use crate::engine::journal::tests::record;
+    use crate::engine::records::Event;
+    use crate::storage::local::LocalStore;
+
+    fn event(at_us: i64) -> EventRecord {
+        EventRecord {
+            at_us,
+            event: Event::Succeeded,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_torn_by_a_crash_reads_as_absent_and_is_copied_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = SledJournal::open(&dir.path().join("state")).expect("journal");
+        let run = record("r", None);
+        journal.create_run(&run).expect("run");
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalStore::new("local", dir.path().join("store")));
+        let stores = StoreSet::new(vec![store.clone()]);
+        for at in 0..2 {
+            journal.append("r", &event(at)).expect("append");
+        }
+        StoreMirror::new(stores.clone())
+            .publish(&run, &journal)
+            .await;
+
+        // A machine crash tore a later batch: its name is there, its bytes are not.
+        let torn = dir.path().join("store").join(batch_key("r", 2));
+        std::fs::write(&torn, b"").expect("tear");
+        let read = read::from_store(store.as_ref(), "r")
+            .await
+            .expect("readable")
+            .expect("the run");
+        assert_eq!(read.events.len(), 2, "the copy ends before the torn batch");
+
+        // Another process (a restarted host) learns where the copy is whole and goes on.
+        journal.append("r", &event(2)).expect("append");
+        let lags = StoreMirror::new(stores).publish(&run, &journal).await;
+        assert_eq!(lags[0].behind, 0, "{lags:?}");
+        assert_eq!(lags[0].error, None);
+        let read = read::from_store(store.as_ref(), "r")
+            .await
+            .expect("readable")
+            .expect("the run");
+        assert_eq!(read.events, journal.events_from("r", 0).expect("events"));
     }
 }

@@ -72,8 +72,41 @@ pub async fn batch(
     decoded(store, &key, &bytes)
 }
 
+/// The unbroken chain of a run's batches in one store, from the first.
+#[derive(Debug, Default)]
+pub struct Chain {
+    /// The chain's events, in order.
+    pub events: Vec<EventRecord>,
+    /// Batches listed past where the chain ends: one that does not decode (torn by a
+    /// machine crash, see [`crate::storage::Condition::AbsentCopy`]) and all after it, or
+    /// one that does not follow on.
+    pub past_end: Vec<usize>,
+}
+
+/// Reads a run's chain of batches in one store. A batch that does not decode ends the
+/// chain as if it were absent: a copy torn by a crash is no worse than a copy not made.
+pub async fn chain(store: &dyn ObjectStore, run: &str) -> Result<Chain, StorageError> {
+    let mut chain = Chain::default();
+    for first in batches(store, run).await? {
+        if !chain.past_end.is_empty() || first != chain.events.len() {
+            chain.past_end.push(first);
+            continue;
+        }
+        match batch(store, run, first).await {
+            Ok(events) if !events.is_empty() => chain.events.extend(events),
+            Ok(_) => chain.past_end.push(first),
+            Err(ReadError::Corrupt { key, message, .. }) => {
+                tracing::warn!(store = %store.name(), %key, %message, "a journal batch in the store does not decode; the copy ends before it");
+                chain.past_end.push(first);
+            }
+            Err(ReadError::Storage(e)) => return Err(e),
+        }
+    }
+    Ok(chain)
+}
+
 /// A run as one store holds it: its record and the events of the unbroken chain of
-/// batches from the first (a batch that does not follow on is where the copy ends).
+/// batches from the first (see [`chain`]).
 pub async fn from_store(
     store: &dyn ObjectStore,
     run: &str,
@@ -85,16 +118,9 @@ pub async fn from_store(
         Err(e) => return Err(e.into()),
     };
     let record: RunRecord = decoded(store, &key, &bytes)?;
-    let mut events = Vec::new();
-    for first in batches(store, run).await? {
-        if first != events.len() {
-            break;
-        }
-        events.extend(batch(store, run, first).await?);
-    }
     Ok(Some(MirroredRun {
         record,
-        events,
+        events: chain(store, run).await?.events,
         source: store.name().to_string(),
     }))
 }

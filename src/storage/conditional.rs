@@ -14,6 +14,11 @@ use super::StorageError;
 pub enum Condition {
     /// The object must not exist (an exclusive create).
     Absent,
+    /// As [`Condition::Absent`], for a copy that can be made again: the store need not
+    /// make the bytes durable before answering. A crash of the machine holding a local
+    /// store can leave such an object torn or absent, so its reader treats one that does
+    /// not decode as absent. S3 stores treat it as `Absent` (their writes are durable).
+    AbsentCopy,
     /// The object must still be at this version (its ETag, as read).
     Matches(String),
 }

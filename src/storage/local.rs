@@ -149,8 +149,10 @@ fn write_if(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if *condition == Condition::Absent {
-        return create_exclusive(dir, &name, target, bytes);
+    match condition {
+        Condition::Absent => return create_exclusive(dir, &name, target, bytes, true),
+        Condition::AbsentCopy => return create_exclusive(dir, &name, target, bytes, false),
+        Condition::Matches(_) => {}
     }
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -164,7 +166,7 @@ fn write_if(
         Err(e) => return Err(e),
     };
     let met = match condition {
-        Condition::Absent => current.is_none(),
+        Condition::Absent | Condition::AbsentCopy => current.is_none(),
         Condition::Matches(tag) => current.as_deref() == Some(tag.as_str()),
     };
     if !met {
@@ -175,15 +177,18 @@ fn write_if(
 }
 
 /// Creates `target` only if it does not exist: the bytes go to a new hidden file, made
-/// durable, then linked under the object's name (`link` fails if the name is taken, in one
-/// step). The directory is not synced: a create lost in a crash is an object that is not
-/// there, which every caller (a lease taken again, a journal batch copied again) handles;
-/// a name that survived always has its whole, synced bytes behind it.
+/// durable when `synced`, then linked under the object's name (`link` fails if the name is
+/// taken, in one step). The directory is not synced: a create lost in a crash is an object
+/// that is not there, which every caller (a lease taken again, a journal batch copied
+/// again) handles; a synced name that survived always has its whole bytes behind it. An
+/// unsynced one (a copy, see [`Condition::AbsentCopy`]) may be torn by a machine crash,
+/// never by a process's death: the kernel holds its bytes before the link names them.
 fn create_exclusive(
     dir: &Path,
     name: &str,
     target: &Path,
     bytes: &[u8],
+    synced: bool,
 ) -> std::io::Result<Result<String, ()>> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
@@ -194,7 +199,9 @@ fn create_exclusive(
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_data()?;
+        if synced {
+            f.sync_data()?;
+        }
         std::fs::hard_link(&tmp, target)
     })();
     let _ = std::fs::remove_file(&tmp);

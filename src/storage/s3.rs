@@ -588,7 +588,7 @@ impl ObjectStore for S3Store {
             .content_length(bytes.len() as i64)
             .body(SdkStream::from(bytes));
         let request = match &condition {
-            Condition::Absent => request.if_none_match("*"),
+            Condition::Absent | Condition::AbsentCopy => request.if_none_match("*"),
             Condition::Matches(tag) => request.if_match(tag),
         };
         let error = match request.send().await {
