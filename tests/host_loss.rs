@@ -102,6 +102,21 @@ fn a_run_whose_host_dies_is_finished_from_the_stores_by_another_and_the_first_is
     assert_eq!(seen["workflow"], "torture", "{seen}");
     let local_runs = b.ok(&["runs", "--json"]);
     assert!(!local_runs.contains("\"r1\""), "{local_runs}");
+    // Nor can host B start another run on the target host A's run holds.
+    let beside = b.run(&[
+        "run",
+        &wf.display().to_string(),
+        "--id",
+        "r2",
+        "--reason",
+        "second opinion",
+    ]);
+    assert!(!beside.status.success(), "{}", text(&beside));
+    assert!(
+        text(&beside).contains("target \"shop\" is held by run r1, driven by host-a"),
+        "{}",
+        text(&beside)
+    );
 
     kill9(&mut runner);
 

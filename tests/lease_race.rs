@@ -12,7 +12,7 @@ use common::s3::{ACCESS_KEY, Moto, S3sFs, SECRET_KEY, create_bucket};
 use lazarus::engine::fence::FenceError;
 use lazarus::lease::LeaseBackend;
 use lazarus::mirror::StoreLeases;
-use lazarus::mirror::lease::LeaseBody;
+use lazarus::mirror::lease::{LeaseBody, LeaseScope};
 use lazarus::storage::s3::{S3Settings, S3Store};
 use lazarus::storage::{Body, ObjectStore, StoreSet};
 
@@ -36,6 +36,7 @@ fn taker(endpoint: &str, holder: &str) -> Arc<StoreLeases> {
         StoreSet::new(vec![store(endpoint)]),
         holder,
         Duration::from_secs(30),
+        LeaseScope::Run,
     ))
 }
 

@@ -258,3 +258,67 @@ fn a_scheduled_drill_that_fails_marks_the_backup_failed_and_raises_it() {
     let runs = scheduled(&sb, "daily-drill");
     assert_eq!(runs.len(), 1, "{runs:?}");
 }
+
+#[test]
+fn two_serves_sharing_stores_start_each_scheduled_time_once() {
+    let pg = Pg::start();
+    pg.load_sample("shop", 1);
+    let shared = tempfile::Builder::new()
+        .prefix("lzshared")
+        .tempdir_in("/tmp")
+        .expect("shared dir");
+    let keys = shared.path().join("keys");
+    let hosts = [Sandbox::new(), Sandbox::new()];
+    hosts[0].ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
+    let mut serves = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let config = host.write(
+            "lazarus.toml",
+            &format!(
+                "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n\
+                 [mirror]\nholder = \"host-{i}\"\n\n\
+                 [[stores]]\nname = \"shared\"\nkind = \"local\"\npath = \"{}\"\n\n\
+                 [[schedules]]\nname = \"often\"\ncron = \"*/2 * * * * *\"\nrunbook = \"backup\"\nparams = {{ database = \"shop\", workdir = \"{}\" }}\n",
+                keys.display(),
+                pg.port(),
+                shared.path().join("store").display(),
+                host.path().join("work").display()
+            ),
+        );
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        serves.push(start_serve(host, "shared"));
+    }
+    hosts[0].wait_for(
+        "four scheduled backups in the stores",
+        Duration::from_secs(120),
+        || {
+            let listed = hosts[0].run(&["runs", "--from-stores", "--json"]);
+            serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|runs| {
+                runs.as_array().is_some_and(|runs| {
+                    runs.iter()
+                        .filter(|r| r["status"] == "succeeded" && r["workflow"] == "backup")
+                        .count()
+                        >= 4
+                })
+            })
+        },
+    );
+    for serve in &mut serves {
+        kill9(serve);
+    }
+    // Each run's reason names its scheduled time: no time was started twice.
+    let runs: Vec<Value> = hosts.iter().flat_map(|h| scheduled(h, "often")).collect();
+    let times: std::collections::BTreeSet<&str> =
+        runs.iter().filter_map(|r| r["reason"].as_str()).collect();
+    assert_eq!(
+        runs.len(),
+        times.len(),
+        "a scheduled time started on both hosts: {runs:?}"
+    );
+    assert!(
+        runs.iter()
+            .all(|r| r["id"].as_str().is_some_and(|id| id.starts_with("often-2"))),
+        "run ids name the schedule and its time: {runs:?}"
+    );
+}

@@ -89,6 +89,19 @@ impl Engine {
         })
     }
 
+    /// The store holding a copy of `run_id`, if any does (no mirror, or none readable:
+    /// `None`): a run another host started.
+    pub async fn in_stores(&self, run_id: &str) -> Option<String> {
+        let mirror = self.mirror.get()?;
+        match mirror.fetch(run_id).await {
+            Ok(copy) => copy.map(|c| c.source),
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "cannot look for the run in the stores");
+                None
+            }
+        }
+    }
+
     /// Takes the run's cross-host claim ahead of a resume (from `over` by force), so that
     /// what the previous holder copied up to that moment can be taken before this host
     /// goes on: nothing it publishes after can be missed.

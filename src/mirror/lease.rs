@@ -1,8 +1,8 @@
-//! A lease per run in the stores: the fence that lets one host at a time drive a run when
-//! hosts share nothing but their stores.
+//! Leases in the stores: the fence that lets one host at a time drive a run, and one run at
+//! a time hold a target, when hosts share nothing but their stores.
 //!
-//! The lease is `runs/RUN/lease` in the first store that can condition a write and
-//! answers. It is created only if absent and renewed or taken over only at the version
+//! A run's lease is `runs/RUN/lease`, a target's `targets/NAME/lease`, in the first store
+//! that can condition a write and answers. It is created only if absent and renewed or taken over only at the version
 //! read (S3 `If-None-Match: *` / `If-Match: ETAG`; a lock file and a rename on a local
 //! store), so two hosts racing for it cannot both win. Another host is refused, with the
 //! holder's name, until the holder's last renewal plus its duration has passed on this
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::lease_key;
+use super::{lease_key, target_lease_key};
 use crate::engine::fence::FenceError;
 use crate::lease::{LeaseBackend, Renewal};
 use crate::storage::{Condition, ConditionalError, ObjectStore, StoreSet};
@@ -58,12 +58,22 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// Run leases kept in a set of stores.
+/// What one lease object guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseScope {
+    /// A run: one host drives it (`runs/RUN/lease`).
+    Run,
+    /// A recovery target: one run at a time, on any host (`targets/NAME/lease`).
+    Target,
+}
+
+/// Leases kept in a set of stores, one per run or one per target.
 pub struct StoreLeases {
     stores: StoreSet,
     holder: String,
     duration: Duration,
-    /// The store each run's lease was taken in.
+    scope: LeaseScope,
+    /// The store each lease (by its key) was taken in.
     chosen: Mutex<HashMap<String, String>>,
 }
 
@@ -83,13 +93,23 @@ enum Taken {
 }
 
 impl StoreLeases {
-    /// Leases in `stores` as `holder`, each valid for `duration` unless renewed.
-    pub fn new(stores: StoreSet, holder: &str, duration: Duration) -> Self {
+    /// Leases in `stores` as `holder`, one per `scope`, each valid for `duration` unless
+    /// renewed.
+    pub fn new(stores: StoreSet, holder: &str, duration: Duration, scope: LeaseScope) -> Self {
         Self {
             stores,
             holder: holder.to_string(),
             duration,
+            scope,
             chosen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lease object for a claim key (see [`LeaseBackend::key`]).
+    fn object(&self, key: &str) -> String {
+        match self.scope {
+            LeaseScope::Run => lease_key(key),
+            LeaseScope::Target => target_lease_key(key),
         }
     }
 
@@ -119,13 +139,24 @@ impl StoreLeases {
         )
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
-        format!(
-            "run {} is driven by {} (its lease {} in store {store} holds until {until} unless renewed): \
-             another host is running it. Wait for it; if that host is gone, resume once the lease has expired and this host takes the run over",
-            lease.run,
-            lease.holder,
-            lease_key(&lease.run)
-        )
+        match self.scope {
+            LeaseScope::Run => format!(
+                "run {} is driven by {} (its lease {} in store {store} holds until {until} unless renewed): \
+                 another host is running it. Wait for it; if that host is gone, resume once the lease has expired and this host takes the run over",
+                lease.run,
+                lease.holder,
+                lease_key(&lease.run)
+            ),
+            LeaseScope::Target => format!(
+                "target \"{}\" is held by run {}, driven by {} (the lease {} in store {store} holds until {until} unless renewed): \
+                 only one run per target at a time, on any host. Wait for that run, or end it (lazarus cancel {} on that host)",
+                lease.target,
+                lease.run,
+                lease.holder,
+                target_lease_key(&lease.target),
+                lease.run
+            ),
+        }
     }
 
     /// Creates, renews or takes over the lease in one store, conditioned on what was read.
@@ -136,7 +167,7 @@ impl StoreLeases {
         run: &str,
         over: Option<&str>,
     ) -> Taken {
-        let key = lease_key(run);
+        let key = self.object(&self.key(target, run));
         for _ in 0..3 {
             let read = match store.read_versioned(&key).await {
                 Ok(read) => read,
@@ -189,7 +220,7 @@ impl StoreLeases {
         run: &str,
         over: Option<&str>,
     ) -> Taken {
-        let key = lease_key(run);
+        let key = self.object(&self.key(target, run));
         let found = match store.read_versioned(&key).await {
             Ok(found) => found.and_then(|f| serde_json::from_slice::<LeaseBody>(&f.bytes).ok()),
             Err(e) => return Taken::Failed(e.to_string()),
@@ -218,16 +249,19 @@ impl StoreLeases {
         }
     }
 
-    fn store_of(&self, run: &str) -> Option<std::sync::Arc<dyn ObjectStore>> {
-        let name = lock(&self.chosen).get(run).cloned()?;
+    fn store_of(&self, key: &str) -> Option<std::sync::Arc<dyn ObjectStore>> {
+        let name = lock(&self.chosen).get(key).cloned()?;
         self.stores.get(&name).cloned()
     }
 }
 
 #[async_trait]
 impl LeaseBackend for StoreLeases {
-    fn key(&self, _target: &str, run: &str) -> String {
-        run.to_string()
+    fn key(&self, target: &str, run: &str) -> String {
+        match self.scope {
+            LeaseScope::Run => run.to_string(),
+            LeaseScope::Target => target.to_string(),
+        }
     }
 
     fn describe(&self, key: &str) -> String {
@@ -235,7 +269,7 @@ impl LeaseBackend for StoreLeases {
             .get(key)
             .map(|s| format!(" in store {s}"))
             .unwrap_or_default();
-        format!("the lease {}{store}", lease_key(key))
+        format!("the lease {}{store}", self.object(key))
     }
 
     fn holder(&self) -> &str {
@@ -250,8 +284,10 @@ impl LeaseBackend for StoreLeases {
         // A lease another host holds in any store that answers counts, not only in the
         // one this host would write to: two hosts that each reach a different first store
         // must not both drive the run.
+        let claim = self.key(target, run);
+        let object = self.object(&claim);
         for store in self.stores.stores() {
-            if let Ok(Some(found)) = store.read_versioned(&lease_key(run)).await
+            if let Ok(Some(found)) = store.read_versioned(&object).await
                 && let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
                 && self.keeps_out(&lease, over)
             {
@@ -262,14 +298,14 @@ impl LeaseBackend for StoreLeases {
         let mut failures = Vec::new();
         // The store that already holds this run's lease first, then the rest in order.
         let mut stores = self.stores.stores().to_vec();
-        if let Some(held) = self.store_of(run) {
+        if let Some(held) = self.store_of(&claim) {
             stores.retain(|s| s.name() != held.name());
             stores.insert(0, held);
         }
         for store in &stores {
             match self.take_in(store.as_ref(), target, run, over).await {
                 Taken::Yes => {
-                    lock(&self.chosen).insert(run.to_string(), store.name().to_string());
+                    lock(&self.chosen).insert(claim.clone(), store.name().to_string());
                     return Ok(());
                 }
                 Taken::Held(message) => return Err(FenceError::Held(message)),
@@ -287,7 +323,7 @@ impl LeaseBackend for StoreLeases {
                 .await
             {
                 Taken::Yes => {
-                    lock(&self.chosen).insert(run.to_string(), store.name().to_string());
+                    lock(&self.chosen).insert(claim.clone(), store.name().to_string());
                     return Ok(());
                 }
                 Taken::Held(message) => return Err(FenceError::Held(message)),
@@ -297,16 +333,17 @@ impl LeaseBackend for StoreLeases {
             }
         }
         Err(FenceError::Unavailable(format!(
-            "no store could hold run {run}'s lease ({}); nothing was started: try again when a store answers, or set [mirror] lease = false to drive runs without it",
+            "no store could hold {object} for run {run} ({}); nothing was started: try again when a store answers, or set [mirror] lease = false to drive runs without it",
             failures.join("; ")
         )))
     }
 
     async fn renew(&self, target: &str, run: &str) -> Result<(), Renewal> {
-        let Some(store) = self.store_of(run) else {
-            return Err(Renewal::Failed("no store holds this run's lease".into()));
+        let claim = self.key(target, run);
+        let Some(store) = self.store_of(&claim) else {
+            return Err(Renewal::Failed("no store holds this lease".into()));
         };
-        let key = lease_key(run);
+        let key = self.object(&claim);
         let found = match store.read_versioned(&key).await {
             Ok(Some(found)) => found,
             Ok(None) => return Err(Renewal::TakenBy("nobody (the lease was removed)".into())),
@@ -314,7 +351,7 @@ impl LeaseBackend for StoreLeases {
         };
         let lease: LeaseBody = serde_json::from_slice(&found.bytes)
             .map_err(|e| Renewal::Failed(format!("{key} does not parse: {e}")))?;
-        if lease.holder != self.holder || lease.released {
+        if lease.holder != self.holder || lease.released || lease.run != run {
             return Err(Renewal::TakenBy(lease.holder));
         }
         let body = self.body(target, run, lease.transitions);
@@ -336,11 +373,12 @@ impl LeaseBackend for StoreLeases {
         }
     }
 
-    async fn release(&self, _target: &str, run: &str) -> Result<(), String> {
-        let Some(store) = self.store_of(run) else {
+    async fn release(&self, target: &str, run: &str) -> Result<(), String> {
+        let claim = self.key(target, run);
+        let Some(store) = self.store_of(&claim) else {
             return Ok(());
         };
-        let key = lease_key(run);
+        let key = self.object(&claim);
         let Some(found) = store
             .read_versioned(&key)
             .await
@@ -351,7 +389,7 @@ impl LeaseBackend for StoreLeases {
         let Ok(mut lease) = serde_json::from_slice::<LeaseBody>(&found.bytes) else {
             return Ok(());
         };
-        if lease.holder != self.holder {
+        if lease.holder != self.holder || lease.run != run {
             return Ok(());
         }
         lease.released = true;

@@ -7,7 +7,8 @@
 //! * `runs/RUN/run` — the run's record with its pinned workflow, written once;
 //! * `runs/RUN/events/NNNNNNNNNN` — immutable batches of events, named by the index of their
 //!   first event, created only if absent (two hosts can never both write one index);
-//! * `runs/RUN/lease` — who drives the run (in the first store that takes it), JSON.
+//! * `runs/RUN/lease` — who drives the run (in the first store that takes it), JSON;
+//! * `targets/NAME/lease` — which run holds a recovery target, on any host, JSON.
 //!
 //! Records and batches use the journal's own encoding ([`crate::engine::records`]).
 
@@ -41,6 +42,25 @@ pub fn lease_key(run: &str) -> String {
     format!("{RUNS_PREFIX}{run}/lease")
 }
 
+/// The key of a target's lease: a readable form of the target and a short hash of it, so
+/// two targets never share one and no target can name a path outside `targets/`.
+pub fn target_lease_key(target: &str) -> String {
+    use sha2::Digest;
+    let readable: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect();
+    let hash = hex::encode(&sha2::Sha256::digest(target.as_bytes())[..4]);
+    format!("targets/{readable}-{hash}/lease")
+}
+
 /// The first event index of a batch, from its key.
 pub fn batch_first(key: &str) -> Option<usize> {
     key.rsplit('/').next()?.parse().ok()
@@ -62,5 +82,9 @@ mod tests {
         assert!(batch_key("r", 9) < batch_key("r", 10));
         assert_eq!(run_of(&lease_key("dr-1")), Some("dr-1"));
         assert_eq!(run_of("backups/x"), None);
+        let shop = target_lease_key("backup:shop");
+        assert!(shop.starts_with("targets/backup-shop-"), "{shop}");
+        assert_ne!(shop, target_lease_key("backup/shop"));
+        assert!(!target_lease_key("../x").contains(".."));
     }
 }

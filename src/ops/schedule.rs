@@ -5,7 +5,8 @@
 //! When each schedule last fired is kept in `STATE/schedules.json`, so a schedule missed
 //! while `serve` was down fires once when it comes back (not once per missed time). A
 //! schedule whose previous run still holds its target is skipped with a warning: the
-//! target lock means runs never overlap.
+//! target lock means runs never overlap. A run's id names its schedule and time, so
+//! several `serve`s sharing stores start each time once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,12 +113,36 @@ impl Fired {
     }
 }
 
-/// Starts one schedule's run now; the reason says which schedule and which time.
-fn fire(ops: &Operations, schedule: &Schedule, due: DateTime<Utc>) {
+/// The id of a schedule's run for one time: the same on every host, so of several
+/// `serve`s sharing stores and schedules only one starts it (the run's lease is taken once;
+/// a host that finds the run in the stores leaves it).
+pub fn run_id(schedule: &str, due: DateTime<Utc>) -> String {
+    let name: String = schedule
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(44)
+        .collect();
+    format!("{name}-{}", due.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Starts one schedule's run now; the reason says which schedule and which time. A time
+/// another host already fired (its run is in the stores) is left to it.
+async fn fire(ops: &Operations, schedule: &Schedule, due: DateTime<Utc>) {
     let Some(text) = crate::runbooks::builtin(&schedule.runbook) else {
         tracing::error!(schedule = %schedule.name, runbook = %schedule.runbook, "no such built-in runbook");
         return;
     };
+    let id = run_id(&schedule.name, due);
+    if let Some(store) = ops.engine().in_stores(&id).await {
+        tracing::info!(schedule = %schedule.name, run = %id, %store, "this time was fired by another host (its run is in the stores)");
+        return;
+    }
     let request = SubmitRequest {
         workflow_text: text.to_string(),
         workflow_source: format!("builtin:{}", schedule.runbook),
@@ -130,7 +155,7 @@ fn fire(ops: &Operations, schedule: &Schedule, due: DateTime<Utc>) {
         operator: format!("schedule:{}", schedule.name),
         halt_before: Vec::new(),
         halt_after: Vec::new(),
-        id: None,
+        id: Some(id),
     };
     let actor = Actor::this_process(&format!("schedule:{}", schedule.name));
     match ops.submit(&actor, request) {
@@ -166,7 +191,7 @@ pub async fn run(ops: Arc<Operations>, state: PathBuf, schedules: Vec<Schedule>)
                 if due < started {
                     tracing::warn!(schedule = %schedule.name, missed = %due, "a scheduled time passed while serve was down; running it once now");
                 }
-                fire(&ops, schedule, due);
+                fire(&ops, schedule, due).await;
                 fired.at.insert(schedule.name.clone(), now);
                 changed = true;
                 if let Some(after) = schedule.cron.after(&now).next() {
@@ -184,5 +209,28 @@ pub async fn run(ops: Arc<Operations>, state: PathBuf, schedules: Vec<Schedule>)
             .unwrap_or(std::time::Duration::from_secs(3600))
             .min(std::time::Duration::from_secs(60));
         tokio::time::sleep(wait.max(std::time::Duration::from_millis(20))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduled_run_id_names_its_schedule_and_time_and_is_a_valid_id() {
+        let due = DateTime::parse_from_rfc3339("2026-12-03T02:30:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        assert_eq!(
+            run_id("nightly-backup", due),
+            "nightly-backup-20261203T023000Z"
+        );
+        let odd = run_id(&"a b/c".repeat(20), due);
+        assert!(odd.len() <= 64, "{odd}");
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{odd}"
+        );
     }
 }

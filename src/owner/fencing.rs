@@ -11,6 +11,7 @@ use crate::engine::fence::Fence;
 use crate::engine::mirror::Mirror;
 use crate::k8s::lease::KubeLeaseFence;
 use crate::lease::{AllFences, LeaseFence, lease_runtime};
+use crate::mirror::lease::LeaseScope;
 use crate::mirror::{StoreLeases, StoreMirror};
 use crate::storage::StoreSet;
 
@@ -52,7 +53,8 @@ pub fn from_config(
     Ok((fence, mirror))
 }
 
-/// A lease per run in the stores.
+/// A lease per run and one per target in the stores: one host drives a run, and one run
+/// at a time holds a target across hosts (the journal's own target lock sees one host).
 fn store_fence(
     config: &MirrorConfig,
     stores: &StoreSet,
@@ -68,10 +70,16 @@ fn store_fence(
         .unwrap_or_else(|| default_holder(state_dir));
     let runtime = lease_runtime().map_err(|e| format!("cannot start the lease runtime: {e}"))?;
     tracing::debug!(holder = %holder, "runs are fenced with leases in the stores");
-    Ok(Arc::new(LeaseFence::new(
+    let runs = LeaseFence::new(
         runtime,
-        StoreLeases::new(stores.clone(), &holder, duration),
-    )))
+        StoreLeases::new(stores.clone(), &holder, duration, LeaseScope::Run),
+    );
+    let runtime = lease_runtime().map_err(|e| format!("cannot start the lease runtime: {e}"))?;
+    let targets = LeaseFence::new(
+        runtime,
+        StoreLeases::new(stores.clone(), &holder, duration, LeaseScope::Target),
+    );
+    Ok(Arc::new(AllFences(vec![Arc::new(runs), Arc::new(targets)])))
 }
 
 /// The Kubernetes Lease fence the configuration asks for: `None` when leases are off (or
