@@ -325,3 +325,41 @@ fn a_run_without_a_target_still_has_one_driver_across_hosts() {
         "s1\ns2\ns3\ns4\ns5\n"
     );
 }
+
+#[test]
+fn a_run_waiting_inside_a_step_is_seen_waiting_from_the_stores() {
+    let shared = Shared::start();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    shared.configure(&a, "host-a", "");
+    shared.configure(&b, "host-b", "");
+    let wf = a.write(
+        "gated.toml",
+        "name = \"gated\"\ntarget = \"gate\"\n\
+         [[steps]]\nid = \"first\"\nactivity = \"command\"\nwith = { argv = [\"true\"] }\n\
+         [[steps]]\nid = \"ask\"\nactivity = \"approve\"\nwith = { prompt = \"cut over?\" }\n",
+    );
+    let mut runner = a.spawn(&[
+        "run",
+        &wf.display().to_string(),
+        "--id",
+        "g1",
+        "--reason",
+        "gated",
+    ]);
+    // The approval is asked for inside a step that may wait for hours: the stores say so
+    // without waiting for the step to end.
+    b.wait_for(
+        "the stores to show the run waiting for approval",
+        Duration::from_secs(30),
+        || {
+            let listed = b.run(&["runs", "--from-stores", "--json"]);
+            serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|runs| {
+                runs.as_array().is_some_and(|runs| {
+                    runs.iter()
+                        .any(|r| r["id"] == "g1" && r["status"] == "waiting_approval")
+                })
+            })
+        },
+    );
+    kill9(&mut runner);
+}

@@ -73,7 +73,9 @@ impl StepHost for AttemptHost {
                 },
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.engine.mirror_soon(&self.run);
+        Ok(())
     }
 
     fn progress(&self, progress: Progress) {
@@ -119,6 +121,7 @@ impl StepHost for AttemptHost {
                     )
                     .await
                     .map_err(|e| ActivityError::retryable(e.to_string()))?;
+                self.engine.mirror_soon(&self.run);
                 tracing::info!(run = %self.run, step = %self.step, "waiting for approval");
             }
             asked = true;

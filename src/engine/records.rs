@@ -200,6 +200,28 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordErr
     Ok(value)
 }
 
+/// The event that ended a run, read without its workflow: the newest success, rollback,
+/// cancel or refusal that no later rollback or resume reopened.
+pub fn ending(events: &[EventRecord]) -> Option<&Event> {
+    events
+        .iter()
+        .rev()
+        .find_map(|record| match record.event {
+            Event::Succeeded
+            | Event::RolledBack
+            | Event::Cancelled { .. }
+            | Event::Refused { .. } => Some(Some(&record.event)),
+            Event::RollbackStarted { .. } | Event::Resumed { .. } => Some(None),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// Whether the run these events tell of has ended (see [`ending`]).
+pub fn has_ended(events: &[EventRecord]) -> bool {
+    ending(events).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,6 +156,8 @@ pub struct Engine {
     mirroring: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Time runs have spent waiting for copies to land, µs, since this engine started.
     mirror_waited_us: std::sync::atomic::AtomicU64,
+    /// Runs with a copy queued behind the one in flight (see [`Engine::mirror_soon`]).
+    mirror_queued: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Serialises control operations, so two operators' requests cannot interleave their
     /// check-then-journal steps (a resume racing a cancel).
     control: Mutex<()>,
@@ -164,6 +166,16 @@ pub struct Engine {
     /// The state directory, absolute: parameter defaults may name it as `${lazarus.state}`
     /// (work files belong there, not in whatever directory a command was run from).
     state_dir: std::sync::OnceLock<String>,
+}
+
+/// Copies what the run journaled that the stores lack; a store it fails is logged (the
+/// next copy tries again).
+async fn publish_copy(mirror: &dyn Mirror, record: &RunRecord, journal: &dyn Journal) {
+    for lag in mirror.publish(record, journal).await {
+        if let Some(error) = &lag.error {
+            tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
+        }
+    }
 }
 
 /// What a run is fenced under across hosts: its target, or, for a run without one, the
@@ -181,18 +193,12 @@ const REFUSED_END: &str =
 
 /// Whether the events end a run for good, read without the workflow.
 fn terminal_status(events: &[EventRecord]) -> Option<&'static str> {
-    events
-        .iter()
-        .rev()
-        .find_map(|e| match e.event {
-            Event::Succeeded => Some("succeeded"),
-            Event::RolledBack => Some("been rolled back"),
-            Event::Cancelled { .. } => Some("been cancelled"),
-            Event::Refused { .. } => Some(REFUSED_END),
-            Event::RollbackStarted { .. } | Event::Resumed { .. } => Some(""),
-            _ => None,
-        })
-        .filter(|s| !s.is_empty())
+    super::records::ending(events).map(|event| match event {
+        Event::Succeeded => "succeeded",
+        Event::RolledBack => "been rolled back",
+        Event::Cancelled { .. } => "been cancelled",
+        _ => REFUSED_END,
+    })
 }
 
 fn generate_id(workflow: &str) -> String {
@@ -225,6 +231,7 @@ impl Engine {
             mirror: std::sync::OnceLock::new(),
             mirroring: Mutex::new(HashMap::new()),
             mirror_waited_us: std::sync::atomic::AtomicU64::new(0),
+            mirror_queued: Arc::default(),
             control: Mutex::new(()),
             updates,
             idle: Notify::new(),
@@ -263,17 +270,51 @@ impl Engine {
             tracing::debug!(run = %record.id, %lost, "not mirroring a run this process no longer holds");
             return;
         }
+        let copying = self.spawn_copy(mirror, record.clone());
+        lock(&self.mirroring).insert(record.id.clone(), copying);
+    }
+
+    /// Copies what the run journaled so far, in the background, after the copy in flight
+    /// if there is one, without waiting: for events journaled inside a step (a
+    /// checkpoint, an approval asked for), so the stores follow a step that runs for
+    /// hours. At most one such copy waits behind the one in flight; it takes everything
+    /// journaled by the time it starts.
+    pub(crate) fn mirror_soon(&self, run_id: &str) {
+        let Some(mirror) = self.mirror.get().cloned() else {
+            return;
+        };
+        let Ok(Some(record)) = self.journal.run(run_id) else {
+            return;
+        };
+        if self.claim_lost(record.target.as_deref(), run_id).is_some() {
+            return;
+        }
+        let mut mirroring = lock(&self.mirroring);
+        let queued = Arc::clone(&self.mirror_queued);
+        if !lock(&queued).insert(run_id.to_string()) {
+            return;
+        }
+        let before = mirroring.remove(run_id);
+        let run = run_id.to_string();
         let journal = Arc::clone(&self.journal);
-        let record = record.clone();
-        let run = record.id.clone();
         let copying = tokio::spawn(async move {
-            for lag in mirror.publish(&record, journal.as_ref()).await {
-                if let Some(error) = &lag.error {
-                    tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
-                }
+            if let Some(before) = before {
+                let _ = before.await;
             }
+            lock(&queued).remove(&run);
+            publish_copy(mirror.as_ref(), &record, journal.as_ref()).await;
         });
-        lock(&self.mirroring).insert(run, copying);
+        mirroring.insert(run_id.to_string(), copying);
+    }
+
+    /// Copies what the run journaled that the stores lack, in the background.
+    fn spawn_copy(
+        &self,
+        mirror: Arc<dyn Mirror>,
+        record: RunRecord,
+    ) -> tokio::task::JoinHandle<()> {
+        let journal = Arc::clone(&self.journal);
+        tokio::spawn(async move { publish_copy(mirror.as_ref(), &record, journal.as_ref()).await })
     }
 
     /// Waits until the run's copy in flight, if any, has landed (or failed).
