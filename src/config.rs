@@ -179,6 +179,9 @@ pub struct RetentionConfig {
     pub recovery_window: Option<String>,
     /// Backups kept whatever their age, per database (base backups, per archive).
     pub min_backups: Option<usize>,
+    /// How long the copies of ended runs' journals stay in the stores after they ended
+    /// ("90d"; default: the recovery window). Each host's own journal is not touched.
+    pub runs_window: Option<String>,
     /// Per database: overrides of the two.
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, RetentionRule>,

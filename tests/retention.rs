@@ -1,6 +1,7 @@
 //! `lazarus expire` on real backups of a real PostgreSQL, time-shifted: it keeps the
 //! recovery window, the minimum and the newest VERIFIED backup, removes the rest from the
-//! store and the catalog as a journaled run, and a dry run removes nothing.
+//! store and the catalog as a journaled run, and a dry run removes nothing; then the
+//! copies of ended runs' journals older than their window go from the store.
 
 mod common;
 
@@ -66,7 +67,7 @@ fn expire_keeps_the_window_the_minimum_and_the_newest_verified_backup() {
     common::pg::write_config(
         &sb,
         &pg,
-        "[retention]\nrecovery_window = \"7d\"\nmin_backups = 1\n",
+        "[retention]\nrecovery_window = \"7d\"\nmin_backups = 1\nruns_window = \"1s\"\n",
     );
 
     // A dry run says what would go, and removes nothing.
@@ -83,6 +84,8 @@ fn expire_keeps_the_window_the_minimum_and_the_newest_verified_backup() {
 
     // The real run removes the 40-day-old backup from the store and the catalog, keeps
     // the 20-day-old one (the newest VERIFIED) and today's (inside the window).
+    // (Every run so far ends more than runs_window before this one decides.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = sb.run(&["expire", "--reason", "monthly retention"]);
     assert!(out.status.success(), "{}", text(&out));
     let left: Vec<String> = backups(&sb)
@@ -104,4 +107,32 @@ fn expire_keeps_the_window_the_minimum_and_the_newest_verified_backup() {
     let runs = sb.ok(&["runs", "--json"]);
     assert!(runs.contains("\"expire\""), "{runs}");
     assert!(runs.contains("monthly retention"), "{runs}");
+
+    // The copies of runs that ended more than runs_window ago went from the store: only
+    // this expire run's own copy is left (it was still going when it decided); this
+    // host's journal keeps them all.
+    let listed: Value = serde_json::from_str(&sb.ok(&["runs", "--json"])).unwrap();
+    let this = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "monthly retention")
+        .expect("the expire run")["id"]
+        .clone();
+    let report = sb.status(this.as_str().unwrap());
+    let pruned = &Sandbox::step(&report, "runs")["output"];
+    assert!(
+        pruned["runs_removed"] == 6,
+        "the backups, the drill and the two earlier expires: {pruned}"
+    );
+    let in_store: Value =
+        serde_json::from_str(&sb.ok(&["runs", "--from-stores", "--json"])).unwrap();
+    let ids: Vec<&Value> = in_store
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, vec![&this], "{in_store}");
+    assert!(listed.as_array().unwrap().len() >= 6, "{listed}");
 }

@@ -13,6 +13,7 @@ pub mod download;
 pub mod dump;
 pub mod encrypt;
 pub mod expire;
+pub mod expire_runs;
 pub mod files;
 pub mod http_check;
 pub mod import;
@@ -60,6 +61,9 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(expire::ExpireBackups::new(Arc::clone(&services))));
+    registry.register(Arc::new(expire_runs::ExpireRuns::new(Arc::clone(
+        &services,
+    ))));
     registry.register(Arc::new(wal_check::WalCheck::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::SelectBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(restore::Restore::new(Arc::clone(&services))));

@@ -355,6 +355,7 @@ mod tests {
         let config = RetentionConfig {
             recovery_window: Some("30d".into()),
             min_backups: Some(2),
+            runs_window: None,
             databases: BTreeMap::new(),
             archives: BTreeMap::from([(
                 "main".to_string(),

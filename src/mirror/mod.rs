@@ -13,6 +13,7 @@
 //! Records and batches use the journal's own encoding ([`crate::engine::records`]).
 
 pub mod lease;
+pub mod prune;
 pub mod publish;
 pub mod read;
 
