@@ -62,9 +62,15 @@ impl Activity for ExpireRuns {
         let Some(text) =
             retention.and_then(|r| r.runs_window.clone().or_else(|| r.recovery_window.clone()))
         else {
-            return Err(ActivityError::refused(
-                "no window for runs' journal copies: set [retention] runs_window (or recovery_window) in lazarus.toml",
-            ));
+            return Ok(json!({
+                "dry_run": inputs.dry_run,
+                "window": "",
+                "runs_removed": 0,
+                "runs": [],
+                "objects_removed": 0,
+                "unreadable": [],
+                "kept_all": "no [retention] runs_window (or recovery_window): every run's copy is kept",
+            }));
         };
         let window = parse_duration(&text).map_err(|e| {
             ActivityError::refused(format!(
@@ -87,15 +93,23 @@ impl Activity for ExpireRuns {
                 (planned, unreadable)
             }
         };
-        let mut objects = 0;
-        if !inputs.dry_run {
-            for ended in &planned {
-                objects += remove(stores, &ended.run)
-                    .await
-                    .map_err(|e| ActivityError::retryable(format!("{e} (resume retries it)")))?;
+        let (mut objects, mut runs, mut reopened) = (0, Vec::new(), Vec::new());
+        for ended in &planned {
+            if inputs.dry_run {
+                runs.push(ended.run.clone());
+                continue;
+            }
+            match remove(stores, &ended.run)
+                .await
+                .map_err(|e| ActivityError::retryable(format!("{e} (resume retries it)")))?
+            {
+                Some(gone) => {
+                    objects += gone;
+                    runs.push(ended.run.clone());
+                }
+                None => reopened.push(ended.run.clone()),
             }
         }
-        let runs: Vec<String> = planned.iter().map(|r| r.run.clone()).collect();
         Ok(json!({
             "dry_run": inputs.dry_run,
             "window": format_duration(window),
@@ -103,6 +117,7 @@ impl Activity for ExpireRuns {
             "runs": runs,
             "objects_removed": objects,
             "unreadable": unreadable,
+            "kept_reopened": reopened,
         }))
     }
 }

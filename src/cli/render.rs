@@ -124,9 +124,13 @@ impl Renderer {
                 self.line(&cleanup_line(&step.id, d));
             }
             let told = self.reruns.insert(step.id.clone(), step.reruns.len());
-            if let Some(reason) = step.reruns.last()
-                && told.is_some_and(|told| told < step.reruns.len())
-            {
+            // New since the last report, or already there when following began for a step
+            // that has yet to run again.
+            let new = match told {
+                Some(told) => told < step.reruns.len(),
+                None => matches!(step.status.as_str(), "pending" | "running"),
+            };
+            if let Some(reason) = step.reruns.last().filter(|_| new) {
                 self.line(&format!("  ↻ {} runs again: {reason}", step.id));
             }
             let key = (step.status.clone(), step.attempts);

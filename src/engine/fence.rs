@@ -37,3 +37,15 @@ pub trait Fence: Send + Sync {
     /// other than `holder` holds it.
     fn claim_over(&self, target: &str, run: &str, holder: &str) -> Result<(), FenceError>;
 }
+
+/// What a run is fenced under across hosts: its target, or, for a run without one, the
+/// run itself (one driver per run either way).
+pub fn claim_name(target: Option<&str>, run: &str) -> String {
+    target.map_or_else(|| format!("run:{run}"), str::to_string)
+}
+
+/// Whether a claim is a run's own (it has no target): a fence that guards targets (one run
+/// at a time on each) has nothing to guard for it.
+pub fn is_run_claim(target: &str, run: &str) -> bool {
+    target.strip_prefix("run:") == Some(run)
+}

@@ -21,7 +21,13 @@ pub(crate) struct AttemptHost {
     handle: Arc<RunHandle>,
     /// The most bytes the attempt reported moving (for its trace span).
     bytes: AtomicU64,
+    /// When a checkpoint last sent the run's journal to the stores.
+    copied_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often checkpoints inside one attempt send the journal to the stores: a download
+/// checkpoints every few MiB, and a copy per checkpoint would be an object per checkpoint.
+const CHECKPOINT_COPY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AttemptHost {
     pub(crate) fn new(
@@ -38,6 +44,7 @@ impl AttemptHost {
             attempt,
             handle,
             bytes: AtomicU64::new(0),
+            copied_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -74,7 +81,17 @@ impl StepHost for AttemptHost {
             )
             .await
             .map_err(|e| e.to_string())?;
-        self.engine.mirror_soon(&self.run);
+        let due = {
+            let mut copied_at = self.copied_at.lock().unwrap_or_else(|p| p.into_inner());
+            let due = copied_at.is_none_or(|at| at.elapsed() >= CHECKPOINT_COPY_EVERY);
+            if due {
+                *copied_at = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.engine.mirror_soon(&self.run);
+        }
         Ok(())
     }
 

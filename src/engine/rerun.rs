@@ -65,7 +65,8 @@ pub fn lost_output(
             })?;
         let rendered = scope.render(raw).ok()?;
         let path = rendered.as_str().filter(|p| !p.is_empty())?;
-        if Path::new(path).exists() {
+        // Only a file that is not there: one this host cannot read is the step's to report.
+        if !matches!(Path::new(path).try_exists(), Ok(false)) {
             return None;
         }
         Some(LostOutput {

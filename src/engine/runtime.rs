@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::{Progress, Registry};
 use super::clock::{now_us, rfc3339};
 use super::commit::GroupCommit;
-use super::fence::Fence;
+use super::fence::{Fence, claim_name};
 use super::folded::{FoldCache, Loaded};
 use super::journal::{Journal, JournalError};
 use super::mirror::Mirror;
@@ -176,12 +176,6 @@ async fn publish_copy(mirror: &dyn Mirror, record: &RunRecord, journal: &dyn Jou
             tracing::warn!(run = %record.id, store = %lag.store, behind = lag.behind, %error, "the run's journal could not be mirrored to a store; retried at the next step");
         }
     }
-}
-
-/// What a run is fenced under across hosts: its target, or, for a run without one, the
-/// run itself (one driver per run either way).
-fn claim_name(target: Option<&str>, run_id: &str) -> String {
-    target.map_or_else(|| format!("run:{run_id}"), str::to_string)
 }
 
 /// The placeholder a parameter default uses for the state directory.
@@ -679,6 +673,14 @@ impl Engine {
                 halt_before: sub.halt_before.clone(),
                 halt_after: sub.halt_after.clone(),
             };
+            // An id this journal holds is never claimed: the claim may be that run's, and
+            // undoing a refused claim would let it go.
+            if self.journal.run(&id)?.is_some() {
+                if sub.id.is_none() && attempts < 5 {
+                    continue;
+                }
+                return Err(JournalError::RunExists(id).into());
+            }
             self.claim(record.target.as_deref(), &id)?;
             let created = self.journal.create_run(&record);
             if created.is_err() {

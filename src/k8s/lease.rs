@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::K8sError;
 use super::rollout::FIELD_MANAGER;
-use crate::engine::fence::FenceError;
+use crate::engine::fence::{FenceError, is_run_claim};
 use crate::lease::{CALL_LIMIT, LeaseBackend, LeaseFence, Renewal, lease_runtime, wait_on};
 
 /// The Lease annotation naming the run that holds the target.
@@ -318,14 +318,24 @@ impl LeaseBackend for KubeLeases {
     }
 
     async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
+        // A Lease guards a target; a run without one has none to take.
+        if is_run_claim(target, run) {
+            return Ok(());
+        }
         self.take_bounded(target, run, over).await
     }
 
-    async fn renew(&self, target: &str, _run: &str) -> Result<(), Renewal> {
+    async fn renew(&self, target: &str, run: &str) -> Result<(), Renewal> {
+        if is_run_claim(target, run) {
+            return Ok(());
+        }
         renew(&self.api, &lease_name(target), &self.holder, self.duration).await
     }
 
-    async fn release(&self, target: &str, _run: &str) -> Result<(), String> {
+    async fn release(&self, target: &str, run: &str) -> Result<(), String> {
+        if is_run_claim(target, run) {
+            return Ok(());
+        }
         let name = lease_name(target);
         let Some(lease) = self.api.get_opt(&name).await.map_err(|e| e.to_string())? else {
             return Ok(());

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{lease_key, target_lease_key};
-use crate::engine::fence::FenceError;
+use crate::engine::fence::{FenceError, is_run_claim};
 use crate::lease::{LeaseBackend, Renewal};
 use crate::storage::{Condition, ConditionalError, ObjectStore, StoreSet};
 
@@ -44,7 +44,9 @@ pub struct LeaseBody {
 }
 
 impl LeaseBody {
-    fn expired(&self, now_us: i64) -> bool {
+    /// Whether it no longer keeps anyone out at `now_us`: let go, or unrenewed for its
+    /// duration.
+    pub fn expired(&self, now_us: i64) -> bool {
         self.released
             || self.renewed_at_us.saturating_add(
                 i64::try_from(self.duration_ms)
@@ -105,6 +107,11 @@ impl StoreLeases {
         }
     }
 
+    /// A target lease for a run without a target: its run lease is all there is to hold.
+    fn guards_nothing(&self, target: &str, run: &str) -> bool {
+        self.scope == LeaseScope::Target && is_run_claim(target, run)
+    }
+
     /// The lease object for a claim key (see [`LeaseBackend::key`]).
     fn object(&self, key: &str) -> String {
         match self.scope {
@@ -127,10 +134,12 @@ impl StoreLeases {
 
     /// Whether `lease` keeps this host out: another holder's, still valid, and not the one
     /// an operator named to take it from.
-    fn keeps_out(&self, lease: &LeaseBody, over: Option<&str>) -> bool {
-        lease.holder != self.holder
-            && over != Some(lease.holder.as_str())
-            && !lease.expired(now_us())
+    /// A forced takeover (`over`) takes a target only from the run being taken over, never
+    /// from another run still holding it.
+    fn keeps_out(&self, lease: &LeaseBody, run: &str, over: Option<&str>) -> bool {
+        let forced = over == Some(lease.holder.as_str())
+            && (self.scope == LeaseScope::Run || lease.run == run);
+        lease.holder != self.holder && !forced && !lease.expired(now_us())
     }
 
     fn held_message(&self, store: &str, lease: &LeaseBody) -> String {
@@ -183,7 +192,7 @@ impl StoreLeases {
                         ));
                     };
                     let ours = lease.holder == self.holder;
-                    if self.keeps_out(&lease, over) {
+                    if self.keeps_out(&lease, run, over) {
                         return Taken::Held(self.held_message(store.name(), &lease));
                     }
                     let transitions = lease.transitions + u64::from(!ours);
@@ -226,7 +235,7 @@ impl StoreLeases {
             Err(e) => return Taken::Failed(e.to_string()),
         };
         let transitions = match &found {
-            Some(lease) if self.keeps_out(lease, over) => {
+            Some(lease) if self.keeps_out(lease, run, over) => {
                 return Taken::Held(self.held_message(store.name(), lease));
             }
             Some(lease) => lease.transitions + u64::from(lease.holder != self.holder),
@@ -281,6 +290,9 @@ impl LeaseBackend for StoreLeases {
     }
 
     async fn take(&self, target: &str, run: &str, over: Option<&str>) -> Result<(), FenceError> {
+        if self.guards_nothing(target, run) {
+            return Ok(());
+        }
         // A lease another host holds in any store that answers counts, not only in the
         // one this host would write to: two hosts that each reach a different first store
         // must not both drive the run.
@@ -289,7 +301,7 @@ impl LeaseBackend for StoreLeases {
         for store in self.stores.stores() {
             if let Ok(Some(found)) = store.read_versioned(&object).await
                 && let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
-                && self.keeps_out(&lease, over)
+                && self.keeps_out(&lease, run, over)
             {
                 return Err(FenceError::Held(self.held_message(store.name(), &lease)));
             }
@@ -339,6 +351,9 @@ impl LeaseBackend for StoreLeases {
     }
 
     async fn renew(&self, target: &str, run: &str) -> Result<(), Renewal> {
+        if self.guards_nothing(target, run) {
+            return Ok(());
+        }
         let claim = self.key(target, run);
         let Some(store) = self.store_of(&claim) else {
             return Err(Renewal::Failed("no store holds this lease".into()));
@@ -374,6 +389,9 @@ impl LeaseBackend for StoreLeases {
     }
 
     async fn release(&self, target: &str, run: &str) -> Result<(), String> {
+        if self.guards_nothing(target, run) {
+            return Ok(());
+        }
         let claim = self.key(target, run);
         let Some(store) = self.store_of(&claim) else {
             return Ok(());
@@ -429,5 +447,39 @@ mod tests {
         assert!(lease.expired(16_000_000));
         lease.released = true;
         assert!(lease.expired(1_000_001));
+    }
+
+    #[test]
+    fn forcing_takes_a_run_over_but_never_a_target_another_run_holds() {
+        let held = LeaseBody {
+            holder: "host-x".into(),
+            run: "r2".into(),
+            target: "shop".into(),
+            renewed_at_us: now_us(),
+            duration_ms: 60_000,
+            transitions: 0,
+            released: false,
+        };
+        let leases = |scope| {
+            StoreLeases::new(
+                StoreSet::new(vec![]),
+                "host-b",
+                Duration::from_secs(60),
+                scope,
+            )
+        };
+        let targets = leases(LeaseScope::Target);
+        assert!(
+            targets.keeps_out(&held, "r1", Some("host-x")),
+            "r2 still holds shop"
+        );
+        assert!(
+            !targets.keeps_out(&held, "r2", Some("host-x")),
+            "r2 itself is taken over"
+        );
+        assert!(targets.keeps_out(&held, "r2", None));
+        assert!(!leases(LeaseScope::Run).keeps_out(&held, "r2", Some("host-x")));
+        assert!(targets.guards_nothing("run:r9", "r9"));
+        assert!(!targets.guards_nothing("shop", "r9"));
     }
 }

@@ -38,8 +38,20 @@ pub async fn ended_before(stores: &StoreSet, before_us: i64) -> (Vec<EndedRun>, 
 
 /// Removes every object of a run's copy (record, events, lease) from every store; how
 /// many went. Removing what is already gone is not an error, so a resumed removal
-/// finishes the job.
-pub async fn remove(stores: &StoreSet, run: &str) -> Result<usize, String> {
+/// finishes the job. Looked at again first: a run reopened since it was chosen (a
+/// rollback of a success) or whose lease someone holds is kept (`Ok(None)`).
+pub async fn remove(stores: &StoreSet, run: &str) -> Result<Option<usize>, String> {
+    if let Some((lease, _)) = read::lease(stores, run).await
+        && !lease.released
+        && !lease.expired(chrono::Utc::now().timestamp_micros())
+    {
+        return Ok(None);
+    }
+    if let Some(copy) = read::fullest(stores, run).await?
+        && !has_ended(&copy.events)
+    {
+        return Ok(None);
+    }
     let prefix = format!("{RUNS_PREFIX}{run}/");
     let mut removed = 0;
     for store in stores.stores() {
@@ -55,5 +67,5 @@ pub async fn remove(stores: &StoreSet, run: &str) -> Result<usize, String> {
             removed += 1;
         }
     }
-    Ok(removed)
+    Ok(Some(removed))
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{batch_key, read, record_key};
 use crate::engine::journal::Journal;
 use crate::engine::mirror::{Mirror, MirrorLag, MirroredRun};
-use crate::engine::records::{EventRecord, RunRecord, encode};
+use crate::engine::records::{Event, EventRecord, RunRecord, encode};
 use crate::storage::{Condition, ConditionalError, ObjectStore, StoreSet};
 
 /// Where one store's copy of one run stands.
@@ -133,12 +133,28 @@ impl StoreMirror {
         let key = batch_key(run, from);
         // A batch is a copy of what this host's journal holds durably: made again from it
         // if a crash tears it, so it need not be flushed on its own (see
-        // `Condition::AbsentCopy`).
+        // `Condition::AbsentCopy`) — except where the run ends or halts, which the next
+        // host to look must find even if this one never comes back.
+        let stops = events.iter().any(|e| {
+            matches!(
+                e.event,
+                Event::Succeeded
+                    | Event::RolledBack
+                    | Event::Cancelled { .. }
+                    | Event::Refused { .. }
+                    | Event::Halted { .. }
+            )
+        });
+        let condition = if stops {
+            Condition::Absent
+        } else {
+            Condition::AbsentCopy
+        };
         if !create(
             store.as_ref(),
             &key,
             Bytes::from(encode(&events)),
-            Condition::AbsentCopy,
+            condition,
         )
         .await?
         {
@@ -282,7 +298,6 @@ mod tests {
     use super::*;
     use crate::engine::SledJournal;
     use crate::engine::journal::tests::record;
-    use crate::engine::records::Event;
     use crate::storage::local::LocalStore;
 
     fn event(at_us: i64) -> EventRecord {

@@ -83,9 +83,11 @@ pub struct Chain {
     pub past_end: Vec<usize>,
 }
 
-/// Reads a run's chain of batches in one store. A batch that does not decode ends the
-/// chain as if it were absent: a copy torn by a crash is no worse than a copy not made.
-pub async fn chain(store: &dyn ObjectStore, run: &str) -> Result<Chain, StorageError> {
+/// Reads a run's chain of batches in one store. In a local store (whose copies are not
+/// flushed on their own), a batch that does not decode ends the chain as if it were
+/// absent: a copy torn by a crash is no worse than a copy not made. Elsewhere it is an
+/// error: an S3 write is durable, so such a batch is damage to look at, not to skip.
+pub async fn chain(store: &dyn ObjectStore, run: &str) -> Result<Chain, ReadError> {
     let mut chain = Chain::default();
     for first in batches(store, run).await? {
         if !chain.past_end.is_empty() || first != chain.events.len() {
@@ -95,11 +97,11 @@ pub async fn chain(store: &dyn ObjectStore, run: &str) -> Result<Chain, StorageE
         match batch(store, run, first).await {
             Ok(events) if !events.is_empty() => chain.events.extend(events),
             Ok(_) => chain.past_end.push(first),
-            Err(ReadError::Corrupt { key, message, .. }) => {
-                tracing::warn!(store = %store.name(), %key, %message, "a journal batch in the store does not decode; the copy ends before it");
+            Err(ReadError::Corrupt { key, message, .. }) if store.local_root().is_some() => {
+                tracing::warn!(store = %store.name(), %key, %message, "a journal batch in the store does not decode (torn by a crash?); the copy ends before it");
                 chain.past_end.push(first);
             }
-            Err(ReadError::Storage(e)) => return Err(e),
+            Err(e) => return Err(e),
         }
     }
     Ok(chain)

@@ -79,7 +79,8 @@ fn store_fence(
         runtime,
         StoreLeases::new(stores.clone(), &holder, duration, LeaseScope::Target),
     );
-    Ok(Arc::new(AllFences(vec![Arc::new(runs), Arc::new(targets)])))
+    // The target first: a forced takeover it refuses has not yet taken the run's lease.
+    Ok(Arc::new(AllFences(vec![Arc::new(targets), Arc::new(runs)])))
 }
 
 /// The Kubernetes Lease fence the configuration asks for: `None` when leases are off (or
