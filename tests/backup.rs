@@ -43,3 +43,36 @@ fn a_backup_missing_from_a_store_says_so_in_its_exit_status_and_listing() {
         "{backup}"
     );
 }
+
+#[test]
+fn a_database_name_that_looks_like_a_connection_string_is_only_a_name() {
+    let pg = Pg::start();
+    pg.load_sample("shop", 1);
+    let sb = Sandbox::new();
+    let keys = sb.path().join("keys");
+    sb.ok(&["key", "generate", "--file", keys.to_str().unwrap()]);
+    sb.write(
+        "lazarus.toml",
+        &format!(
+            "[keys]\nfile = \"{}\"\n\n[postgres]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"postgres\"\n\n[[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"local-store\"\n",
+            keys.display(),
+            pg.port()
+        ),
+    );
+    // Where an attacker would like the password sent.
+    let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let port = attacker.local_addr().unwrap().port();
+    let hostile = format!("host=127.0.0.1 port={port} dbname=shop");
+    let out = sb.run(&["backup", "--database", &hostile]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        attacker.accept().is_err(),
+        "Lazarus connected to the host named inside a database name"
+    );
+    let said = text(&out);
+    assert!(said.contains("does not exist"), "{said}");
+    // The name was looked up as a name, on the configured server: shop itself still backs up.
+    let out = sb.run(&["backup", "--database", "shop"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

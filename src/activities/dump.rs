@@ -21,6 +21,7 @@ use crate::catalog::{MANIFEST_VERSION, Manifest, TableInfo, backup_key, new_back
 use crate::codec::Compression;
 use crate::crypto::chunked::{self, EncodeOptions};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec, Progress};
+use crate::pg::conninfo::dbname_only;
 use crate::pg::dump_blocks::BlockScanner;
 use crate::pg::sql::Sql;
 use crate::pg::{PgError, tail_lines};
@@ -256,7 +257,7 @@ impl Activity for Dump {
             stream_to_chunked(
                 ctx,
                 &pg_dump,
-                &["-Fc", "-Z0", "--dbname", inputs.database.as_str()],
+                &["-Fc", "-Z0", "--dbname", &dbname_only(&inputs.database)],
                 server,
                 &part,
                 &key,

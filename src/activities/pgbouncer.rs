@@ -273,7 +273,7 @@ impl Pgbouncer {
                     "-U",
                     &user,
                     "-d",
-                    &inputs.database,
+                    &crate::pg::conninfo::dbname_only(&inputs.database),
                 ])
                 .args(["-c", "SELECT current_database()"])
                 .env("PGCONNECT_TIMEOUT", "5")

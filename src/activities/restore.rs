@@ -260,7 +260,7 @@ impl Activity for Restore {
             let mut args: Vec<String> = vec![
                 format!("--jobs={jobs}"),
                 "--exit-on-error".into(),
-                format!("--dbname={target}"),
+                format!("--dbname={}", crate::pg::conninfo::dbname_only(&target)),
             ];
             if inputs.no_owner {
                 args.push("--no-owner".into());

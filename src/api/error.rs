@@ -37,6 +37,7 @@ impl From<ControlError> for ApiError {
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Refused(_) => StatusCode::CONFLICT,
             ControlError::Unavailable(_) | ControlError::Retry => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -12,6 +12,7 @@ mod folded;
 mod host;
 pub mod journal;
 pub mod mirror;
+pub mod params;
 pub mod records;
 pub mod report;
 pub mod rerun;

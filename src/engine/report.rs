@@ -261,11 +261,11 @@ impl RunReport {
                 .params
                 .iter()
                 .map(|(k, v)| {
-                    let secret = workflow.params.iter().any(|p| &p.name == k && p.secret);
-                    (
-                        k.clone(),
-                        if secret { "***".to_string() } else { v.clone() },
-                    )
+                    let shown = match workflow.params.iter().find(|p| &p.name == k) {
+                        Some(param) => param.shown(v),
+                        None => super::params::ParamKind::Text.shown(v),
+                    };
+                    (k.clone(), shown)
                 })
                 .collect(),
             target: run.target.clone(),

@@ -35,9 +35,13 @@ pub enum EngineError {
     /// No run has this id.
     #[error("no run \"{0}\"; `lazarus runs` lists the runs in this state directory")]
     UnknownRun(String),
-    /// The request does not fit the run's state, or its inputs are wrong.
+    /// The request does not fit the run's state.
     #[error("{0}")]
     Refused(String),
+    /// The request's own input is wrong (a parameter, the reason, the run id, a step name):
+    /// the caller must correct it.
+    #[error("{0}")]
+    Invalid(String),
     /// This process is letting go of the store; ask the next owner.
     #[error("this lazarus process is shutting down")]
     ShuttingDown,
@@ -202,11 +206,16 @@ fn generate_id(workflow: &str) -> String {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    id.len() <= 64 && super::params::check_identifier(id).is_ok()
+}
+
+/// The longest reason (or approval comment) a run keeps: a paragraph, not a document.
+pub const MAX_REASON: usize = 2000;
+
+/// Refuses a reason that would forge terminal output or bloat every answer that lists runs.
+pub fn check_reason(reason: &str) -> Result<(), EngineError> {
+    super::params::check_text(reason, MAX_REASON)
+        .map_err(|e| EngineError::Invalid(format!("the reason: {e}")))
 }
 
 impl Engine {
@@ -616,19 +625,28 @@ impl Engine {
     pub fn submit(&self, sub: Submission) -> Result<String, EngineError> {
         let reason = sub.reason.trim();
         if reason.is_empty() {
-            return Err(EngineError::Refused(
+            return Err(EngineError::Invalid(
                 "a reason is required: --reason \"why this run is needed\"".into(),
             ));
         }
+        check_reason(reason)?;
         for step in sub.halt_before.iter().chain(&sub.halt_after) {
             sub.workflow
                 .check_step_id(step)
-                .map_err(EngineError::Refused)?;
+                .map_err(EngineError::Invalid)?;
+        }
+        if let Some(id) = &sub.id {
+            super::params::check_identifier(id).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "run id \"{}\": {e}",
+                    super::params::escape_controls(id)
+                ))
+            })?;
         }
         let mut params = sub
             .workflow
             .resolve_params(&sub.params)
-            .map_err(EngineError::Refused)?;
+            .map_err(EngineError::Invalid)?;
         let state = self.state_dir.get().map_or("state", String::as_str);
         for (name, value) in params.iter_mut() {
             if !sub.params.contains_key(name) && value.contains(STATE_PLACEHOLDER) {
@@ -641,8 +659,9 @@ impl Engine {
             let id = match &sub.id {
                 Some(id) if valid_id(id) => id.clone(),
                 Some(id) => {
-                    return Err(EngineError::Refused(format!(
-                        "run id \"{id}\" may hold only letters, digits, '-', '_' and '.', up to 64 characters"
+                    return Err(EngineError::Invalid(format!(
+                        "run id \"{}\" may hold only letters, digits, '-', '_', '.', ':' and '+', up to 64 characters, starting with a letter or digit",
+                        super::params::escape_controls(id)
                     )));
                 }
                 None => generate_id(&sub.workflow.name),
@@ -1011,9 +1030,13 @@ impl Engine {
             )));
         };
         if by.trim().is_empty() {
-            return Err(EngineError::Refused(
+            return Err(EngineError::Invalid(
                 "say who approves: --by NAME".to_string(),
             ));
+        }
+        if let Some(comment) = &comment {
+            super::params::check_text(comment, MAX_REASON)
+                .map_err(|e| EngineError::Invalid(format!("the comment: {e}")))?;
         }
         let step_id = step.id.clone();
         self.append_sync_durable(
@@ -1046,10 +1069,11 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let reason = reason.trim();
         if reason.is_empty() {
-            return Err(EngineError::Refused(
+            return Err(EngineError::Invalid(
                 "a reason is required: --reason \"why this run is being rolled back\"".into(),
             ));
         }
+        check_reason(reason)?;
         let _serial = lock(&self.control);
         let (record, _, state) = self.load(run_id)?;
         match state.status {

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use super::activity::Registry;
 use super::duration::parse_duration;
+use super::params::ParamKind;
 use super::suggest::did_you_mean;
 use super::template::{Reference, references};
 
@@ -55,6 +56,27 @@ pub struct Param {
     /// A password or token: shown as `***` in reports and webhook payloads. (The journal in
     /// `state/` keeps it, since a resumed run needs it; keep `state/` private.)
     pub secret: bool,
+    /// What the value is (`type = "..."`): checked before a run is created, and deciding
+    /// how the value may be used and shown.
+    pub kind: ParamKind,
+}
+
+impl Param {
+    /// Checks a value given for this parameter. An empty value is accepted only where the
+    /// default is empty (it means "none").
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        if value.is_empty() && self.default.as_deref() == Some("") {
+            return Ok(());
+        }
+        self.kind
+            .check(value)
+            .map_err(|e| format!("parameter \"{}\" ({}): {e}", self.name, self.kind.name()))
+    }
+
+    /// The value as people may see it (secrets and credentials as `***`).
+    pub fn shown(&self, value: &str) -> String {
+        self.kind.shown(value)
+    }
 }
 
 /// What a run does when a step has failed all its attempts.
@@ -251,6 +273,9 @@ struct RawParam {
     help: Option<String>,
     #[serde(default)]
     secret: bool,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    choices: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -418,16 +443,35 @@ impl Workflow {
                     ),
                 );
             }
-            params.push((
-                start,
-                Param {
-                    name: pname.clone(),
-                    required: p.required,
-                    default,
-                    help: p.help.clone(),
-                    secret: p.secret,
-                },
-            ));
+            let kind = match (p.kind.as_deref(), p.secret) {
+                (None, true) => Ok(ParamKind::Secret),
+                (None, false) => ParamKind::parse("text", p.choices.as_deref()),
+                (Some(name), false) => ParamKind::parse(name, p.choices.as_deref()),
+                (Some("secret"), true) => Ok(ParamKind::Secret),
+                (Some(_), true) => Err("secret = true goes with type = \"secret\" only".into()),
+            };
+            let kind = match kind {
+                Ok(kind) => kind,
+                Err(e) => {
+                    check.at(start, format!("parameter \"{pname}\": {e}"));
+                    ParamKind::Text
+                }
+            };
+            let param = Param {
+                name: pname.clone(),
+                required: p.required,
+                default,
+                help: p.help.clone(),
+                secret: matches!(kind, ParamKind::Secret),
+                kind,
+            };
+            if let Some(d) = param.default.as_deref()
+                && !d.contains("${")
+                && let Err(e) = param.check(d)
+            {
+                check.at(start, format!("default of {e}"));
+            }
+            params.push((start, param));
         }
         params.sort_by_key(|(start, _)| *start);
         let params: Vec<Param> = params.into_iter().map(|(_, p)| p).collect();
@@ -729,6 +773,9 @@ impl Workflow {
         for param in &self.params {
             match (given.get(&param.name), &param.default) {
                 (Some(v), _) => {
+                    if let Err(e) = param.check(v) {
+                        problems.push(e);
+                    }
                     values.insert(param.name.clone(), v.clone());
                 }
                 (None, Some(d)) => {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::activities::Services;
 use crate::catalog::Manifest;
 use crate::engine::adopt::Adoption;
+use crate::engine::params::ParamKind;
 use crate::engine::{Engine, EngineError, RunReport, RunSummary, Submission, Workflow};
 use actor::{Actor, Role};
 use alerts::{AlertState, Alerts};
@@ -71,9 +72,12 @@ pub enum ControlError {
     /// No such run (or other named thing).
     #[error("{0}")]
     NotFound(String),
-    /// The request itself is wrong (a workflow that does not parse, a bad parameter).
+    /// The workflow itself is wrong (it does not parse).
     #[error("{0}")]
     Invalid(String),
+    /// The request's input is wrong (a parameter, a run id, the reason): correct it.
+    #[error("{0}")]
+    BadRequest(String),
     /// The owner could not be reached or went away.
     #[error("{0}")]
     Unavailable(String),
@@ -88,6 +92,7 @@ impl From<EngineError> for ControlError {
             EngineError::ShuttingDown => ControlError::Retry,
             EngineError::UnknownRun(_) => ControlError::NotFound(e.to_string()),
             EngineError::Workflow(_) => ControlError::Invalid(e.to_string()),
+            EngineError::Invalid(message) => ControlError::BadRequest(message),
             other => ControlError::Refused(other.to_string()),
         }
     }
@@ -279,17 +284,23 @@ impl Operations {
             None,
             Some(&request.reason),
         )?;
-        let secret = |name: &str| workflow.params.iter().any(|p| p.name == name && p.secret);
+        let typed = workflow
+            .resolve_params(&request.params)
+            .map_err(ControlError::BadRequest)
+            .and_then(|_| self.check_param_rights(actor, &workflow, &request.params));
+        if let Err(refused) = typed {
+            self.record(actor, &action, None, Some(&request.reason), Err(&refused));
+            return Err(refused);
+        }
         let params = request
             .params
             .iter()
-            .map(|(k, v)| {
-                if secret(k) {
-                    format!("{k}=(secret)")
-                } else {
-                    format!("{k}={v}")
-                }
-            })
+            .map(
+                |(k, v)| match workflow.params.iter().find(|p| &p.name == k) {
+                    Some(param) => format!("{k}={}", param.shown(v)),
+                    None => format!("{k}={}", ParamKind::Text.shown(v)),
+                },
+            )
             .collect::<Vec<_>>()
             .join(" ");
         let reason = request.reason.clone();
@@ -318,6 +329,51 @@ impl Operations {
             );
         }
         result
+    }
+
+    /// Refuses values a non-admin may not give: a path outside `STATE/work`, and any
+    /// command or connection string. Admins may give any value that passes its type.
+    fn check_param_rights(
+        &self,
+        actor: &Actor,
+        workflow: &Workflow,
+        given: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), ControlError> {
+        if actor.role >= Role::Admin {
+            return Ok(());
+        }
+        let work = self
+            .engine
+            .state_dir()
+            .unwrap_or_else(|| std::path::PathBuf::from("state"))
+            .join("work");
+        for (name, value) in given {
+            let Some(param) = workflow.params.iter().find(|p| &p.name == name) else {
+                continue;
+            };
+            let allowed = match &param.kind {
+                kind if kind.admin_only() => false,
+                ParamKind::Path => {
+                    value.is_empty() || crate::engine::params::confined(value, &work)
+                }
+                _ => true,
+            };
+            if !allowed {
+                let what = if matches!(param.kind, ParamKind::Path) {
+                    format!(
+                        "a path under {} (the state directory's work/)",
+                        work.display()
+                    )
+                } else {
+                    format!("no {} value (admins only)", param.kind.name())
+                };
+                return Err(ControlError::Forbidden(format!(
+                    "{} has the {} role, which may give parameter \"{name}\" only {what}; leave it out to use the default",
+                    actor.identity, actor.role
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Resumes a run; with a journal mirror, first brings this host's copy of the run in

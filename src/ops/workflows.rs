@@ -33,7 +33,9 @@ pub fn describe(wf: &Workflow) -> Value {
         "target": wf.target,
         "params": wf.params.iter().map(|p| json!({
             "name": p.name, "required": p.required, "default": p.default, "help": p.help,
-            "secret": p.secret,
+            "secret": p.secret, "type": p.kind.name(),
+            "choices": match &p.kind { crate::engine::params::ParamKind::Choice(list) => Some(list.clone()), _ => None },
+            "admin_only": p.kind.admin_only(),
         })).collect::<Vec<_>>(),
         "steps": wf.steps.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         "valid": true,

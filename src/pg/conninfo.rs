@@ -34,6 +34,24 @@ pub fn with_dbname(conninfo: &str, dbname: &str) -> Result<String, ConninfoError
     keyvalue_with_dbname(conninfo, dbname)
 }
 
+/// A connection string that sets only the database, to hand libpq a name that it must never
+/// read as a connection string: libpq expands a `dbname` holding `=` (or starting with
+/// `postgresql://`) into connection settings, so `host=elsewhere dbname=shop` given as a
+/// name would send the password elsewhere. Inside this string the name is a quoted value,
+/// and libpq expands only the outer one.
+pub fn dbname_only(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 9);
+    quoted.push_str("dbname='");
+    for c in name.chars() {
+        if c == '\\' || c == '\'' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
+}
+
 /// The database named by a connection string, if it names one.
 pub fn dbname(conninfo: &str) -> Option<String> {
     let trimmed = conninfo.trim_start();
@@ -163,6 +181,16 @@ fn keyvalue_with_dbname(text: &str, dbname: &str) -> Result<String, ConninfoErro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_that_looks_like_a_connection_string_stays_a_name() {
+        assert_eq!(
+            super::dbname_only("host=evil port=5432 dbname=shop"),
+            "dbname='host=evil port=5432 dbname=shop'"
+        );
+        assert_eq!(super::dbname_only("it's\\"), "dbname='it\\'s\\\\'");
+        assert_eq!(super::dbname_only("shop"), "dbname='shop'");
+    }
+
     use super::*;
 
     #[test]

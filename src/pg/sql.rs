@@ -30,7 +30,7 @@ impl<'a> Sql<'a> {
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg(format!("--field-separator={FIELD}"))
             .arg("--dbname")
-            .arg(database)
+            .arg(super::conninfo::dbname_only(database))
             .arg("-c")
             .arg(sql)
             .stdin(Stdio::null());
