@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         let code = supervise(argv);
         return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1));
     }
+    quiet_on_closed_stdout();
     lazarus::allocator::reuse_large_buffers();
     // One TLS provider for every client (S3, webhooks, Kubernetes): kube-rs cannot pick one
     // on its own when more than one is linked.
@@ -87,4 +88,23 @@ fn start_telemetry(cli: &Cli) -> Option<std::sync::Arc<Telemetry>> {
             None
         }
     }
+}
+
+/// `lazarus … | head -1`: when the reader of stdout goes away, printing more is pointless,
+/// not a bug. `println!` panics on the closed pipe; end quietly (exit 0) instead, like other
+/// command-line tools, and leave every other panic as it was.
+fn quiet_on_closed_stdout() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
 }

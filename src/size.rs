@@ -1,5 +1,11 @@
 //! Sizes written for people, shared by the command line and the reports activities make.
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// A size for people: 142 KiB, 3.4 MiB, 1.2 GiB — never "0 MiB".
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

@@ -343,7 +343,15 @@ async fn every_endpoint_answers_by_role_and_every_action_is_audited() {
         })
     };
     // Accepted and refused, by role and by the engine, from HTTP and from the CLI.
-    let expected: [(&str, &str, Option<&str>, &str, &str); 9] = [
+    let expected: [(&str, &str, Option<&str>, &str, &str); 10] = [
+        // A wrong token is audited too (refused, with the peer).
+        (
+            "(unknown token)",
+            "authenticate",
+            None,
+            "refused",
+            "http from 127.0.0.1:",
+        ),
         (
             "ada",
             "start gated",
@@ -415,7 +423,7 @@ async fn every_endpoint_answers_by_role_and_every_action_is_audited() {
         let journal = lazarus::engine::SledJournal::open(&sb.state()).unwrap();
         let tree = journal.tree("audit").unwrap();
         let bytes = tree.get(1u64.to_be_bytes()).unwrap().unwrap();
-        let edited = String::from_utf8_lossy(&bytes).replace("\"vera\"", "\"eve\"");
+        let edited = String::from_utf8_lossy(&bytes).replace("\"refused\"", "\"accepted\"");
         tree.insert(1u64.to_be_bytes(), edited.as_bytes()).unwrap();
         tree.flush().unwrap();
     }

@@ -190,3 +190,38 @@ fn an_empty_listing_says_which_configuration_and_stores_it_looked_in() {
         "{shown}"
     );
 }
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `lazarus workflows | head -1`: the reader closes the pipe before Lazarus is done.
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd()
+        .args(["workflows"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn init_puts_the_local_store_in_the_state_directory() {
+    let sb = Sandbox::new();
+    let state = sb.path().join("elsewhere/state");
+    std::fs::create_dir_all(sb.path().join("etc")).unwrap();
+    let out = sb
+        .cmd()
+        .env("LAZARUS_STATE", &state)
+        .args(["init", "etc/lazarus.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let written = sb.read("etc/lazarus.toml");
+    let expected = format!("path = \"{}\"", state.join("store").display());
+    assert!(written.contains(&expected), "{written}");
+}

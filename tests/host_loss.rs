@@ -117,6 +117,11 @@ fn a_run_whose_host_dies_is_finished_from_the_stores_by_another_and_the_first_is
         "{}",
         text(&beside)
     );
+    assert!(
+        text(&beside).contains("lazarus resume r1 --force host-a"),
+        "the refusal names the way to take over from a lost host: {}",
+        text(&beside)
+    );
 
     kill9(&mut runner);
 

@@ -27,6 +27,15 @@ activity = "command"
 with = { shell = 'echo second >> log' }
 "#;
 
+const GATE: &str = r#"
+name = "gate"
+description = "an approval"
+[[steps]]
+id = "gate"
+activity = "approve"
+with = { prompt = "go on?" }
+"#;
+
 fn artifact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/test-artifacts")
@@ -156,6 +165,64 @@ async fn an_admin_recovers_from_the_page_and_a_viewer_can_only_look() {
     wait_status(&browser, "succeeded").await;
     assert_eq!(sb.read("log"), "first\nsecond\n");
 
+    // Every dialog is clicked through. Roll back: its reason field is a field, and the
+    // reason reaches the run.
+    browser.click("#action-roll-back").await;
+    browser.wait_for("#dialog-reason").await;
+    browser
+        .type_into("#dialog-reason", "rolled back from the page")
+        .await;
+    browser.type_into("#dialog-confirm", "slow1").await;
+    browser.click("#dialog-ok").await;
+    wait_status(&browser, "rolled_back").await;
+    assert_eq!(
+        sb.status("slow1")["rollback"]["reason"],
+        "rolled back from the page"
+    );
+    // Approve, with a comment kept with the approval.
+    sb.write("workflows/gate.toml", GATE);
+    let started: serde_json::Value = http
+        .post(format!("{}/api/runs", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"workflow": "gate", "reason": "approve from the page", "id": "gate1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["run"], "gate1", "{started}");
+    browser.goto(&format!("{}/#run/gate1", server.base)).await;
+    wait_status(&browser, "waiting_approval").await;
+    browser.click("#action-approve").await;
+    browser.wait_for("#dialog-comment").await;
+    browser
+        .type_into("#dialog-comment", "checked the restore")
+        .await;
+    browser.click("#dialog-ok").await;
+    wait_status(&browser, "succeeded").await;
+    let gate = sb.status("gate1");
+    let approval = &gate["steps"][0]["approval"];
+    assert_eq!(approval["comment"], "checked the restore", "{gate}");
+    // Cancel, after Esc has closed a first dialog without doing anything.
+    http.post(format!("{}/api/runs", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"workflow": "gate", "reason": "cancel from the page", "id": "gate2"}))
+        .send()
+        .await
+        .unwrap();
+    browser.goto(&format!("{}/#run/gate2", server.base)).await;
+    wait_status(&browser, "waiting_approval").await;
+    browser.click("#action-cancel").await;
+    browser.wait_for("#dialog-confirm").await;
+    browser.press_escape("#dialog-confirm").await;
+    assert_eq!(browser.count("#dialog").await, 0, "Esc closes the dialog");
+    assert_eq!(sb.status("gate2")["status"], "waiting_approval");
+    browser.click("#action-cancel").await;
+    browser.type_into("#dialog-confirm", "gate2").await;
+    browser.click("#dialog-ok").await;
+    wait_status(&browser, "cancelled").await;
+
     // A PITR plan is previewed before anything can start; without an archive it says why.
     browser.goto(&format!("{}/#recover", server.base)).await;
     browser.type_into("#rec-database", "shop").await;
@@ -171,7 +238,7 @@ async fn an_admin_recovers_from_the_page_and_a_viewer_can_only_look() {
     browser.click("#logout").await;
     sign_in(&browser, &server.base, &viewer).await;
     browser.goto(&format!("{}/#run/slow1", server.base)).await;
-    wait_status(&browser, "succeeded").await;
+    wait_status(&browser, "rolled_back").await;
     assert_eq!(browser.count("#actions button").await, 0);
     browser.goto(&format!("{}/#recover", server.base)).await;
     browser.wait_for("main .next").await;

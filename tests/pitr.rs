@@ -324,6 +324,25 @@ fn recovers_to_exact_moments_across_three_timelines() {
     );
     assert_eq!(step(&report, "recover")["output"]["timeline"], 2);
 
+    // Restored for inspection (cutover=none), the server writes nothing into the live
+    // archive: no timeline 2 there, and the primary's timeline 1 still plans.
+    let history = lazarus::wal::archive::object_key("main", "00000002.history");
+    p.commit_rows(b, 91..=91);
+    psql_at(b, "SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(2));
+    for store in ["store-a", "store-b"] {
+        assert!(
+            !p.a.home.join(store).join(&history).exists(),
+            "a server restored for inspection archived its timeline into {store}"
+        );
+    }
+    psql_at(b, "DELETE FROM ticks WHERE id = 91");
+    // Traffic cut over to it (played here by hand, as the cut-over's next step does): from
+    // now on it is the primary and archives, its held segments first.
+    let data_b = p.a.cluster.root.join("restored1");
+    assert!(lazarus::pg::archiving::release(&data_b).unwrap());
+    psql_at(b, "SELECT pg_reload_conf()");
+
     // The new timeline archives into the same archive; recover along it to timeline 3.
     // A WAL switch between, so timeline 2 owns whole segments of the chain.
     p.commit_rows(b, 101..=102);
@@ -336,6 +355,8 @@ fn recovers_to_exact_moments_across_three_timelines() {
     let mut expected: Vec<i32> = (1..=6).collect();
     expected.extend(101..=104);
     assert_eq!(ids(c), expected);
+    assert!(lazarus::pg::archiving::release(&p.a.cluster.root.join("restored2")).unwrap());
+    psql_at(c, "SELECT pg_reload_conf()");
 
     // And once more along 1 → 2 → 3.
     p.commit_rows(c, 201..=202);
@@ -691,4 +712,117 @@ fn recovers_to_an_lsn_a_transaction_a_named_restore_point_and_the_base_backup() 
     let (report, at_start) = p.recover_to(&["--immediate", QUIET[0], QUIET[1]], "imm", false);
     assert_eq!(ids(at_start), Vec::<i32>::new(), "the base backup's state");
     assert_eq!(step(&report, "plan")["output"]["target_kind"], "immediate");
+}
+
+#[test]
+fn gc_keeps_a_restored_server_that_still_runs() {
+    let mut p = Pitr::new();
+    let commits = p.backed_up_with_commits(3);
+    // The default data directory: STATE/work/RUN.data, where gc looks for leftovers.
+    let mut args = p.recover_args(&commits[2].1, "kept");
+    let at = args
+        .iter()
+        .position(|a| a.starts_with("data_dir="))
+        .unwrap();
+    args.drain(at - 1..=at);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = p.lazarus(&refs);
+    let report: Value =
+        serde_json::from_str(&ok(p.lazarus(&["status", "pitr-kept", "--json"]), "status")).unwrap();
+    let data = PathBuf::from(
+        step(&report, "recover")["output"]["data_directory"]
+            .as_str()
+            .unwrap(),
+    );
+    p.restored.push(Restored { data: data.clone() });
+    ok(out, "recover with the default data directory");
+    assert!(
+        data.starts_with(p.state.path().join("state").join("work")),
+        "{}",
+        data.display()
+    );
+    assert_eq!(
+        report["kept"][0].as_str(),
+        Some(data.to_str().unwrap()),
+        "{report}"
+    );
+    let shown = ok(p.lazarus(&["status", "pitr-kept"]), "status");
+    assert!(shown.contains("kept"), "{shown}");
+    let port = step(&report, "recover")["output"]["port"].as_u64().unwrap() as u16;
+
+    let said = ok(p.lazarus(&["gc"]), "gc");
+    assert!(
+        said.contains("kept") && said.contains("pitr-kept"),
+        "{said}"
+    );
+    assert!(
+        data.join("global/pg_control").exists(),
+        "gc removed the data directory"
+    );
+    assert_eq!(
+        ids(port),
+        vec![1, 2, 3],
+        "the restored server still answers"
+    );
+}
+
+/// A small tmpfs, unmounted when the test ends however it ends.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0777"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output()
+            .expect("mount (the full-disk test needs root and mount)");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs failed (the full-disk test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_data_directory_on_a_disk_too_small_is_refused_before_unpacking() {
+    let p = Pitr::new();
+    let commits = p.backed_up_with_commits(1);
+    let disk = SmallDisk::mount(p.a.cluster.root.join("small"), "8m");
+    let data = disk.0.join("data");
+    let mut args = p.recover_args(&commits[0].1, "small");
+    for a in args.iter_mut().filter(|a| a.starts_with("data_dir=")) {
+        *a = format!("data_dir={}", data.display());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = p.lazarus(&refs);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_str(&ok(
+        p.lazarus(&["status", "pitr-small", "--json"]),
+        "status",
+    ))
+    .unwrap();
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not enough disk space"), "{report}");
+    assert!(
+        error.contains(&data.display().to_string()),
+        "names the data directory: {error}"
+    );
+    assert!(error.contains("was removed"), "says what was left: {error}");
+    assert!(!data.exists(), "the partial data directory is gone");
+    assert_eq!(report["status"], "halted", "resume can fix it: {report}");
 }

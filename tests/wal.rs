@@ -538,3 +538,84 @@ fn wal_check_lists_the_stores_and_finds_a_segment_deleted_after_it_was_indexed()
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("local index only"), "{text}");
 }
+
+/// A base backup on a server whose archiving fails: pg_basebackup would wait for its WAL
+/// forever. SIGTERM stops it within seconds; left alone, it gives up with the archiver's
+/// facts after `archive_wait`.
+#[test]
+fn a_base_backup_gives_up_on_a_failing_archiver_and_stops_at_once_when_asked() {
+    use std::time::{Duration, Instant};
+    let a = Archiving::start(&[]);
+    a.psql("ALTER SYSTEM SET archive_command = 'false'");
+    a.psql("SELECT pg_reload_conf()");
+    let state = tempfile::tempdir().unwrap();
+    let base = |id: &str, wait: &str| {
+        let mut cmd = a.lazarus(&state.path().join("state"));
+        cmd.args(["run", "base-backup", "--reason", "test", "--id", id])
+            .args(["--param", &format!("archive_wait={wait}")])
+            .args([
+                "--param",
+                &format!("workdir={}", state.path().join("work").display()),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+
+    // Interrupted: the step ends within seconds, though pg_basebackup writes nothing.
+    let mut child = base("bb-term", "10m").spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "the base backup did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !common::process_with("pg_basebackup"),
+        "pg_basebackup outlived the interrupted run"
+    );
+
+    // Halted where it stopped; cancelled, it frees the target.
+    let out = a
+        .lazarus(&state.path().join("state"))
+        .args(["status", "bb-term", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "halted", "{report}");
+    let out = a
+        .lazarus(&state.path().join("state"))
+        .args(["cancel", "bb-term"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Left alone: it gives up with what pg_stat_archiver says.
+    let started = Instant::now();
+    let out = base("bb-wait", "3s").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("WAL archiving is failing"), "{said}");
+    assert!(said.contains("archive_command"), "{said}");
+}

@@ -377,13 +377,12 @@ impl Activity for SelectBackup {
                     dir.display()
                 ))
             })?;
-            let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+            let free = crate::size::free_bytes(dir).map_err(|e| {
                 ActivityError::retryable(format!(
                     "cannot check free space in {}: {e}",
                     dir.display()
                 ))
             })?;
-            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
             // A streamed restore never writes the plain archive out.
             let streamed = inputs.stream
                 && manifest.data_blocks.as_deref().is_some_and(|blocks| {

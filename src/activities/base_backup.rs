@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use super::services::Services;
 use crate::catalog::{MANIFEST_VERSION, Manifest, PhysicalInfo, backup_key, new_backup_id, status};
 use crate::engine::{Activity, ActivityContext, ActivityError, ActivitySpec, InputSpec};
 use crate::pg::PgError;
+use crate::pg::archiver::{ArchiverStats, ArchiverWatch};
 use crate::pg::sql::Sql;
 use crate::pg::untar::TarTail;
 
@@ -41,6 +42,11 @@ static SPEC: ActivitySpec = ActivitySpec {
             required: false,
             help: "backup id (default ARCHIVE-base-YYYYMMDDTHHMMSSZ)",
         },
+        InputSpec {
+            name: "archive_wait",
+            required: false,
+            help: "how long the server's archiver may keep failing, archiving nothing, before the backup gives up (default 2m)",
+        },
     ],
     outputs: &["id", "path", "key", "size", "sha256", "manifest", "seconds"],
 };
@@ -51,6 +57,7 @@ struct Inputs {
     archive: String,
     dest: PathBuf,
     id: Option<String>,
+    archive_wait: Option<String>,
 }
 
 /// The `base_backup` activity.
@@ -145,6 +152,21 @@ impl Activity for BaseBackup {
         let part = part_path(&inputs.dest);
         let pg_basebackup = tools.path("pg_basebackup").map_err(pg_failure)?;
         let label = format!("lazarus {id}");
+        let patience = match inputs.archive_wait.as_deref().filter(|w| !w.is_empty()) {
+            Some(text) => crate::engine::duration::parse_duration(text)
+                .map_err(|e| ActivityError::refused(format!("archive_wait: {e}")))?,
+            None => Duration::from_secs(120),
+        };
+        let mut archiver = ArchiverWatch::new(patience);
+        let mut last_look = Instant::now();
+        let mut watch = || {
+            if last_look.elapsed() < Duration::from_secs(2) {
+                return None;
+            }
+            last_look = Instant::now();
+            let stats = ArchiverStats::read(&sql).ok()?;
+            archiver.observe(stats, Instant::now())
+        };
         let outcome = tokio::task::block_in_place(|| {
             // The WAL range is at the end of the backup_manifest in the stream itself.
             let mut tar = TarTail::new(&["backup_manifest"], 64 << 10);
@@ -168,6 +190,7 @@ impl Activity for BaseBackup {
                 &key,
                 "pg_basebackup → zstd → encrypted",
                 &mut |bytes| tar.feed(bytes),
+                &mut watch,
             )?;
             Ok::<_, String>((
                 summary,

@@ -139,6 +139,9 @@ impl<R: Read> Read for Watched<'_, R> {
 /// Runs a PostgreSQL tool that writes a backup to stdout (pg_dump, pg_basebackup) under the
 /// supervisor and streams its output straight into the chunked format at `part`, showing
 /// every byte to `tap` on the way. Returns the encoding summary and the tool's stderr.
+/// A tool that waits without writing (pg_basebackup waiting for its WAL to be archived) is
+/// still stopped within a second of the attempt's cancellation, or when `watch` (asked
+/// every 250 ms) gives a reason.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stream_to_chunked(
     ctx: &ActivityContext,
@@ -149,6 +152,7 @@ pub(crate) fn stream_to_chunked(
     key: &crate::crypto::Key,
     message: &str,
     tap: &mut (dyn FnMut(&[u8]) + Send),
+    watch: &mut (dyn FnMut() -> Option<String> + Send),
 ) -> Result<(chunked::EncodeSummary, Vec<u8>), String> {
     let tool = program
         .file_name()
@@ -184,14 +188,43 @@ pub(crate) fn stream_to_chunked(
         message,
         tap,
     };
-    let encoded = chunked::encode(reader, &mut writer, key, EncodeOptions::default());
-    if encoded.is_err() {
-        child.stop(Duration::from_secs(5));
-    }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {tool}: {e}"))?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let stopped_for = std::sync::Mutex::new(None::<String>);
+    let stopper = child.stopper();
+    let (encoded, status) = std::thread::scope(|scope| {
+        if let Some(mut stopper) = stopper {
+            let (done, stopped_for) = (&done, &stopped_for);
+            scope.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let why = if ctx.cancellation().is_cancelled() {
+                        Some("stopped".to_string())
+                    } else {
+                        watch()
+                    };
+                    if let Some(why) = why {
+                        if let Ok(mut slot) = stopped_for.lock() {
+                            *slot = Some(why);
+                        }
+                        stopper.stop();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+        }
+        let encoded = chunked::encode(reader, &mut writer, key, EncodeOptions::default());
+        if encoded.is_err() {
+            child.stop(Duration::from_secs(5));
+        }
+        let status = child.wait();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        (encoded, status)
+    });
+    let status = status.map_err(|e| format!("waiting for {tool}: {e}"))?;
     let stderr = errors.join().unwrap_or_default();
+    if let Some(why) = stopped_for.lock().ok().and_then(|mut s| s.take()) {
+        return Err(format!("{tool} was stopped: {why}"));
+    }
     if !status.success() {
         return Err(format!(
             "{tool} failed ({status}): {}",
@@ -263,6 +296,7 @@ impl Activity for Dump {
                 &key,
                 "pg_dump → zstd → encrypted",
                 &mut |bytes| scanner.feed(bytes),
+                &mut || None,
             )
             .map(|(summary, _)| summary)
             .map_err(|e| format!("{e} (dump of {})", inputs.database))

@@ -199,10 +199,21 @@ impl std::io::Write for WriteBehind {
 
 /// Removes a file or directory a run made and no longer needs, and says what went (its
 /// path and size); `None` when there is nothing there. With `dry_run`, only says it.
+/// A directory a running server uses (its `postmaster.pid` names a live process) is never
+/// removed: the answer is a permanent error that names the server and how to stop it.
 pub fn remove_leftover(path: &Path, dry_run: bool) -> Result<Option<String>, ActivityError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(None);
     };
+    if meta.is_dir()
+        && let Some(pid) = crate::pg::cluster::live_postmaster(path)
+    {
+        return Err(ActivityError::permanent(format!(
+            "{} is the data directory of a running PostgreSQL server (pid {pid}): not removed; stop it first (pg_ctl stop -D {}) if it is no longer needed",
+            path.display(),
+            path.display()
+        )));
+    }
     let size = if meta.is_dir() {
         tree_size(path)
     } else {

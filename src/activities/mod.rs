@@ -2,6 +2,7 @@
 //! engine never depends on them.
 
 pub mod approve;
+pub mod archiving;
 pub mod backups;
 pub mod base_backup;
 pub mod checks;
@@ -58,6 +59,9 @@ pub fn registry(services: Arc<Services>) -> Registry {
     registry.register(Arc::new(pitr::PitrPlan::new(Arc::clone(&services))));
     registry.register(Arc::new(pitr::UnpackBaseBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(pitr::StartRecovery::new(Arc::clone(&services))));
+    registry.register(Arc::new(archiving::ReleaseArchiving::new(Arc::clone(
+        &services,
+    ))));
     registry.register(Arc::new(backups::PublishBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(backups::MarkBackup::new(Arc::clone(&services))));
     registry.register(Arc::new(expire::ExpireBackups::new(Arc::clone(&services))));

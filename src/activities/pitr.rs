@@ -368,6 +368,17 @@ impl Activity for UnpackBaseBackup {
                 .map_err(|e| format!("cannot open {}: {e}", inputs.src.display()))?;
             let opened = chunked::open(&file, &keys).map_err(|e| e.to_string())?;
             let total = opened.index.plaintext_size;
+            // The tar's size is the data directory's: refuse before writing a byte.
+            let free = crate::size::free_bytes(&dir)
+                .map_err(|e| format!("cannot check free space in {}: {e}", dir.display()))?;
+            if free < total + (64 << 20) {
+                return Err(format!(
+                    "{NO_SPACE}: the base backup unpacks to {} and the filesystem holding the data directory {} has {} free; free space there and `lazarus resume`, or start again with -p data_dir=DIR on a larger disk",
+                    crate::size::human_size(total),
+                    dir.display(),
+                    crate::size::human_size(free)
+                ));
+            }
             let untar = Untar::new(&dir)
                 .map_err(|e| format!("cannot unpack into {}: {e}", dir.display()))?
                 .with_owner(owner);
@@ -402,11 +413,26 @@ impl Activity for UnpackBaseBackup {
         });
         let summary = summary.map_err(|message| {
             if ctx.cancellation().is_cancelled() {
-                ActivityError::cancelled(message)
+                return ActivityError::cancelled(message);
+            }
+            // A half-written data directory is of no use and holds the space that ran out:
+            // it goes (it is Lazarus's own, marked), and the message says so.
+            let cleared = std::fs::remove_dir_all(&dir).is_ok();
+            let left = if cleared {
+                format!("the partial data directory {} was removed", dir.display())
+            } else {
+                format!(
+                    "the partial data directory {} is left; remove it",
+                    dir.display()
+                )
+            };
+            if message.starts_with(NO_SPACE) {
+                ActivityError::retryable(format!("{message} ({left})"))
             } else {
                 ActivityError::retryable(format!(
-                    "unpacking {} failed: {message}",
-                    inputs.src.display()
+                    "unpacking {} into the data directory {} failed: {message} ({left})",
+                    inputs.src.display(),
+                    dir.display()
                 ))
             }
         })?;
@@ -423,6 +449,9 @@ impl Activity for UnpackBaseBackup {
 
 // ---------------------------------------------------------------------------------------
 // start_recovery
+
+/// How a refusal for want of disk space starts.
+const NO_SPACE: &str = "not enough disk space";
 
 static START_SPEC: ActivitySpec = ActivitySpec {
     name: "start_recovery",
@@ -497,6 +526,7 @@ static START_SPEC: ActivitySpec = ActivitySpec {
         "target",
         "seconds",
         "results",
+        "kept",
         "restore_config_removed",
     ],
 };
@@ -800,9 +830,11 @@ impl Activity for StartRecovery {
                 .clone()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "latest".into());
-            let archive_line = match inputs.archive_mode.as_deref().map(str::trim) {
-                None | Some("") | Some("preserve") => None,
-                Some("off") => Some("archive_mode = off".to_string()),
+            // Preserved archiving is held until the cut-over: a server restored for
+            // inspection never writes into the archive the live primary uses.
+            let archive_lines: Vec<String> = match inputs.archive_mode.as_deref().map(str::trim) {
+                None | Some("") | Some("preserve") => crate::pg::archiving::hold_lines().to_vec(),
+                Some("off") => vec![format!("archive_mode = off {SETTINGS_MARK}")],
                 Some(other) => {
                     return Err(ActivityError::permanent(format!(
                         "archive_mode {other:?}: use preserve or off"
@@ -811,7 +843,9 @@ impl Activity for StartRecovery {
             };
             let mut text: String = existing
                 .lines()
-                .filter(|l| !l.ends_with(SETTINGS_MARK))
+                .filter(|l| {
+                    !l.ends_with(SETTINGS_MARK) && !l.ends_with(crate::pg::archiving::HOLD_MARK)
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             let target = Target::parse(&inputs.target).map_err(ActivityError::permanent)?;
@@ -845,11 +879,11 @@ impl Activity for StartRecovery {
                 format!("recovery_target_timeline = {}", quote(&timeline)),
                 format!("recovery_target_inclusive = {inclusive}"),
                 "listen_addresses = '127.0.0.1'".to_string(),
-            ]
-            .into_iter()
-            .chain(archive_line)
-            {
+            ] {
                 text.push_str(&format!("{line} {SETTINGS_MARK}\n"));
+            }
+            for line in archive_lines {
+                text.push_str(&format!("{line}\n"));
             }
             let write = || -> std::io::Result<()> {
                 std::fs::write(&settings, &text)?;
@@ -997,6 +1031,8 @@ impl Activity for StartRecovery {
             "target": inputs.target,
             "seconds": started.elapsed().as_secs_f64(),
             "results": { "data_directory": data, "port": port },
+            // The restored server is what this run leaves, for inspection or for traffic.
+            "kept": [data],
             "restore_config_removed": keys_removed,
         }))
     }

@@ -149,10 +149,32 @@ impl Supervised {
     }
 
     /// Waits for the program to exit.
+    /// A handle another thread may use to stop the program (its group) while this one
+    /// waits on it: a watchdog for a program that can block without output.
+    pub fn stopper(&self) -> Option<Stopper> {
+        self.control
+            .as_ref()
+            .and_then(|pipe| pipe.try_clone().ok())
+            .map(|pipe| Stopper { pipe })
+    }
+
+    /// Waits for the program to end.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         let status = self.child.wait();
         self.control = None;
         status
+    }
+}
+
+/// Stops a supervised program from another thread (see [`Supervised::stopper`]).
+pub struct Stopper {
+    pipe: std::io::PipeWriter,
+}
+
+impl Stopper {
+    /// Asks the supervisor to stop the program's group (it escalates to SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.pipe.write_all(&[STOP_BYTE]);
     }
 }
 

@@ -21,27 +21,59 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 /// How long a run of failures is remembered.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-/// Wrong-token counts per peer address.
+/// Wrong-token counts per peer address, and when that peer may next be answered.
 #[derive(Default)]
 pub struct Throttle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// One peer's run of wrong tokens.
+struct Failures {
+    count: u32,
+    last: Instant,
+    /// Answers to this peer's wrong tokens queue behind each other: parallel guesses are
+    /// no faster than serial ones.
+    not_before: Instant,
+}
+
+/// What a wrong token costs its peer: when to answer, and the peer's count so far.
+pub struct Penalty {
+    /// How long to hold this answer back.
+    pub delay: Duration,
+    /// Wrong tokens from this peer in the current run of failures.
+    pub count: u32,
 }
 
 impl Throttle {
-    /// Counts a failure from `peer`; returns how long to hold the answer back.
-    pub fn failed(&self, peer: IpAddr) -> Duration {
+    /// Counts a failure from `peer`; says how long to hold the answer back (the delays of
+    /// the peer's earlier wrong tokens still pending come first).
+    pub fn failed(&self, peer: IpAddr) -> Penalty {
         let Ok(mut map) = self.failures.lock() else {
-            return MAX_DELAY;
+            return Penalty {
+                delay: MAX_DELAY,
+                count: u32::MAX,
+            };
         };
-        map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
-        let entry = map.entry(peer).or_insert((0, Instant::now()));
-        entry.0 += 1;
-        entry.1 = Instant::now();
-        let over = entry.0.saturating_sub(FREE_FAILURES);
-        if over == 0 {
-            return Duration::ZERO;
+        map.retain(|_, f| f.last.elapsed() < FORGET_AFTER);
+        let now = Instant::now();
+        let entry = map.entry(peer).or_insert(Failures {
+            count: 0,
+            last: now,
+            not_before: now,
+        });
+        entry.count += 1;
+        entry.last = now;
+        let over = entry.count.saturating_sub(FREE_FAILURES);
+        let own = if over == 0 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(250) * 2u32.saturating_pow(over.min(6) - 1)).min(MAX_DELAY)
+        };
+        entry.not_before = entry.not_before.max(now) + own;
+        Penalty {
+            delay: entry.not_before - now,
+            count: entry.count,
         }
-        (Duration::from_millis(250) * 2u32.saturating_pow(over.min(6) - 1)).min(MAX_DELAY)
     }
 
     /// Forgets the failures of `peer` (it presented a good token).
@@ -96,9 +128,15 @@ impl FromRequestParts<ApiState> for Caller {
                 }))
             }
             None => {
-                let delay = state.throttle.failed(peer.ip());
+                let penalty = state.throttle.failed(peer.ip());
                 tracing::warn!(peer = %peer, "request with an unknown API token");
-                tokio::time::sleep(delay).await;
+                // Audited, but not one entry per guess: the 1st, 2nd, 4th, 8th, ... of a run.
+                if penalty.count.is_power_of_two() {
+                    state
+                        .ops
+                        .audit_unknown_token(&peer.to_string(), penalty.count);
+                }
+                tokio::time::sleep(penalty.delay).await;
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "the API token is not one this server knows (revoked, or mistyped); `lazarus token create` makes a new one",
@@ -116,16 +154,29 @@ mod tests {
     fn answers_slow_down_after_repeated_failures_and_recover_after_success() {
         let t = Throttle::default();
         let peer: IpAddr = [10, 0, 0, 1].into();
-        let delays: Vec<Duration> = (0..8).map(|_| t.failed(peer)).collect();
+        let delays: Vec<Duration> = (0..8).map(|_| t.failed(peer).delay).collect();
         assert_eq!(delays[..3], [Duration::ZERO; 3]);
         assert!(delays[3] > Duration::ZERO && delays[4] > delays[3]);
-        assert_eq!(delays[7], MAX_DELAY.min(delays[7]));
         assert_eq!(
-            t.failed([10, 0, 0, 2].into()),
+            t.failed([10, 0, 0, 2].into()).delay,
             Duration::ZERO,
             "per address"
         );
         t.succeeded(peer);
-        assert_eq!(t.failed(peer), Duration::ZERO);
+        assert_eq!(t.failed(peer).delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn parallel_wrong_tokens_from_one_peer_queue_behind_each_other() {
+        // 40 guesses sent at once: the last is answered only after every earlier delay.
+        let t = Throttle::default();
+        let peer: IpAddr = [10, 0, 0, 3].into();
+        let last = (0..40).map(|_| t.failed(peer)).last().unwrap();
+        assert_eq!(last.count, 40);
+        assert!(
+            last.delay > Duration::from_secs(200),
+            "40 parallel guesses would all be answered within {:?}",
+            last.delay
+        );
     }
 }

@@ -87,7 +87,7 @@ pub async fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
             crate::ops::audit::Outcome::Accepted => "",
             crate::ops::audit::Outcome::Refused => " REFUSED",
         };
-        println!(
+        let line = format!(
             "{:>5} {} {} ({}, {}): {}{}{}{} — {}",
             e.seq,
             e.at,
@@ -106,6 +106,8 @@ pub async fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
                 .unwrap_or_default(),
             e.message
         );
+        // Entries written before reasons were checked may hold escapes: never replay them.
+        println!("{}", crate::engine::params::escape_controls(&line));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -75,6 +75,9 @@ fn render(answer: &Value) -> String {
             files.join(", ")
         ));
     }
+    for item in strings(&answer["work_files_kept"]) {
+        out.push_str(&format!("kept {item}\n"));
+    }
     let unknown = strings(&answer["work_files_unknown"]);
     if !unknown.is_empty() {
         out.push_str(&format!(

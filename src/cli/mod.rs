@@ -307,7 +307,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Drill(args) => backups::drill(&ctx, args).await,
         Command::Expire(args) => backups::expire(&ctx, args).await,
         Command::Recover(args) => backups::recover(&ctx, args).await,
-        Command::Init(args) => setup::init(args),
+        Command::Init(args) => setup::init(args, &cli.state),
         Command::Key(command) => setup::key(command),
         Command::Storage(command) => storage::storage(&ctx, command).await,
         Command::Serve(args) => serve::serve(&ctx, args).await,

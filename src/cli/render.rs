@@ -113,8 +113,8 @@ impl Renderer {
                 report.id,
                 report.workflow,
                 report.steps.len(),
-                report.operator,
-                report.reason
+                crate::engine::params::escape_controls(&report.operator),
+                crate::engine::params::escape_controls(&report.reason)
             ));
         }
         for step in &report.steps {

@@ -34,20 +34,34 @@ pub enum KeyCommand {
 }
 
 /// `lazarus init`.
-pub fn init(args: InitArgs) -> Result<ExitCode> {
+pub fn init(args: InitArgs, state: &std::path::Path) -> Result<ExitCode> {
     if args.path.exists() && !args.force {
         bail!(
             "{} already exists; use --force to overwrite it",
             args.path.display()
         );
     }
-    std::fs::write(&args.path, EXAMPLE)
+    // The local store goes where the embedded default keeps it: STATE/store, wherever
+    // the state directory is ($LAZARUS_STATE, --state), not beside the configuration.
+    let store = std::path::absolute(state)
+        .unwrap_or_else(|_| state.to_path_buf())
+        .join("store");
+    let text = EXAMPLE.replace(
+        "path = \"state/store\"",
+        &format!("path = {}", toml_string(&store.display().to_string())),
+    );
+    std::fs::write(&args.path, text)
         .with_context(|| format!("cannot write {}", args.path.display()))?;
     println!(
         "wrote {}: a commented example with one local store; add R2/B2 stores and a key file, then `lazarus storage check`",
         args.path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// `lazarus key`.

@@ -1,5 +1,6 @@
 //! `status` and `runs`: where runs stand, for people and for machines.
 
+use crate::engine::params::escape_controls;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +75,11 @@ pub fn print_report(r: &RunReport) {
         r.workflow_hash.get(..12).unwrap_or(&r.workflow_hash),
         r.workflow_source
     );
-    println!("  operator  {} — reason: {}", r.operator, r.reason);
+    println!(
+        "  operator  {} — reason: {}",
+        escape_controls(&r.operator),
+        escape_controls(&r.reason)
+    );
     if let Some(target) = &r.target {
         println!("  target    {target}");
     }
@@ -83,6 +88,9 @@ pub fn print_report(r: &RunReport) {
             .as_str()
             .map_or_else(|| value.to_string(), String::from);
         println!("  {:<9} {shown}", name.replace('_', " "));
+    }
+    for path in &r.kept {
+        println!("  kept      {path} (left by design: gc never removes it)");
     }
     println!(
         "  started   {}{}",
@@ -394,7 +402,11 @@ pub async fn runs(ctx: &Context, args: RunsArgs) -> Result<ExitCode> {
         };
         println!(
             "{:width$}  {:<18} {:<24} {:<20} {}",
-            r.id, status, r.started_at, r.operator, r.reason
+            r.id,
+            status,
+            r.started_at,
+            escape_controls(&r.operator),
+            escape_controls(&r.reason)
         );
     }
     println!("(* = being executed now)");

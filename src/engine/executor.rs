@@ -5,7 +5,7 @@
 //! journaled before it acts on it, so a kill at any instant resumes correctly.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,7 @@ use tracing::field::Empty;
 use super::activity::{ActivityContext, ActivityError, Discarded, FailureKind, Leftovers};
 use super::duration::format_duration;
 use super::host::AttemptHost;
-use super::records::{Event, HaltReason};
+use super::records::{Event, HaltReason, RunRecord};
 use super::rerun::lost_output;
 use super::runtime::{Engine, EngineError, Request, RunHandle, lock};
 use super::state::{RunState, RunStatus, StepState, StepStatus};
@@ -55,7 +55,41 @@ enum Work {
     Compensation,
 }
 
+/// How long a host that ended a run keeps its claim while the stores do not take the end.
+const END_COPY_PATIENCE: Duration = Duration::from_secs(600);
+
 impl Engine {
+    /// Copies a run's end to the stores, keeping (renewing) the run's claim until some store
+    /// holds it: a host that lets the claim go first would let another host drive the run's
+    /// last steps again. Gives up when another runner holds the claim, or after
+    /// [`END_COPY_PATIENCE`]; whether the end landed.
+    async fn end_reaches_a_store(&self, record: &RunRecord) -> bool {
+        if self.mirror_all(record).await {
+            return true;
+        }
+        let run_id = record.id.as_str();
+        let target = record.target.as_deref();
+        tracing::warn!(run = %run_id, "the run's end has not reached the stores: keeping its lease and trying again (up to {}s)", END_COPY_PATIENCE.as_secs());
+        let until = Instant::now() + END_COPY_PATIENCE;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            match tokio::task::block_in_place(|| self.renew_claim(target, run_id)) {
+                Err(e @ super::fence::FenceError::Held(_)) => {
+                    tracing::warn!(run = %run_id, error = %e, "another runner took the run's lease before its end reached the stores");
+                    return false;
+                }
+                // Unreachable: the stores may be back at the next try.
+                Err(_) => continue,
+                Ok(()) => {}
+            }
+            if self.mirror_all(record).await {
+                tracing::info!(run = %run_id, "the run's end reached the stores");
+                return true;
+            }
+        }
+        false
+    }
+
     /// Drives a run until it finishes, halts, or is cancelled.
     pub(crate) async fn drive(
         self: &Arc<Self>,
@@ -76,7 +110,7 @@ impl Engine {
                     }
                     // The end is copied before the claim goes: a host that takes the run
                     // next finds it ended.
-                    if self.mirror_all(&record).await {
+                    if self.end_reaches_a_store(&record).await {
                         self.unclaim(record.target.as_deref(), run_id);
                     } else {
                         tracing::warn!(run = %run_id, "the run's end reached no store; its lease is left to lapse rather than let go");

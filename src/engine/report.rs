@@ -115,6 +115,11 @@ pub struct RunReport {
     /// later steps winning.
     #[serde(default)]
     pub results: BTreeMap<String, Value>,
+    /// What the run leaves by design (a restored server's data directory): the `kept`
+    /// paths of completed steps whose effect was not undone. `gc`, `expire` and other runs
+    /// never remove them.
+    #[serde(default)]
+    pub kept: Vec<String>,
     /// Whether a process is executing it right now.
     pub active: bool,
     /// Submission time, RFC 3339.
@@ -281,6 +286,19 @@ impl RunReport {
                 })
                 .filter_map(|s| s.output.as_ref()?.get("results")?.as_object().cloned())
                 .flatten()
+                .collect(),
+            kept: state
+                .steps
+                .iter()
+                .filter(|s| {
+                    s.compensation
+                        .as_ref()
+                        .is_none_or(|c| c.completed_us.is_none())
+                        && s.discarded.as_ref().is_none_or(|d| d.removed.is_empty())
+                })
+                .filter_map(|s| s.output.as_ref()?.get("kept")?.as_array().cloned())
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
                 .collect(),
             active,
             started_at: rfc3339(run.created_at_us),

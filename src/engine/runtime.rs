@@ -390,6 +390,19 @@ impl Engine {
         }
     }
 
+    /// Claims or renews the run's claim, saying whether another runner holds it
+    /// ([`FenceError::Held`]) or the claim's service could not be reached.
+    pub(crate) fn renew_claim(
+        &self,
+        target: Option<&str>,
+        run_id: &str,
+    ) -> Result<(), super::fence::FenceError> {
+        match self.fence.get() {
+            Some(fence) => fence.claim(&claim_name(target, run_id), run_id),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this process still holds the run's cross-host claim.
     pub(crate) fn claim_lost(&self, target: Option<&str>, run_id: &str) -> Option<String> {
         self.fence.get().and_then(|fence| {

@@ -151,19 +151,25 @@ impl StoreLeases {
         match self.scope {
             LeaseScope::Run => format!(
                 "run {} is driven by {} (its lease {} in store {store} holds until {until} unless renewed): \
-                 another host is running it. Wait for it; if that host is gone, resume once the lease has expired and this host takes the run over",
+                 another host is running it. Wait for it; if that host is gone, resume once the lease has expired and this host takes the run over \
+                 (or at once, when you are sure that host is down: lazarus resume {} --force {})",
                 lease.run,
                 lease.holder,
-                lease_key(&lease.run)
+                lease_key(&lease.run),
+                lease.run,
+                lease.holder
             ),
             LeaseScope::Target => format!(
                 "target \"{}\" is held by run {}, driven by {} (the lease {} in store {store} holds until {until} unless renewed): \
-                 only one run per target at a time, on any host. Wait for that run, or end it (lazarus cancel {} on that host)",
+                 only one run per target at a time, on any host. Wait for that run, or end it (lazarus cancel {} on that host); \
+                 if that host is gone, take the run over here first (lazarus resume {} --force {})",
                 lease.target,
                 lease.run,
                 lease.holder,
                 target_lease_key(&lease.target),
-                lease.run
+                lease.run,
+                lease.run,
+                lease.holder
             ),
         }
     }

@@ -43,13 +43,23 @@ pub async fn collect(
         }
     }
     let known: Vec<&str> = statuses.iter().map(|(id, _, _)| id.as_str()).collect();
-    let (removed_files, unknown_files) = sweep_work_dir(engine, &statuses, dry_run)?;
+    // What runs leave by design (a restored server's data directory) is never swept.
+    let kept: BTreeSet<std::path::PathBuf> = statuses
+        .iter()
+        .filter_map(|(id, _, _)| engine.report(id).ok())
+        .flat_map(|report| report.kept)
+        .map(|p| std::path::absolute(&p).unwrap_or_else(|_| p.into()))
+        .collect();
+    let mut kept_files = Vec::new();
+    let (removed_files, unknown_files) =
+        sweep_work_dir(engine, &statuses, &kept, dry_run, &mut kept_files)?;
     let databases = tokio::task::block_in_place(|| unknown_databases(services, &known));
     Ok(json!({
         "dry_run": dry_run,
         "runs": runs,
         "work_files_removed": removed_files,
         "work_files_unknown": unknown_files,
+        "work_files_kept": kept_files,
         "databases_unknown": databases.as_ref().ok(),
         "databases_error": databases.as_ref().err(),
         "live_runs": live,
@@ -70,7 +80,9 @@ type Known = (
 fn sweep_work_dir(
     engine: &Engine,
     statuses: &[Known],
+    kept: &BTreeSet<std::path::PathBuf>,
     dry_run: bool,
+    kept_out: &mut Vec<String>,
 ) -> Result<(Vec<String>, Vec<String>), ControlError> {
     let own = engine.state_dir().map(|s| s.join("work"));
     let mut dirs: BTreeSet<std::path::PathBuf> = statuses
@@ -86,7 +98,15 @@ fn sweep_work_dir(
             continue;
         };
         let mut strangers = Vec::new();
-        sweep_one(entries, statuses, dry_run, &mut removed, &mut strangers)?;
+        let mut sweep = Sweep {
+            statuses,
+            kept,
+            dry_run,
+            removed: &mut removed,
+            unknown: &mut strangers,
+            kept_out,
+        };
+        sweep.dir(entries);
         if Some(&work) == own.as_ref() {
             unknown.extend(strangers);
         }
@@ -94,36 +114,48 @@ fn sweep_work_dir(
     Ok((removed, unknown))
 }
 
-fn sweep_one(
-    entries: std::fs::ReadDir,
-    statuses: &[Known],
+/// One sweep of work directories: what it may remove and what it found.
+struct Sweep<'a> {
+    statuses: &'a [Known],
+    kept: &'a BTreeSet<std::path::PathBuf>,
     dry_run: bool,
-    removed: &mut Vec<String>,
-    unknown: &mut Vec<String>,
-) -> Result<(), ControlError> {
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let owner = statuses
-            .iter()
-            .filter(|(id, _, _)| name.starts_with(&format!("{id}.")))
-            .max_by_key(|(id, _, _)| id.len());
-        match owner {
-            Some((_, status, _)) if finished(*status) => {
-                let gone = crate::activities::files::remove_leftover(&entry.path(), dry_run)
-                    .map_err(|e| ControlError::Refused(e.message))?;
-                removed.extend(gone);
-            }
-            Some(_) => {}
-            None => {
-                let size = crate::activities::files::remove_leftover(&entry.path(), true)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| entry.path().display().to_string());
-                unknown.push(size);
+    removed: &'a mut Vec<String>,
+    unknown: &'a mut Vec<String>,
+    kept_out: &'a mut Vec<String>,
+}
+
+impl Sweep<'_> {
+    fn dir(&mut self, entries: std::fs::ReadDir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let owner = self
+                .statuses
+                .iter()
+                .filter(|(id, _, _)| name.starts_with(&format!("{id}.")))
+                .max_by_key(|(id, _, _)| id.len());
+            match owner {
+                Some((id, _, _)) if self.kept.contains(&path) => self.kept_out.push(format!(
+                    "{}: kept by run {id} (lazarus status {id}); stop its server and remove it by hand when no longer needed",
+                    path.display()
+                )),
+                Some((_, status, _)) if finished(*status) => {
+                    match crate::activities::files::remove_leftover(&path, self.dry_run) {
+                        Ok(gone) => self.removed.extend(gone),
+                        Err(e) => self.kept_out.push(e.message),
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let size = crate::activities::files::remove_leftover(&path, true)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| path.display().to_string());
+                    self.unknown.push(size);
+                }
             }
         }
     }
-    Ok(())
 }
 
 /// A run that no longer needs its work files: finished, whatever the outcome.

@@ -60,6 +60,21 @@ pub(crate) fn replace_json<T: serde::Serialize>(
     std::fs::rename(&tmp, path)
 }
 
+/// Text for the audit trail: credentials as `***`, control characters escaped, at most
+/// `max` bytes (cut at a character boundary, marked with `…`).
+fn audit_text(text: &str, max: usize) -> String {
+    let shown =
+        crate::engine::params::escape_controls(&crate::engine::params::redact_credentials(text));
+    if shown.len() <= max {
+        return shown;
+    }
+    let mut end = max;
+    while !shown.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &shown[..end], text.len())
+}
+
 /// An operation that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -184,6 +199,21 @@ impl Operations {
         );
     }
 
+    /// Records requests that presented a token this server does not know (refused, 401).
+    pub fn audit_unknown_token(&self, peer: &str, count: u32) {
+        let actor = Actor {
+            identity: "(unknown token)".into(),
+            role: Role::Viewer,
+            via: actor::Via::Http {
+                peer: peer.to_string(),
+            },
+        };
+        let refused = ControlError::Forbidden(format!(
+            "{count} request(s) from {peer} with an API token this server does not know"
+        ));
+        self.record(&actor, "authenticate", None, None, Err(&refused));
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
@@ -211,11 +241,15 @@ impl Operations {
             Ok(message) => (Outcome::Accepted, message.to_string()),
             Err(e) => (Outcome::Refused, e.to_string()),
         };
+        // The trail is mirrored to every store and printed on terminals: what a caller sent
+        // (a refused 1 MB reason, an escape sequence, a URL with a password) goes in cut,
+        // escaped and without credentials.
+        let message = audit_text(&message, 4 * crate::engine::runtime::MAX_REASON);
         if let Err(e) = self.audit.append(AuditRecord {
             actor,
-            action,
-            run: run.map(String::from),
-            reason: reason.map(String::from),
+            action: &audit_text(action, 200),
+            run: run.map(|r| audit_text(r, 200)),
+            reason: reason.map(|r| audit_text(r, crate::engine::runtime::MAX_REASON)),
             outcome,
             message,
         }) {

@@ -192,3 +192,17 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// The process id in a data directory's `postmaster.pid` when that process is alive: the
+/// directory belongs to a running server, and nothing may remove it.
+pub fn live_postmaster(data_dir: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => Some(pid),
+        Err(_) => None,
+    }
+}

@@ -3,6 +3,8 @@
 //! PGPORT, PGUSER, PGPASSWORD, sslmode, .pgpass) all apply unchanged.
 
 pub mod archive_layout;
+pub mod archiver;
+pub mod archiving;
 pub mod bouncer_ini;
 pub mod cluster;
 pub mod conninfo;

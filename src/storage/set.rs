@@ -62,9 +62,18 @@ impl StoreSet {
     }
 
     /// Writes the same bytes to every store, concurrently; says where each copy landed.
+    /// A finished file is linked into at most one store (the first local one): every other
+    /// store gets a copy of its own, so damage to one store's copy is never another's.
     pub async fn put_all(&self, key: &str, body: Body) -> Vec<CopyOutcome> {
-        let puts = self.stores.iter().map(|store| {
-            let body = body.clone();
+        let linker = match &body {
+            Body::Finished(_) => self.stores.iter().position(|s| s.local_root().is_some()),
+            _ => None,
+        };
+        let puts = self.stores.iter().enumerate().map(|(i, store)| {
+            let body = match &body {
+                Body::Finished(path) if Some(i) != linker => Body::File(path.clone()),
+                other => other.clone(),
+            };
             async move {
                 match store.put(key, body).await {
                     Ok(bytes) => CopyOutcome {
@@ -103,5 +112,42 @@ impl StoreSet {
             }
         }
         (None, skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn two_local_stores_on_one_filesystem_hold_two_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("backup.lzr");
+        std::fs::write(&src, b"finished bytes").unwrap();
+        let set = StoreSet::new(vec![
+            Arc::new(LocalStore::new("one", dir.path().join("one"))),
+            Arc::new(LocalStore::new("two", dir.path().join("two"))),
+        ]);
+        let copies = set.put_all("b/x", Body::Finished(src.clone())).await;
+        assert!(copies.iter().all(|c| c.bytes == Some(14)), "{copies:?}");
+        let ino = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().ino();
+        let (one, two) = (
+            ino(dir.path().join("one/b/x")),
+            ino(dir.path().join("two/b/x")),
+        );
+        assert_eq!(
+            one,
+            ino(src),
+            "the first local store links the finished file"
+        );
+        assert_ne!(one, two, "the second store has a copy of its own");
+        // Damage in place in the first store leaves the second intact.
+        std::fs::write(dir.path().join("one/b/x"), b"damaged").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("two/b/x")).unwrap(),
+            b"finished bytes"
+        );
     }
 }

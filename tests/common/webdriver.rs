@@ -202,6 +202,12 @@ impl Browser {
         .await;
     }
 
+    /// Presses Esc in the element matching `css`, as a person would on the keyboard.
+    pub async fn press_escape(&self, css: &str) {
+        self.on_element(css, &[("value", json!({"text": "\u{e00c}"}))])
+            .await;
+    }
+
     /// Chooses the option with `value` in the select matching `css`, as a person would.
     pub async fn choose(&self, css: &str, value: &str) {
         self.click(&format!("{css} option[value=\"{value}\"]"))

@@ -37,7 +37,7 @@ function h(tag, attrs, ...kids) {
     else if (k === 'class') el.className = v;
     else el.setAttribute(k, v === true ? '' : v);
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === null || kid === undefined || kid === false) continue;
     el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -125,6 +125,10 @@ function ask({ title, text, fields, confirmWord, danger, action }) {
       ] : null,
       h('div', { class: 'actions' }, ok,
         h('button', { type: 'button', id: 'dialog-cancel', onclick: () => { form.remove(); resolve(null); } }, 'Back')));
+    // Esc closes the dialog as Back does.
+    form.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') { e.preventDefault(); form.remove(); resolve(null); }
+    });
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       if (confirmWord && inputs.__confirm.value.trim() !== confirmWord) {
