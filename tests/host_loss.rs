@@ -368,3 +368,94 @@ fn a_run_waiting_inside_a_step_is_seen_waiting_from_the_stores() {
     );
     kill9(&mut runner);
 }
+
+#[test]
+fn a_run_that_ended_while_the_store_hung_is_not_driven_again_by_another_host() {
+    let moto = common::s3::Moto::start_serialized();
+    create_bucket(&moto.endpoint(), BUCKET);
+    let hole = common::s3::Blackhole::start(([127, 0, 0, 1], moto.port).into());
+    let work = tempfile::Builder::new()
+        .prefix("lzwork")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    for (host, name) in [(&a, "host-a"), (&b, "host-b")] {
+        let config = host.write(
+            "lazarus.toml",
+            &format!(
+                "[mirror]\nlease_duration = \"3s\"\nholder = \"{name}\"\n\n\
+                 [[stores]]\nname = \"moto\"\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\naccess_key_id = \"a\"\nsecret_access_key = \"b\"\ntimeout = \"1s\"\n",
+                hole.endpoint()
+            ),
+        );
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    // Three steps, the last waiting for a go: the store hangs while it runs.
+    let mut runbook = "name = \"hung\"\ntarget = \"shop\"\n".to_string();
+    for i in 1..=3 {
+        let wait = if i == 3 {
+            "echo s3-start >> \"$D/log\"; while [ ! -f \"$D/go\" ]; do sleep 0.05; done; "
+        } else {
+            ""
+        };
+        runbook.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = '{wait}echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
+            work.path().display()
+        ));
+    }
+    let wf = b.write("hung.toml", &runbook);
+    let mut runner = b
+        .cmd()
+        .args([
+            "run",
+            &wf.display().to_string(),
+            "--id",
+            "r8",
+            "--reason",
+            "hung store",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("host B");
+    b.wait_for("step 3 on host B", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.path().join("log")).is_ok_and(|l| l.contains("s3-start"))
+    });
+    // The store hangs while host B finishes the run, and for longer than B's lease.
+    hole.hang();
+    std::fs::write(work.path().join("go"), "").unwrap();
+    b.wait_for("the last step on host B", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.path().join("effects")).is_ok_and(|e| e.contains("s3"))
+    });
+    // Long enough for a host that does not wait for its end to reach a store to leave.
+    let frozen = std::time::Instant::now();
+    while frozen.elapsed() < Duration::from_secs(25) && runner.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    hole.restore();
+    let started = std::time::Instant::now();
+    while runner.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "host B never finished copying the run's end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = from_stores(&a, "r8");
+    assert_eq!(
+        seen["status"], "succeeded",
+        "the run's end reached the store: {seen}"
+    );
+
+    // Host A, resuming the run from the stores, runs none of its steps again.
+    let again = a.run(&["resume", "r8"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("effects")).unwrap(),
+        "s1\ns2\ns3\n",
+        "a step ran twice: {}",
+        text(&again)
+    );
+}

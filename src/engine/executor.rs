@@ -69,7 +69,8 @@ impl Engine {
         }
         let run_id = record.id.as_str();
         let target = record.target.as_deref();
-        tracing::warn!(run = %run_id, "the run's end has not reached the stores: keeping its lease and trying again (up to {}s)", END_COPY_PATIENCE.as_secs());
+        // Said at error level: the person waiting for the command must see why it waits.
+        tracing::error!(run = %run_id, "the run has ended here, but its end has not reached any store: keeping its lease and trying again every 2 s for up to {} min, so no other host drives it again (Ctrl-C leaves the lease to lapse)", END_COPY_PATIENCE.as_secs() / 60);
         let until = Instant::now() + END_COPY_PATIENCE;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_secs(2)).await;

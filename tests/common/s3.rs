@@ -333,6 +333,97 @@ impl Throttle {
     }
 }
 
+/// A TCP proxy that can hang like a frozen storage service: while hung, every byte sent
+/// either way is swallowed (the server never sees a request, the client never gets an
+/// answer), and a connection that swallowed anything stays dead afterwards.
+pub struct Blackhole {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Blackhole {
+    /// Starts a proxy to `upstream`, passing everything.
+    pub fn start(upstream: SocketAddr) -> Blackhole {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hung = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&hung);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let hung = std::sync::Arc::clone(&flag);
+                    tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let dead = std::sync::Arc::new(AtomicBool::new(false));
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        let pass =
+                            |mut from: tokio::net::tcp::OwnedReadHalf,
+                             mut to: tokio::net::tcp::OwnedWriteHalf| {
+                                let (hung, dead) =
+                                    (std::sync::Arc::clone(&hung), std::sync::Arc::clone(&dead));
+                                async move {
+                                    let mut buf = vec![0u8; 64 * 1024];
+                                    loop {
+                                        let n = match from.read(&mut buf).await {
+                                            Ok(0) | Err(_) => break,
+                                            Ok(n) => n,
+                                        };
+                                        if hung.load(Ordering::SeqCst) {
+                                            dead.store(true, Ordering::SeqCst);
+                                        }
+                                        if dead.load(Ordering::SeqCst) {
+                                            continue;
+                                        }
+                                        if to.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            };
+                        let up = tokio::spawn(pass(cr, sw));
+                        pass(sr, cw).await;
+                        up.abort();
+                    });
+                }
+            });
+        });
+        Blackhole {
+            addr: rx.recv().expect("proxy address"),
+            hung,
+            _thread: thread,
+        }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Swallows everything from now on.
+    pub fn hang(&self) {
+        self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Passes new traffic again.
+    pub fn restore(&self) {
+        self.hung.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
