@@ -141,6 +141,21 @@ impl Activity for BaseBackup {
                  (set archive_mode = on and archive_command = 'lazarus wal push %p', then restart)",
             ));
         }
+        // Run as root, with the server as postgres: the WAL folders of local stores must be
+        // the server's to write, or its `wal push` fails and pg_basebackup waits.
+        let unreachable = if crate::pg::running_as_root() {
+            let (uid, gid) = crate::pg::cluster::postgres_ids().map_err(pg_failure)?;
+            let prepared = crate::wal::archive::prepare_local_folders(
+                &self.services.stores,
+                &inputs.archive,
+                uid.as_raw(),
+                gid.as_raw(),
+            )
+            .map_err(ActivityError::retryable)?;
+            prepared.unreachable
+        } else {
+            Vec::new()
+        };
         let segment_size: u64 = segment_size
             .parse()
             .unwrap_or(crate::wal::names::DEFAULT_SEGMENT_SIZE);
@@ -165,7 +180,14 @@ impl Activity for BaseBackup {
             }
             last_look = Instant::now();
             let stats = ArchiverStats::read(&sql).ok()?;
-            archiver.observe(stats, Instant::now())
+            let why = archiver.observe(stats, Instant::now())?;
+            // What this host can see of the cause.
+            Some(
+                std::iter::once(why)
+                    .chain(unreachable.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         };
         let outcome = tokio::task::block_in_place(|| {
             // The WAL range is at the end of the backup_manifest in the stream itself.

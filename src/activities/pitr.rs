@@ -665,7 +665,14 @@ impl Activity for StartRecovery {
             .as_ref()
             .and_then(|o| o["port"].as_u64())
             .unwrap_or(inputs.port);
+        // restore_command's own state beside the data directory (its spool of decrypted
+        // WAL, which can be hundreds of MiB): of no use once the run has ended.
+        let fetch_state = data.with_extension("lazarus-state");
         if !server_running(&self.services, &data) {
+            done.removed.extend(
+                super::files::remove_leftover(&fetch_state, leftovers.dry_run)
+                    .map_err(|e| ActivityError::retryable(e.message))?,
+            );
             return Ok(done);
         }
         if leftovers.used {
@@ -697,6 +704,10 @@ impl Activity for StartRecovery {
         }
         done.removed
             .push(format!("the server on port {port} (stopped)"));
+        done.removed.extend(
+            super::files::remove_leftover(&fetch_state, leftovers.dry_run)
+                .map_err(|e| ActivityError::retryable(e.message))?,
+        );
         Ok(done)
     }
 

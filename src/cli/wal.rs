@@ -498,7 +498,22 @@ async fn push(
 /// Archives `path` in the foreground.
 async fn push_now(ctx: &Context, path: &std::path::Path, options: &PushOptions) -> Result<()> {
     let (stores, keys) = stores_and_keys(ctx)?;
-    let outcome = archive::push(path, &stores, primary_key(&keys)?, options).await?;
+    let outcome = archive::push(path, &stores, primary_key(&keys)?, options)
+        .await
+        .map_err(|e| {
+            let message = e.to_string();
+            if message.contains("Permission denied") {
+                let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+                anyhow::anyhow!(
+                    "{message}\nwal push runs as {user} (the server's user): the store's WAL folders must be writable by {user}. `lazarus run base-backup` (as root) prepares them; or give them to that user: chown -R {user} STORE/wal"
+                )
+            } else {
+                anyhow::Error::from(e)
+            }
+        })?;
     tracing::info!(
         file = %outcome.manifest.file,
         already = outcome.already_archived,

@@ -159,6 +159,61 @@ pub fn object_key(archive: &str, file: &str) -> String {
     }
 }
 
+/// What [`prepare_local_folders`] did and found.
+#[derive(Debug, Default)]
+pub struct PreparedFolders {
+    /// The archive's folder in each local store, writable by the server's user.
+    pub folders: Vec<std::path::PathBuf>,
+    /// Folders that user cannot reach, each with the directory in the way and what to
+    /// change: if the server archives into them, its `wal push` fails.
+    pub unreachable: Vec<String>,
+}
+
+/// Makes the folders of `archive` in every local store writable by the user the server
+/// archives as (`uid`/`gid`: `wal push` runs as the server's user, while the command line
+/// that prepares a base backup may run as root): each is created if need be and given to
+/// that user when root owns it. A folder that user cannot reach is reported, naming the
+/// directory in the way and what to change (whether the server archives there is the
+/// server's configuration, which this cannot see).
+pub fn prepare_local_folders(
+    stores: &StoreSet,
+    archive: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<PreparedFolders, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut prepared = PreparedFolders::default();
+    for store in stores.stores() {
+        let Some(root) = store.local_root() else {
+            continue;
+        };
+        let dir = root.join("wal").join(archive);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "cannot create {} in store {}: {e}",
+                dir.display(),
+                store.name()
+            )
+        })?;
+        let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if meta.uid() == 0 && uid != 0 {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to the server's user: {e}", dir.display()))?;
+        }
+        if let Some(first) = crate::pg::reach::blocked_ancestors(&dir, uid, gid).first() {
+            prepared.unreachable.push(format!(
+                "the server's user (uid {uid}) cannot reach the WAL folder {} of store {}: {} is in the way, so a `lazarus wal push` run by the server cannot archive there; let it through (chmod o+x {}) or keep the store elsewhere",
+                dir.display(),
+                store.name(),
+                first.display(),
+                first.display()
+            ));
+        }
+        prepared.folders.push(dir);
+    }
+    Ok(prepared)
+}
+
 /// Where a file's manifest lives.
 pub fn manifest_key(archive: &str, file: &str) -> String {
     let object = object_key(archive, file);
@@ -905,5 +960,48 @@ pub mod spool {
             }
         }
         Ok(fetched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::Arc;
+
+    use super::prepare_local_folders;
+    use crate::storage::StoreSet;
+    use crate::storage::local::LocalStore;
+
+    #[test]
+    fn the_wal_folders_of_local_stores_are_given_to_the_servers_user() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test gives a folder to another user: run it as root (as CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let stores = StoreSet::new(vec![Arc::new(LocalStore::new(
+            "local",
+            dir.path().join("state/store"),
+        ))]);
+        let nobody = 65534;
+        let made = prepare_local_folders(&stores, "main", nobody, nobody).unwrap();
+        assert_eq!(made.folders, [dir.path().join("state/store/wal/main")]);
+        assert_eq!(std::fs::metadata(&made.folders[0]).unwrap().uid(), nobody);
+        assert!(made.unreachable.is_empty(), "{:?}", made.unreachable);
+
+        // A private state directory stands in the way: said, with what to change.
+        std::fs::set_permissions(
+            dir.path().join("state"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let found = prepare_local_folders(&stores, "main", nobody, nobody).unwrap();
+        let refused = found.unreachable.join("\n");
+        assert!(refused.contains("cannot reach"), "{refused}");
+        assert!(
+            refused.contains(&format!("chmod o+x {}", dir.path().join("state").display())),
+            "{refused}"
+        );
     }
 }
