@@ -84,18 +84,44 @@ fn base_image(store: &Path) {
     let _ = std::fs::remove_file(&tarball);
 }
 
-/// Builds a target of docker/Dockerfile with the binary this test run built.
+/// How many times a build is tried: its `apt-get` steps fetch from the Debian mirror, and a
+/// fetch or an unpack inside the build's chroot fails now and then on this machine (CI once
+/// failed on dpkg unpacking libllvm14) though the next try of the same step succeeds.
+const BUILD_TRIES: usize = 3;
+
+/// Builds a target of docker/Dockerfile with the binary this test run built; a failed try is
+/// printed and tried again (finished layers are cached), and the last failure fails the test.
 fn build(store: &Path, context: &Path, target: &str, tag: &str) {
     let dockerfile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docker/Dockerfile");
-    let mut cmd = podman(store);
-    cmd.args(["build", "--isolation", "chroot", "-f"])
-        .arg(&dockerfile)
-        .args(["--target", target, "-t", tag])
-        .args(["--build-arg", "BINARY=prebuilt"])
-        .args(["--build-arg", "BINARY_PATH=lazarus"])
-        .args(["--build-arg", "BASE_IMAGE=localhost/debian:bookworm-slim"])
-        .arg(context);
-    ok(cmd, &format!("podman build --target {target}"));
+    for attempt in 1..=BUILD_TRIES {
+        let mut cmd = podman(store);
+        cmd.args(["build", "--isolation", "chroot", "-f"])
+            .arg(&dockerfile)
+            .args(["--target", target, "-t", tag])
+            .args(["--build-arg", "BINARY=prebuilt"])
+            .args(["--build-arg", "BINARY_PATH=lazarus"])
+            .args(["--build-arg", "BASE_IMAGE=localhost/debian:bookworm-slim"])
+            .arg(context);
+        let what = format!("podman build --target {target} (try {attempt} of {BUILD_TRIES})");
+        if attempt == BUILD_TRIES {
+            ok(cmd, &what);
+            return;
+        }
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{what}: cannot run podman ({e}); this test needs podman, runc and debootstrap: run scripts/setup.sh")
+        });
+        if out.status.success() {
+            return;
+        }
+        let shown = common::text(&out);
+        let tail: Vec<&str> = shown.lines().rev().take(30).collect();
+        eprintln!(
+            "{what} failed ({:?}); trying again. Its last lines:\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
 }
 
 #[test]
