@@ -459,3 +459,58 @@ fn a_run_that_ended_while_the_store_hung_is_not_driven_again_by_another_host() {
         text(&again)
     );
 }
+
+/// With the first store hanging from the start (its traffic swallowed), a run still starts
+/// and ends on the stores that answer: the lease is read from every store at once, each for
+/// a few seconds, and a store that does not answer is passed over — it used to spend the
+/// whole time limit of the lease call, and nothing could start ("could not be checked").
+#[test]
+fn a_run_starts_and_ends_while_the_first_store_hangs() {
+    let moto = common::s3::Moto::start_serialized();
+    create_bucket(&moto.endpoint(), BUCKET);
+    let hole = common::s3::Blackhole::start(([127, 0, 0, 1], moto.port).into());
+    let work = tempfile::Builder::new()
+        .prefix("lzwork")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let host = Sandbox::new();
+    let config = host.write(
+        "lazarus.toml",
+        &format!(
+            "[mirror]\nlease_duration = \"3s\"\nholder = \"host-a\"\n\n\
+             [[stores]]\nname = \"moto\"\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\naccess_key_id = \"a\"\nsecret_access_key = \"b\"\ntimeout = \"3s\"\n\n\
+             [[stores]]\nname = \"local\"\nkind = \"local\"\npath = \"{}\"\n",
+            hole.endpoint(),
+            work.path().join("local").display()
+        ),
+    );
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let mut runbook = "name = \"steady\"\ntarget = \"shop\"\n".to_string();
+    for i in 1..=2 {
+        runbook.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nactivity = \"command\"\nwith = {{ shell = 'echo s{i} >> \"$D/effects\"', env = {{ D = \"{}\" }} }}\n",
+            work.path().display()
+        ));
+    }
+    let wf = host.write("steady.toml", &runbook);
+    hole.hang();
+    let out = host.run(&[
+        "run",
+        &wf.display().to_string(),
+        "--id",
+        "r9",
+        "--reason",
+        "one store hangs",
+    ]);
+    let report: Value =
+        serde_json::from_str(&host.ok(&["status", "r9", "--json"])).expect("status json");
+    assert_eq!(report["status"], "succeeded", "{}\n{report}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("effects")).unwrap_or_default(),
+        "s1\ns2\n",
+        "{}",
+        text(&out)
+    );
+    hole.restore();
+}

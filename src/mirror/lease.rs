@@ -56,6 +56,11 @@ impl LeaseBody {
     }
 }
 
+/// How long reading one store's lease may take before the store counts as partitioned from
+/// this host (a store slower than this is passed over; see docs/beyond-one-host.md) — at
+/// most a quarter of the lease's duration, so a lease taken after the wait is still fresh.
+const READ_LIMIT: Duration = Duration::from_secs(3);
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -302,21 +307,50 @@ impl LeaseBackend for StoreLeases {
         // A lease another host holds in any store that answers counts, not only in the
         // one this host would write to: two hosts that each reach a different first store
         // must not both drive the run.
+        // Every store is read at once, each for at most READ_LIMIT: a store that hangs must
+        // not spend the whole call's time limit before the others are asked. One that does
+        // not answer is passed over (for reading and for taking): it is partitioned from
+        // this host, and a lease written there could not be renewed either.
         let claim = self.key(target, run);
         let object = self.object(&claim);
-        for store in self.stores.stores() {
-            if let Ok(Some(found)) = store.read_versioned(&object).await
-                && let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
-                && self.keeps_out(&lease, run, over)
-            {
-                return Err(FenceError::Held(self.held_message(store.name(), &lease)));
+        let limit = READ_LIMIT.min(self.duration / 4);
+        let reads = self.stores.stores().iter().map(|store| {
+            let object = object.clone();
+            async move {
+                let read = tokio::time::timeout(limit, store.read_versioned(&object)).await;
+                (store.clone(), read)
+            }
+        });
+        let mut silent = Vec::new();
+        let mut failures = Vec::new();
+        for (store, read) in futures::future::join_all(reads).await {
+            match read {
+                Ok(Ok(Some(found))) => {
+                    if let Ok(lease) = serde_json::from_slice::<LeaseBody>(&found.bytes)
+                        && self.keeps_out(&lease, run, over)
+                    {
+                        return Err(FenceError::Held(self.held_message(store.name(), &lease)));
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(run = %run, store = %store.name(), "the store did not answer within {}: passed over for the run's lease", crate::engine::duration::format_duration(limit));
+                    failures.push(format!(
+                        "{}: no answer within {}",
+                        store.name(),
+                        crate::engine::duration::format_duration(limit)
+                    ));
+                    silent.push(store.name().to_string());
+                }
             }
         }
         let mut unconditioned = Vec::new();
-        let mut failures = Vec::new();
         // The store that already holds this run's lease first, then the rest in order.
         let mut stores = self.stores.stores().to_vec();
-        if let Some(held) = self.store_of(&claim) {
+        stores.retain(|s| !silent.iter().any(|name| name == s.name()));
+        if let Some(held) = self.store_of(&claim)
+            && !silent.iter().any(|name| name == held.name())
+        {
             stores.retain(|s| s.name() != held.name());
             stores.insert(0, held);
         }
