@@ -165,7 +165,13 @@ impl Activity for BaseBackup {
             .unwrap_or_else(|| new_backup_id(&format!("{}-base", inputs.archive), created));
         prepare_dir(&inputs.dest)?;
         let part = part_path(&inputs.dest);
-        let pg_basebackup = tools.path("pg_basebackup").map_err(pg_failure)?;
+        // pg_basebackup of the server's major version (a newer one works too).
+        let pg_basebackup = match crate::pg::versions::major_of_server_version(&version) {
+            Some(major) => tools.for_major(major, format!("the server is PostgreSQL {major}")),
+            None => tools.clone(),
+        }
+        .path("pg_basebackup")
+        .map_err(pg_failure)?;
         let label = format!("lazarus {id}");
         let patience = match inputs.archive_wait.as_deref().filter(|w| !w.is_empty()) {
             Some(text) => crate::engine::duration::parse_duration(text)

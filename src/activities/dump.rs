@@ -80,10 +80,11 @@ impl Dump {
 
 /// Maps a PostgreSQL tool failure to an activity error.
 pub fn pg_failure(e: PgError) -> ActivityError {
-    match e {
-        PgError::MissingTool { .. } => ActivityError::permanent(e.to_string()),
-        other => ActivityError::retryable(other.to_string()),
+    if e.is_missing_tool() {
+        // The machine lacks the tool: the run halts, nothing is marked, `resume` finishes it.
+        return ActivityError::environment(e.to_string());
     }
+    ActivityError::retryable(e.to_string())
 }
 
 const TABLES: &str = "SELECT n.nspname, c.relname, c.reltuples::bigint FROM pg_class c \
@@ -267,17 +268,23 @@ impl Activity for Dump {
             .primary()
             .map_err(|e| ActivityError::permanent(e.to_string()))?
             .clone();
-        let tools = &self.services.pg_tools;
         let server = &self.services.pg_server;
-        let sql = Sql::new(tools, server);
+        let sql = Sql::new(&self.services.pg_tools, server);
         let created = chrono::Utc::now();
-        let (version, tables) = tokio::task::block_in_place(|| {
+        let (version, tables, tools) = tokio::task::block_in_place(|| {
             let version = sql
                 .scalar(&inputs.database, "SHOW server_version")?
                 .unwrap_or_default();
-            Ok::<_, PgError>((version, tables(&sql, &inputs.database)?))
+            // pg_dump of the server's major version (a newer one works too; an older one
+            // refuses the server).
+            let tools = self
+                .services
+                .pg_tools
+                .for_server(server, &inputs.database)?;
+            Ok::<_, PgError>((version, tables(&sql, &inputs.database)?, tools))
         })
         .map_err(pg_failure)?;
+        let tools = &tools;
         let id = inputs
             .id
             .clone()

@@ -198,8 +198,16 @@ impl Activity for Restore {
             )));
         }
         let flush_file = unflushed.map(|boot| (inputs.file.clone(), boot.to_string()));
-        let tools = &self.services.pg_tools;
         let server = &self.services.pg_server;
+        // pg_restore of the server's major version, or of the archive's when that is newer.
+        let tools = tokio::task::block_in_place(|| {
+            let server_tools = self.services.pg_tools.for_server(server, "postgres")?;
+            let server_major = server_tools.major.as_ref().map_or(0, |(m, _)| *m);
+            let (major, why) = crate::pg::versions::restore_major(server_major, &inputs.file);
+            Ok::<_, crate::pg::PgError>(self.services.pg_tools.for_major(major, why))
+        })
+        .map_err(pg_failure)?;
+        let tools = &tools;
         let sql = Sql::new(tools, server);
         let jobs = match inputs.jobs {
             // Two per core: each pg_restore worker waits on the server's I/O about as long as

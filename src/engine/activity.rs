@@ -53,6 +53,12 @@ pub enum FailureKind {
     /// run ends and frees its target for a corrected one. Appended last: older journal
     /// records keep their encoding.
     Refused,
+    /// This machine lacks what the step needs (a PostgreSQL tool of the server's major
+    /// version, say): nothing is wrong with the run's input or its backup, so the run halts
+    /// whatever its `on_failure` says — no rollback, no backup marked FAILED — and `resume`
+    /// finishes it once the machine has it. Appended last: older journal records keep their
+    /// encoding.
+    Environment,
 }
 
 /// A failed activity attempt, with a message written for the operator.
@@ -87,6 +93,15 @@ impl ActivityError {
     pub fn refused(message: impl Into<String>) -> Self {
         Self {
             kind: FailureKind::Refused,
+            message: message.into(),
+        }
+    }
+
+    /// This machine lacks what the step needs: the run halts (see
+    /// [`FailureKind::Environment`]). The message names what to install.
+    pub fn environment(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Environment,
             message: message.into(),
         }
     }

@@ -33,9 +33,9 @@ enum StepOutcome {
     Interrupted,
     /// Halted while waiting to retry.
     HaltedInBackoff,
-    /// Failed for good, with the message for the operator and whether the run's own input
-    /// was refused.
-    Failed(String, bool),
+    /// Failed for good, with the message for the operator and why (the run's own input
+    /// refused, the machine lacking something, or the step itself).
+    Failed(String, FailureKind),
 }
 
 /// How one attempt ended.
@@ -240,7 +240,9 @@ impl Engine {
                     self.halt_at(run_id, step_id, HaltReason::Requested).await?;
                     return Ok(());
                 }
-                StepOutcome::Failed(error, true) if !self.has_undo(&workflow, &state) => {
+                StepOutcome::Failed(error, FailureKind::Refused)
+                    if !self.has_undo(&workflow, &state) =>
+                {
                     tracing::warn!(run = %run_id, step = %step_id, %error, "input refused; the run ends");
                     self.append_durable(
                         run_id,
@@ -250,6 +252,15 @@ impl Engine {
                         },
                     )
                     .await?;
+                }
+                // The machine lacks what the step needs (a tool of the server's version):
+                // nothing is wrong with the run or its backup, so nothing is rolled back or
+                // marked; installing it and `resume` finishes the run.
+                StepOutcome::Failed(error, FailureKind::Environment) => {
+                    tracing::warn!(run = %run_id, step = %step_id, %error, "this machine lacks what the step needs; halting");
+                    self.halt_at(run_id, step_id, HaltReason::StepFailed(error))
+                        .await?;
+                    return Ok(());
                 }
                 StepOutcome::Failed(error, _) => match workflow.on_failure {
                     OnFailure::Halt => {
@@ -495,13 +506,13 @@ impl Engine {
         let Some(step) = workflow.step(step_id) else {
             return Ok(StepOutcome::Failed(
                 format!("unknown step {step_id}"),
-                false,
+                FailureKind::Permanent,
             ));
         };
         let Some(step_state) = state.step(step_id) else {
             return Ok(StepOutcome::Failed(
                 format!("unknown step {step_id}"),
-                false,
+                FailureKind::Permanent,
             ));
         };
         let mut failures = step_state.failures_since_resume;
@@ -521,7 +532,7 @@ impl Engine {
                 Err(e) => {
                     return Ok(StepOutcome::Failed(
                         format!("cannot render inputs of step \"{step_id}\": {e}"),
-                        false,
+                        FailureKind::Permanent,
                     ));
                 }
             };
@@ -616,10 +627,7 @@ impl Engine {
             } else {
                 error.message.clone()
             };
-            return Ok(Some(StepOutcome::Failed(
-                why,
-                error.kind == FailureKind::Refused,
-            )));
+            return Ok(Some(StepOutcome::Failed(why, error.kind)));
         }
         let delay = policy.delay_after(failures);
         tracing::info!(run = %run_id, delay = %format_duration(delay), "retrying after backoff");

@@ -13,7 +13,8 @@
 //! COPY of the `TABLE DATA` entry of a table it has just created in a transaction that starts
 //! with TRUNCATE, which would erase the parts loaded beside it. Only uncompressed archives
 //! (`pg_dump -Z0`, what Lazarus takes) of the versions this module knows (1.14 — PostgreSQL
-//! 15 — and 1.15 — PostgreSQL 16) are laid out; anything else passes through unchanged.
+//! 15 —, 1.15 — PostgreSQL 16 — and 1.16 — PostgreSQL 17 and 18) are laid out; anything else
+//! passes through unchanged.
 //!
 //! The output holds the header and table of contents (known only at the end, and written
 //! then, at offset 0: [`Finished::toc`]), room reserved for the entries added, then the data

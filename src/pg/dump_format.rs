@@ -1,6 +1,7 @@
 //! The pg_dump custom format's header and table of contents, read and written field by
-//! field (archive versions 1.14 — PostgreSQL 15 — and 1.15 — PostgreSQL 16; uncompressed
-//! archives only, what Lazarus takes), and the integers and markers of its data blocks.
+//! field (archive versions 1.14 — PostgreSQL 15 —, 1.15 — PostgreSQL 16 — and 1.16 —
+//! PostgreSQL 17 and 18, which add a `relkind` integer to each entry; uncompressed archives
+//! only, what Lazarus takes), and the integers and markers of its data blocks.
 //! Shared by the modules that index, lay out, scan and convert such archives.
 
 /// The custom format's magic bytes.
@@ -45,6 +46,9 @@ pub(crate) struct Entry {
     pub(crate) section: i64,
     /// defn, drop, copy, namespace, tablespace, table AM, owner, with-oids.
     pub(crate) rest: Vec<Option<Vec<u8>>>,
+    /// The relation kind (archive 1.16 on: written between table AM and owner; 0 for
+    /// entries that are not relations), `None` before 1.16.
+    pub(crate) relkind: Option<i64>,
     pub(crate) deps: Vec<Vec<u8>>,
     pub(crate) flag: u8,
     pub(crate) offset: Vec<u8>,
@@ -95,6 +99,7 @@ pub(crate) fn entry_len(e: &Entry, int_size: usize, off_size: usize) -> u64 {
     int * 3
         + e.names.iter().map(|s| string_len(s, int_size)).sum::<u64>()
         + e.rest.iter().map(|s| string_len(s, int_size)).sum::<u64>()
+        + e.relkind.map_or(0, |_| int)
         + e.deps
             .iter()
             .map(|d| (1 + int_size + d.len()) as u64)
@@ -145,7 +150,12 @@ pub(crate) fn encode_toc_with(
             string(&mut out, s);
         }
         out.extend(int(e.section));
-        for s in &e.rest {
+        for (i, s) in e.rest.iter().enumerate() {
+            if i == RELKIND_AFTER
+                && let Some(relkind) = e.relkind
+            {
+                out.extend(int(relkind));
+            }
             string(&mut out, s);
         }
         for d in &e.deps {
@@ -156,6 +166,10 @@ pub(crate) fn encode_toc_with(
     }
     out
 }
+
+/// How many of an entry's `rest` strings come before its `relkind` (defn, drop, copy,
+/// namespace, tablespace, table AM).
+pub(crate) const RELKIND_AFTER: usize = 6;
 
 /// Reads the header and table of contents from the start of an archive: `Ok(None)` while
 /// more bytes are needed, `Err` when it is not an archive this module lays out.
@@ -172,7 +186,7 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
     let off_size = bytes[9] as usize;
     if &bytes[..5] != MAGIC
         || major != 1
-        || !(14..=15).contains(&minor)
+        || !(14..=16).contains(&minor)
         || bytes[10] != 1
         || !(4..=8).contains(&int_size)
         || !(4..=8).contains(&off_size)
@@ -212,7 +226,11 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
             let names = [r.string()?, r.string()?, r.string()?, r.string()?];
             let section = r.int()?;
             let mut rest = Vec::with_capacity(8);
-            for _ in 0..8 {
+            let mut relkind = None;
+            for i in 0..8 {
+                if i == RELKIND_AFTER && minor >= 16 {
+                    relkind = Some(r.int()?);
+                }
                 rest.push(r.string()?);
             }
             let mut deps = Vec::new();
@@ -230,6 +248,7 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Result<Option<(Toc, usize)>, ()> {
                 names,
                 section,
                 rest,
+                relkind,
                 deps,
                 flag,
                 offset,

@@ -5,8 +5,9 @@
 //! "offset not set" in every table-of-contents entry, and `pg_restore --jobs N` must then
 //! have every worker scan the archive to find its tables. Writing the offsets into the
 //! restored copy before pg_restore runs (what pg_dump itself does when it can seek) removes
-//! that scanning. Only archive versions this module knows (1.14 — PostgreSQL 15 — and 1.15
-//! — PostgreSQL 16) are touched; others are left exactly as they are.
+//! that scanning. Only archive versions this module knows (1.14 — PostgreSQL 15 —, 1.15 —
+//! PostgreSQL 16 — and 1.16 — PostgreSQL 17 and 18) are touched; others are left exactly as
+//! they are.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -138,7 +139,7 @@ pub fn fill_data_offsets(path: &Path) -> Result<usize, TocError> {
     let off_size = head[9] as usize;
     let format = head[10];
     if major != 1
-        || !(14..=15).contains(&minor)
+        || !(14..=16).contains(&minor)
         || format != 1
         || !(4..=8).contains(&int_size)
         || !(4..=8).contains(&off_size)
@@ -176,8 +177,12 @@ pub fn fill_data_offsets(path: &Path) -> Result<usize, TocError> {
                 r.skip_string()?;
             }
             r.int()?; // section
-            // defn, drop, copy, namespace, tablespace, table AM, owner, with-oids
-            for _ in 0..8 {
+            // defn, drop, copy, namespace, tablespace, table AM, [relkind: 1.16 on,] owner,
+            // with-oids
+            for i in 0..8 {
+                if i == crate::pg::dump_format::RELKIND_AFTER && minor >= 16 {
+                    r.int()?;
+                }
                 r.skip_string()?;
             }
             while r.string()?.is_some() {} // dependencies, NULL-terminated

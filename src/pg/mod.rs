@@ -15,6 +15,7 @@ pub mod dump_toc;
 pub mod reach;
 pub mod sql;
 pub mod untar;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,16 +43,62 @@ pub enum PgError {
         /// The last lines it printed.
         detail: String,
     },
+    /// The tool is installed, but not of the major version the server needs.
+    #[error("{tool} of PostgreSQL {major} is needed ({why}); found {found}: {hint}")]
+    WrongVersion {
+        /// The tool.
+        tool: String,
+        /// The major version needed.
+        major: u32,
+        /// Why that one (the server's version, the base backup's).
+        why: String,
+        /// What was found, with versions (or "none").
+        found: String,
+        /// What to install.
+        hint: String,
+    },
     /// It could not be started or talked to.
     #[error("{0}")]
     Io(String),
 }
 
-/// Where PostgreSQL's binaries are.
+impl PgError {
+    /// Whether the machine lacks a tool (not the run's or the backup's fault): the run
+    /// halts until one is installed.
+    pub fn is_missing_tool(&self) -> bool {
+        matches!(
+            self,
+            PgError::MissingTool { .. } | PgError::WrongVersion { .. }
+        )
+    }
+}
+
+/// Where PostgreSQL's binaries are, and which major version they must be.
 #[derive(Debug, Clone, Default)]
 pub struct Tools {
-    /// An explicit directory (`[postgres] bin_dir` or `LAZARUS_PG_BIN`).
+    /// Explicit directories (`[postgres] bin_dir` or `LAZARUS_PG_BIN`; several separated by
+    /// `:`, one per major version say).
     pub bin_dir: Option<PathBuf>,
+    /// The major version of the server these tools serve, once known (see
+    /// [`versions`]); `None`: the first tool found.
+    pub major: Option<(u32, String)>,
+}
+
+/// The PGDG RPMs keep each major's tools in `/usr/pgsql-N/bin`, outside PATH.
+fn pgdg_rpm_dirs() -> Vec<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let v = name.strip_prefix("pgsql-")?.parse::<u32>().ok()?;
+                    Some((v, e.path().join("bin")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+    versions.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Debian keeps server binaries (initdb, pg_ctl, postgres) out of PATH, per major version.
@@ -75,17 +122,105 @@ impl Tools {
     pub fn new(bin_dir: Option<PathBuf>) -> Self {
         Self {
             bin_dir: bin_dir.or_else(|| std::env::var_os("LAZARUS_PG_BIN").map(PathBuf::from)),
+            major: None,
         }
     }
 
-    /// The path of a tool.
-    pub fn path(&self, tool: &str) -> Result<PathBuf, PgError> {
-        let mut searched = Vec::new();
-        let mut dirs: Vec<PathBuf> = self.bin_dir.iter().cloned().collect();
+    /// These tools, of the major version `major` (a server's, a base backup's: `why` says
+    /// which, for the error when none is installed).
+    pub fn for_major(&self, major: u32, why: impl Into<String>) -> Tools {
+        Tools {
+            bin_dir: self.bin_dir.clone(),
+            major: Some((major, why.into())),
+        }
+    }
+
+    /// These tools, of the major version of the cluster in `data` (its `PG_VERSION`);
+    /// unchanged when it has none.
+    pub fn for_data_dir(&self, data: &Path) -> Tools {
+        match versions::data_dir_major(data) {
+            Some(major) => self.for_major(
+                major,
+                format!(
+                    "the data directory {} is of PostgreSQL {major}",
+                    data.display()
+                ),
+            ),
+            None => self.clone(),
+        }
+    }
+
+    /// These tools, of the major version of the server `server` reaches (asked through
+    /// psql of any version: `server_version_num`), in `database`.
+    pub fn for_server(&self, server: &Server, database: &str) -> Result<Tools, PgError> {
+        let sql = sql::Sql::new(self, server);
+        let num = sql
+            .scalar(database, "SELECT current_setting('server_version_num')")?
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .ok_or_else(|| PgError::Io("the server did not say its server_version_num".into()))?;
+        let major = versions::major_of_version_num(num);
+        Ok(self.for_major(major, format!("the server is PostgreSQL {major}")))
+    }
+
+    /// The directories searched, in order: `bin_dir`, the major's conventional directories
+    /// (when the major is known), PATH, then every Debian and PGDG RPM directory.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .bin_dir
+            .iter()
+            .flat_map(std::env::split_paths)
+            .collect();
+        if let Some((major, _)) = &self.major {
+            dirs.extend(versions::conventional_dirs(*major));
+        }
         dirs.extend(debian_dirs());
         if let Some(path) = std::env::var_os("PATH") {
             dirs.extend(std::env::split_paths(&path));
         }
+        dirs.extend(pgdg_rpm_dirs());
+        let mut seen = std::collections::HashSet::new();
+        dirs.retain(|d| seen.insert(d.clone()));
+        dirs
+    }
+
+    /// The path of a tool: of the major version these tools are for, when it is known
+    /// (each candidate asked its `--version`), else the first found.
+    pub fn path(&self, tool: &str) -> Result<PathBuf, PgError> {
+        let dirs = self.dirs();
+        if let Some((major, why)) = &self.major {
+            let found: Vec<(PathBuf, Option<u32>)> = dirs
+                .iter()
+                .map(|d| d.join(tool))
+                .filter(|c| is_executable(c) && !is_version_wrapper(c))
+                .map(|c| {
+                    let m = versions::tool_major(&c);
+                    (c, m)
+                })
+                .collect();
+            if let Some(path) = versions::choose(tool, *major, &found) {
+                return Ok(path);
+            }
+            let found_text = if found.is_empty() {
+                "none".to_string()
+            } else {
+                found
+                    .iter()
+                    .map(|(p, m)| match m {
+                        Some(m) => format!("{} ({m})", p.display()),
+                        None => format!("{} (version unknown)", p.display()),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(PgError::WrongVersion {
+                tool: tool.to_string(),
+                major: *major,
+                why: why.clone(),
+                found: found_text,
+                hint: versions::install_hint(tool, *major),
+            });
+        }
+        let mut searched = Vec::new();
         for dir in dirs {
             let candidate = dir.join(tool);
             if is_executable(&candidate) {
@@ -103,6 +238,12 @@ impl Tools {
     pub fn command(&self, tool: &str) -> Result<Command, PgError> {
         Ok(Command::new(self.path(tool)?))
     }
+}
+
+/// Debian's `/usr/bin/pg_dump` and friends are links to `pg_wrapper`, which picks a
+/// version per call: its `--version` says nothing about the next call.
+fn is_version_wrapper(path: &Path) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|p| p.file_name().is_some_and(|n| n == "pg_wrapper"))
 }
 
 fn is_executable(path: &Path) -> bool {

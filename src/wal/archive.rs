@@ -522,6 +522,51 @@ pub fn classify(file: &str) -> Result<FileKind, ArchiveError> {
     Ok(kind)
 }
 
+/// How long `wal push` waits for the next segment to hold the rest of a record that began
+/// in the pushed one (PostgreSQL writes it in the same pass, usually before the archiver
+/// starts).
+const NEXT_SEGMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a segment again with the start of the next one beside it (in `pg_wal`), so a record
+/// whose header or transaction time lies past the segment's end is counted in the segment it
+/// starts in; the first scan when the next segment does not hold the rest in time.
+fn rescan_with_next(
+    path: &Path,
+    data: &[u8],
+    named: &SegmentName,
+    first: super::reader::SegmentScan,
+) -> super::reader::SegmentScan {
+    let next_name = SegmentName {
+        timeline: named.timeline,
+        segno: named.segno + 1,
+    }
+    .file_name(first.segment_size);
+    let Some(next_path) = path.parent().map(|dir| dir.join(&next_name)) else {
+        return first;
+    };
+    let started = std::time::Instant::now();
+    loop {
+        // The rest of a record lies in the next segment's first pages.
+        let head = std::fs::File::open(&next_path).ok().and_then(|f| {
+            use std::io::Read;
+            let mut head = Vec::new();
+            f.take(1 << 20).read_to_end(&mut head).ok().map(|_| head)
+        });
+        if let Some(head) = head
+            && let Ok(scan) =
+                super::reader::scan_segment_continued(data, Some(&head), ScanOptions::default())
+            && !scan.split_tail
+        {
+            return scan;
+        }
+        if started.elapsed() >= NEXT_SEGMENT_WAIT {
+            tracing::warn!(segment = %named.file_name(first.segment_size), "the last record continues in {next_name}, which does not hold it yet: its transaction end is not indexed");
+            return first;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -599,6 +644,11 @@ fn encode_file(
         FileKind::Segment | FileKind::Partial => {
             let scan = scan.ok_or_else(|| ArchiveError::Io("segment was not scanned".into()))??;
             let named = SegmentName::parse(&file[..24], scan.segment_size)?;
+            let scan = if scan.split_tail && kind == FileKind::Segment {
+                rescan_with_next(path, &data, &named, scan)
+            } else {
+                scan
+            };
             // A timeline's first segment begins with its parent's WAL (and page headers), so
             // the pages may carry an older timeline than the name.
             if named.segno != scan.name.segno || scan.name.timeline > named.timeline {

@@ -2,9 +2,10 @@
 //! catalog needs — the LSN range, and the commit/abort timestamps (`xl_xact_commit.xact_time`)
 //! that decide which segments a point-in-time target needs.
 //!
-//! It reads PostgreSQL 15–17 (page magic 0xD110, 0xD113, 0xD116; the page, record and
-//! transaction layouts it touches are the same in all three) and refuses other magics by
-//! name. It never panics on bad input: every length is checked against the segment.
+//! It reads PostgreSQL 15–18 (page magic 0xD110, 0xD113, 0xD116, 0xD118; the page, record
+//! and transaction layouts it touches are the same in all four — 18 grew the dropped-stats
+//! items of a commit's xinfo area from 12 to 16 bytes, which this reader never walks) and
+//! refuses other magics by name. It never panics on bad input: every length is checked against the segment.
 //!
 //! A record that begins in one segment and ends in the next belongs to the segment it starts
 //! in, as `pg_waldump` places it by its start LSN: that scan reads the part it has (a commit's
@@ -18,7 +19,7 @@ use super::WalError;
 use super::names::{Lsn, SegmentName};
 
 /// Page magics this build reads, with the PostgreSQL major version that writes each.
-pub const PAGE_MAGICS: &[(u16, u32)] = &[(0xD110, 15), (0xD113, 16), (0xD116, 17)];
+pub const PAGE_MAGICS: &[(u16, u32)] = &[(0xD110, 15), (0xD113, 16), (0xD116, 17), (0xD118, 18)];
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 const XLP_LONG_HEADER: u16 = 0x0002;
@@ -134,6 +135,11 @@ pub struct SegmentScan {
     /// That record is a transaction end: stopping at it needs the next segment.
     #[serde(default)]
     pub runs_off_xact: bool,
+    /// That record could not be read from this segment alone (its header, or a transaction
+    /// end's time, lies past the end): read again with the next segment
+    /// ([`scan_segment_continued`]) to count it here.
+    #[serde(default)]
+    pub split_tail: bool,
     /// With `runs_off_xact`: the latest transaction end among the records that end in this
     /// segment (what replay can reach without the next one).
     #[serde(default)]
@@ -218,6 +224,18 @@ enum Gathered {
 
 /// Reads one WAL segment (the whole file, as PostgreSQL archives it).
 pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, WalError> {
+    scan_segment_continued(data, None, options)
+}
+
+/// Reads one WAL segment; with `next` (the bytes of the segment after it, as far as they
+/// are written), a record that begins in this segment and ends in the next is read whole —
+/// a commit whose header or `xact_time` lies past this segment's end is then counted here,
+/// in the segment it starts in, as `pg_waldump` places it. See [`SegmentScan::split_tail`].
+pub fn scan_segment_continued(
+    data: &[u8],
+    next: Option<&[u8]>,
+    options: ScanOptions,
+) -> Result<SegmentScan, WalError> {
     if data.len() < LONG_PAGE_HEADER {
         return Err(WalError::NotWal(format!(
             "the file is {} bytes, too short for a WAL segment",
@@ -284,6 +302,7 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
         ends_early: false,
         runs_off: false,
         runs_off_xact: false,
+        split_tail: false,
         last_complete_xact_time: None,
         xid_range: None,
         restore_points: Vec::new(),
@@ -331,6 +350,46 @@ pub fn scan_segment(data: &[u8], options: ScanOptions) -> Result<SegmentScan, Wa
             None => match gather(data, &layout, pos, &mut record) {
                 Gathered::Complete(end) => (&record[..], end),
                 Gathered::RunsOff => {
+                    let next_layout = Layout {
+                        magic,
+                        page_size,
+                        start: start + segment_size,
+                    };
+                    if let Some(next) = next
+                        && continue_into(next, &next_layout, &mut record)
+                        && record_is_valid(&record, prev)
+                    {
+                        // The whole record, read across the boundary: it belongs here.
+                        scan.records += 1;
+                        scan.runs_off = true;
+                        let (rmid, info) = (record[17], record[16]);
+                        if rmid == RM_XLOG_ID
+                            && info & 0xF0 == XLOG_RESTORE_POINT
+                            && let Some(point) =
+                                main_data(&record).and_then(|m| restore_point(m, record_lsn))
+                        {
+                            scan.restore_points.push(point);
+                        }
+                        if rmid == RM_XACT_ID
+                            && let Some(main) = main_data(&record)
+                        {
+                            let before = scan.commits + scan.aborts;
+                            let complete = scan.last_xact_time;
+                            note_xact(&mut scan, &record, main, record_lsn, info, options);
+                            scan.runs_off_xact = scan.commits + scan.aborts > before;
+                            if scan.runs_off_xact {
+                                scan.last_complete_xact_time = complete;
+                            }
+                        }
+                        scan.end_lsn = Lsn(start + segment_size);
+                        break;
+                    }
+                    // Without the next segment, a record whose header, or whose transaction
+                    // time, lies past the end cannot be read here: say so, so the caller
+                    // can read again with the next segment at hand.
+                    scan.split_tail = record.len() < RECORD_HEADER
+                        || (record.get(17) == Some(&RM_XACT_ID)
+                            && leading_main_data(&record).is_none_or(|m| m.len() < 8));
                     if header_is_plausible(&record, prev) {
                         scan.records += 1;
                         scan.runs_off = true;
@@ -450,6 +509,36 @@ fn gather(data: &[u8], layout: &Layout, pos: usize, out: &mut Vec<u8>) -> Gather
         cursor = body + take;
     }
     Gathered::Complete(cursor)
+}
+
+/// Appends the rest of a record begun in the previous segment from `next`'s first pages
+/// (each marked as continuing it, with the matching remaining length); whether the record
+/// is then whole.
+fn continue_into(next: &[u8], layout: &Layout, out: &mut Vec<u8>) -> bool {
+    let Some(total) = u32_at(out, 0).map(|t| t as usize) else {
+        return false;
+    };
+    if !(RECORD_HEADER..=MAX_RECORD).contains(&total) {
+        return false;
+    }
+    let mut cursor = 0usize;
+    while out.len() < total {
+        let Some(page) = layout.page(next, cursor) else {
+            return false;
+        };
+        let remaining = total - out.len();
+        if page.info & XLP_FIRST_IS_CONTRECORD == 0 || page.rem_len as usize != remaining {
+            return false;
+        }
+        let body = cursor + page.header_len;
+        let take = remaining.min(layout.page_size - page.header_len);
+        let Some(bytes) = next.get(body..body + take) else {
+            return false;
+        };
+        out.extend_from_slice(bytes);
+        cursor += layout.page_size;
+    }
+    true
 }
 
 /// Checks the record's CRC-32C and back link.
