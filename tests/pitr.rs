@@ -826,3 +826,110 @@ fn a_data_directory_on_a_disk_too_small_is_refused_before_unpacking() {
     assert!(!data.exists(), "the partial data directory is gone");
     assert_eq!(report["status"], "halted", "resume can fix it: {report}");
 }
+
+/// A PITR cut over through pgbouncer writes a new timeline into the archive; the rollback
+/// gives the traffic back to the old primary. From then on "latest" is the old primary's
+/// timeline again: plans, `wal status`, an index rebuilt from the stores and a real
+/// recovery all follow it, and the restored server (kept) archives nothing more.
+#[test]
+fn a_rolled_back_cut_over_leaves_latest_on_the_timeline_the_live_primary_writes() {
+    let mut p = Pitr::new();
+    let commits = p.backed_up_with_commits(4);
+    let primary = p.a.cluster.port;
+    let bouncer = common::pg::Bouncer::start(primary, "postgres");
+    let mut args = p.recover_args(&commits[1].1, "cut");
+    for a in args.iter_mut().filter(|a| *a == "cutover=none") {
+        *a = "cutover=pgbouncer".into();
+    }
+    args.extend([
+        "--param".into(),
+        format!("pgbouncer_ini={}", bouncer.ini.display()),
+        "--param".into(),
+        format!("pgbouncer_port={}", bouncer.port),
+        "--param".into(),
+        "pgbouncer_admin=postgres".into(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = p.lazarus(&refs);
+    let data = p.a.cluster.root.join("cut");
+    if data.join("postmaster.pid").exists() {
+        p.restored.push(Restored { data: data.clone() });
+    }
+    ok(out, "recover with a cut-over");
+    let report: Value =
+        serde_json::from_str(&ok(p.lazarus(&["status", "pitr-cut", "--json"]), "status")).unwrap();
+    let restored = step(&report, "recover")["output"]["port"].as_u64().unwrap() as u16;
+    assert_eq!(
+        step(&report, "recover")["output"]["timeline"],
+        2,
+        "{report}"
+    );
+    // Taking traffic, the restored server archives its timeline 2.
+    psql_at(restored, "INSERT INTO ticks (id) VALUES (1000)");
+    p.archive_now(restored);
+    let status = |p: &Pitr| -> Value {
+        serde_json::from_str(&ok(
+            p.lazarus(&["wal", "status", "--rpo", "1h", "--json"]),
+            "wal status",
+        ))
+        .unwrap()
+    };
+    assert_eq!(status(&p)["timeline"], 2);
+
+    ok(
+        p.lazarus(&["rollback", "pitr-cut", "--reason", "wrong moment"]),
+        "rollback",
+    );
+    let ini = std::fs::read_to_string(&bouncer.ini).unwrap();
+    assert!(ini.contains(&format!("port={primary}")), "{ini}");
+    assert!(
+        lazarus::pg::archiving::is_held(&data),
+        "the rolled-back server must hold its archiving again"
+    );
+    let report: Value =
+        serde_json::from_str(&ok(p.lazarus(&["status", "pitr-cut", "--json"]), "status")).unwrap();
+    assert_eq!(report["status"], "rolled_back", "{report}");
+
+    // The live primary writes on, on timeline 1.
+    let later = p.commit_rows(primary, 5..=7);
+    p.archive_now(primary);
+    let s = status(&p);
+    assert_eq!(s["timeline"], 1, "{s}");
+    assert_eq!(s["abandoned_timelines"][0]["timeline"], 2, "{s}");
+    let human = ok(p.lazarus(&["wal", "status", "--rpo", "1h"]), "wal status");
+    assert!(human.contains("timeline 2 is abandoned"), "{human}");
+    let plan_timeline = |p: &Pitr| -> Value {
+        let plan: Value = serde_json::from_str(&ok(
+            p.lazarus(&["pitr", "plan", "--to", &later[2].1, "--json"]),
+            "pitr plan to the primary's newest commit",
+        ))
+        .unwrap();
+        plan["timeline"].clone()
+    };
+    assert_eq!(plan_timeline(&p), 1);
+    // An index rebuilt from the stores reads the record back.
+    ok(p.lazarus(&["wal", "sync", "--full"]), "wal sync --full");
+    assert_eq!(plan_timeline(&p), 1);
+    assert_eq!(status(&p)["timeline"], 1);
+    // `--timeline 2` still names the abandoned one.
+    let out = p.lazarus(&[
+        "pitr",
+        "plan",
+        "--to",
+        &commits[1].1,
+        "--timeline",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real recovery to the primary's newest commit follows timeline 1 to exactly it.
+    let (report, port) = p.recover(&later[2].1, "after");
+    assert_eq!(step_status(&report, "recover"), "completed");
+    assert_eq!(ids(port), vec![1, 2, 3, 4, 5, 6, 7]);
+    drop(bouncer);
+}

@@ -88,9 +88,13 @@ pub fn opt_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Str
     string_list(d).map(Some)
 }
 
-/// An optional string that may also arrive as a number or boolean.
+/// An optional string that may also arrive as a number or boolean; `null` (a whole-value
+/// `${steps.x.y}` whose output was null) is absent.
 pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    scalar_text(Value::deserialize(d)?).map(Some)
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        value => scalar_text(value).map(Some),
+    }
 }
 
 /// An optional duration given as text such as `"10s"`.

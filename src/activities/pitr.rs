@@ -54,6 +54,7 @@ static PLAN_SPEC: ActivitySpec = ActivitySpec {
     ],
     outputs: &[
         "plan",
+        "pg_major",
         "backup_id",
         "key",
         "size",
@@ -165,7 +166,24 @@ impl Activity for PitrPlan {
             .ok_or_else(|| {
                 ActivityError::permanent("the planned backup vanished from the catalog")
             })?;
+        // The restored server runs the base backup's major version: without its pg_ctl
+        // here, nothing is downloaded (the run halts until it is installed).
+        let major = crate::pg::versions::major_of_server_version(&manifest.server_version);
+        if let Some(major) = major {
+            self.services
+                .pg_tools
+                .for_major(
+                    major,
+                    format!(
+                        "the base backup {} is of PostgreSQL {major}, and so is the server restored from it",
+                        manifest.id
+                    ),
+                )
+                .path("pg_ctl")
+                .map_err(|e| ActivityError::environment(e.to_string()))?;
+        }
         Ok(json!({
+            "pg_major": major,
             "plan": plan,
             "backup_id": manifest.id,
             "key": manifest.key,
@@ -480,7 +498,7 @@ static START_SPEC: ActivitySpec = ActivitySpec {
         InputSpec {
             name: "timeline",
             required: false,
-            help: "recovery_target_timeline (default latest)",
+            help: "recovery_target_timeline: the plan's timeline by number (default latest)",
         },
         InputSpec {
             name: "inclusive",
@@ -539,7 +557,9 @@ struct StartInputs {
     port: u64,
     target: String,
     archive: String,
-    #[serde(default)]
+    /// The plan's timeline by number (so PostgreSQL does not follow the newest history
+    /// file, which may be an abandoned timeline's), or `latest`.
+    #[serde(default, deserialize_with = "super::inputs::opt_text")]
     timeline: Option<String>,
     #[serde(default = "yes", deserialize_with = "lenient_bool")]
     inclusive: bool,
@@ -616,7 +636,7 @@ fn quote(text: &str) -> String {
 }
 
 fn server_running(services: &Services, data: &std::path::Path) -> bool {
-    Cluster::server_command(&services.pg_tools, "pg_ctl")
+    Cluster::server_command(&services.pg_tools.for_data_dir(data), "pg_ctl")
         .map(|mut cmd| {
             cmd.arg("-D")
                 .arg(data)
@@ -684,13 +704,15 @@ impl Activity for StartRecovery {
         }
         if !leftovers.dry_run {
             let stopped = tokio::task::block_in_place(|| {
-                Cluster::server_command(&self.services.pg_tools, "pg_ctl").map(|mut cmd| {
-                    cmd.arg("-D")
-                        .arg(&data)
-                        .args(["-m", "fast", "-w", "stop"])
-                        .stdin(std::process::Stdio::null())
-                        .output()
-                })
+                Cluster::server_command(&self.services.pg_tools.for_data_dir(&data), "pg_ctl").map(
+                    |mut cmd| {
+                        cmd.arg("-D")
+                            .arg(&data)
+                            .args(["-m", "fast", "-w", "stop"])
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                    },
+                )
             })
             .map_err(pg_failure)?
             .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;
@@ -929,17 +951,19 @@ impl Activity for StartRecovery {
             }
             let socket_dir = data.clone();
             let status = tokio::task::block_in_place(|| {
-                Cluster::server_command(&self.services.pg_tools, "pg_ctl").map(|mut cmd| {
-                    cmd.arg("-D")
-                        .arg(&data)
-                        .arg("-l")
-                        .arg(&log)
-                        .args(["-W", "-o"])
-                        .arg(format!("-k {}", socket_dir.display()))
-                        .arg("start")
-                        .stdin(std::process::Stdio::null())
-                        .output()
-                })
+                Cluster::server_command(&self.services.pg_tools.for_data_dir(&data), "pg_ctl").map(
+                    |mut cmd| {
+                        cmd.arg("-D")
+                            .arg(&data)
+                            .arg("-l")
+                            .arg(&log)
+                            .args(["-W", "-o"])
+                            .arg(format!("-k {}", socket_dir.display()))
+                            .arg("start")
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                    },
+                )
             })
             .map_err(pg_failure)?
             .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;

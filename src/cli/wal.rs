@@ -158,7 +158,7 @@ pub enum PitrCommand {
     Plan {
         #[command(flatten)]
         target: TargetArgs,
-        /// Recover along this timeline (default: the newest).
+        /// Recover along this timeline (default: the newest that is not abandoned: the live primary's).
         #[arg(long)]
         timeline: Option<u32>,
         #[command(flatten)]
@@ -744,6 +744,18 @@ fn print_status(answer: &Value) {
             text(&answer["last_segment"]),
             if lag <= rpo { "OK" } else { "EXCEEDED" }
         ),
+    }
+    for a in answer["abandoned_timelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  timeline {} is abandoned (passed over as latest) since {}: {}",
+            a["timeline"],
+            text(&a["at"]),
+            text(&a["reason"])
+        );
     }
 }
 

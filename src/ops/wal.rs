@@ -178,8 +178,15 @@ pub fn status(
     archive: &str,
     rpo_seconds: f64,
 ) -> Result<Value, ControlError> {
-    let all = catalog.timelines(archive).map_err(refused)?;
-    let Some(&latest) = all.last() else {
+    let abandoned: Vec<Value> = catalog
+        .abandoned(archive)
+        .map_err(refused)?
+        .into_iter()
+        .filter(|a| catalog.is_abandoned(archive, a.timeline).unwrap_or(false))
+        .map(|a| json!({ "timeline": a.timeline, "at": a.at, "reason": a.reason }))
+        .collect();
+    // The timeline the live primary writes: a rolled-back cut-over's is passed over.
+    let Some(latest) = catalog.latest_timeline(archive).map_err(refused)? else {
         return Ok(
             json!({"archive": archive, "ok": false, "lag_seconds": null, "rpo_seconds": rpo_seconds,
             "message": "nothing is archived yet"}),
@@ -206,5 +213,6 @@ pub fn status(
         "lag_seconds": lag,
         "rpo_seconds": rpo_seconds,
         "ok": ok,
+        "abandoned_timelines": abandoned,
     }))
 }

@@ -27,6 +27,28 @@ pub fn is_held(data_dir: &Path) -> bool {
         .is_ok_and(|text| text.lines().any(|l| l.ends_with(HOLD_MARK)))
 }
 
+/// Holds archiving again (a rolled-back cut-over: traffic went back to the old primary, and
+/// the archive is its again): the hold's lines are appended, every other byte kept; whether
+/// they were added (false: held already).
+pub fn hold(data_dir: &Path) -> Result<bool, String> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.lines().any(|l| l.ends_with(HOLD_MARK)) {
+        return Ok(false);
+    }
+    let mut held = text;
+    if !held.is_empty() && !held.ends_with('\n') {
+        held.push('\n');
+    }
+    for line in hold_lines() {
+        held.push_str(&line);
+        held.push('\n');
+    }
+    crate::userfile::rewrite(&path, held.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
 /// Removes the hold from the settings (every other byte kept); whether there was one.
 pub fn release(data_dir: &Path) -> Result<bool, String> {
     let path = data_dir.join("postgresql.auto.conf");
@@ -65,5 +87,20 @@ mod tests {
         );
         assert!(!is_held(dir.path()));
         assert!(!release(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn holding_again_appends_the_lines_once_and_releasing_restores_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = "# Do not edit\nwork_mem = '8MB'";
+        std::fs::write(dir.path().join("postgresql.auto.conf"), before).unwrap();
+        assert!(hold(dir.path()).unwrap());
+        assert!(is_held(dir.path()));
+        assert!(!hold(dir.path()).unwrap());
+        assert!(release(dir.path()).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap(),
+            format!("{before}\n")
+        );
     }
 }

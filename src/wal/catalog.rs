@@ -7,10 +7,12 @@
 //! `s` timeline+segno → manifest; `t` timeline+time+segno → (); `r` timeline → runs;
 //! `h` timeline → history manifest; `o` file → manifest of other files; `k` file → ();
 //! `x` timeline+segno → the xid range of its transaction ends (8 bytes); `p` timeline+segno
-//! → its restore points (JSON), for segments that have any.
+//! → its restore points (JSON), for segments that have any; `a` timeline → its
+//! [`Abandoned`] record, for timelines a rolled-back cut-over left.
 
 use serde::{Deserialize, Serialize};
 
+use super::abandoned::Abandoned;
 use super::archive::{
     ArchiveError, FileKind, RestorePointEntry, WalManifest, read_manifests, rfc3339_to_micros,
 };
@@ -192,6 +194,58 @@ impl WalCatalog {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// Records a timeline as abandoned (see [`super::abandoned`]); a record already there
+    /// for the same history is kept as it was.
+    pub fn mark_abandoned(&self, archive: &str, record: &Abandoned) -> Result<(), WalCatalogError> {
+        let k = key(b'a', archive, &record.timeline.to_be_bytes());
+        if let Some(old) = self.tree.get(&k).map_err(store_err)?
+            && serde_json::from_slice::<Abandoned>(&old).is_ok_and(|o| o.history == record.history)
+        {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(record).map_err(store_err)?;
+        self.tree.insert(k, json).map_err(store_err)?;
+        Ok(())
+    }
+
+    /// The abandoned-timeline records of an archive, by timeline.
+    pub fn abandoned(&self, archive: &str) -> Result<Vec<Abandoned>, WalCatalogError> {
+        self.tree
+            .scan_prefix(key(b'a', archive, &[]))
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(store_err)?;
+                serde_json::from_slice(&bytes).map_err(store_err)
+            })
+            .collect()
+    }
+
+    /// Whether `timeline` is abandoned: a record names it with the history the archive
+    /// holds for it (a later timeline reusing the number has another history).
+    pub fn is_abandoned(&self, archive: &str, timeline: u32) -> Result<bool, WalCatalogError> {
+        let Some(bytes) = self
+            .tree
+            .get(key(b'a', archive, &timeline.to_be_bytes()))
+            .map_err(store_err)?
+        else {
+            return Ok(false);
+        };
+        let record: Abandoned = serde_json::from_slice(&bytes).map_err(store_err)?;
+        Ok(self.history(archive, timeline)?.as_ref() == Some(&record.history))
+    }
+
+    /// The timeline "latest" means: the newest one that is not abandoned — the one the live
+    /// primary writes. A descendant of an abandoned timeline is not passed over (it reached
+    /// the archive only through a later cut-over: traffic is there). `None` when nothing is
+    /// archived.
+    pub fn latest_timeline(&self, archive: &str) -> Result<Option<u32>, WalCatalogError> {
+        for timeline in self.timelines(archive)?.into_iter().rev() {
+            if !self.is_abandoned(archive, timeline)? {
+                return Ok(Some(timeline));
+            }
+        }
+        Ok(None)
     }
 
     /// A timeline's ancestry from its history file, oldest first; `None` without one.
@@ -395,6 +449,7 @@ impl WalCatalog {
         stores: &StoreSet,
         archive: &str,
     ) -> Result<(String, usize), WalCatalogError> {
+        self.merge_abandoned(stores, archive).await;
         let mut last = None;
         for store in stores.stores() {
             match self.sync_from(store.as_ref(), archive).await {
@@ -408,7 +463,38 @@ impl WalCatalog {
         Err(last.unwrap_or_else(|| WalCatalogError::Store("no stores are configured".into())))
     }
 
-    /// Forgets one archive's index (before a full rebuild).
+    /// Adds the abandoned-timeline records every store holds (a rollback writes them to the
+    /// stores it reaches: any one may have missed some). A store that cannot be read within
+    /// a few seconds is passed over; its records come with a later sync.
+    async fn merge_abandoned(&self, stores: &StoreSet, archive: &str) {
+        let reads = stores.stores().iter().map(|store| async move {
+            let limit = std::time::Duration::from_secs(5);
+            match tokio::time::timeout(limit, super::abandoned::read_from(store.as_ref(), archive))
+                .await
+            {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the abandoned timelines of a store");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        store = store.name(),
+                        "the abandoned timelines of this store did not answer within 5s"
+                    );
+                    Vec::new()
+                }
+            }
+        });
+        for record in futures::future::join_all(reads).await.into_iter().flatten() {
+            if let Err(e) = self.mark_abandoned(archive, &record) {
+                tracing::warn!(error = %e, "cannot index an abandoned timeline");
+            }
+        }
+    }
+
+    /// Forgets one archive's index (before a full rebuild). Abandoned-timeline records
+    /// stay: the local record may be the only one while the stores are down.
     pub fn clear(&self, archive: &str) -> Result<(), WalCatalogError> {
         for tag in [b's', b't', b'r', b'h', b'o', b'k', b'x', b'p'] {
             for entry in self.tree.scan_prefix(key(tag, archive, &[])) {

@@ -1,6 +1,7 @@
 //! Point-in-time recovery's foundations: WAL names and positions, Lazarus's own WAL reader,
 //! the archive (push and fetch), the segment catalog and PITR planning.
 
+pub mod abandoned;
 pub mod ahead;
 pub mod archive;
 pub mod catalog;
@@ -31,8 +32,10 @@ pub enum WalError {
     NotWal(String),
     /// A WAL page magic this build does not know.
     #[error(
-        "WAL page magic {0:#06X} is not a format this build reads (PostgreSQL 15, 16 and 17 \
-         write 0xD110, 0xD113 and 0xD116); use a Lazarus release that supports this server"
+        "WAL page magic {0:#06X} is not a format this build reads (PostgreSQL 15, 16, 17 and \
+         18 write 0xD110, 0xD113, 0xD116 and 0xD118): nothing was archived, and PostgreSQL \
+         keeps the segment in pg_wal and retries; use a Lazarus release that supports this \
+         server, or archive with another tool meanwhile"
     )]
     UnknownMagic(u16),
 }

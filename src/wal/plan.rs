@@ -30,7 +30,8 @@ pub struct BaseBackup {
 /// Which timeline to recover along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimelineChoice {
-    /// The newest timeline in the archive (PostgreSQL's `latest`).
+    /// The newest timeline in the archive that is not abandoned: the one the live primary
+    /// writes (see [`super::abandoned`]).
     Latest,
     /// A named timeline (its ancestry is followed).
     Exactly(u32),
@@ -258,9 +259,8 @@ pub(super) fn route<'a>(
 ) -> Result<Route<'a>, PlanError> {
     let timeline = match timeline {
         TimelineChoice::Exactly(t) => t,
-        TimelineChoice::Latest => *catalog
-            .timelines(archive)?
-            .last()
+        TimelineChoice::Latest => catalog
+            .latest_timeline(archive)?
             .ok_or_else(|| PlanError::Empty(archive.to_string()))?,
     };
     let path = timeline_path(catalog, archive, timeline)?;
@@ -932,5 +932,81 @@ mod tests {
                 last_file: "000000010000000000000009".into(),
             }]
         );
+    }
+
+    #[test]
+    fn latest_passes_over_an_abandoned_timeline_but_not_a_reused_number_or_a_descendant() {
+        use crate::wal::abandoned::Abandoned;
+        use crate::wal::archive::FileKind;
+        use crate::wal::names::HistoryEntry;
+        let c = catalog();
+        let backup = synthetic_archive(&c, "main", 10, T0, 60).unwrap();
+        let size = crate::wal::names::DEFAULT_SEGMENT_SIZE;
+        let add_history = |timeline: u32, history: Vec<HistoryEntry>| {
+            let mut m = c.list("main").unwrap()[0].clone();
+            m.kind = FileKind::History;
+            m.file = format!("{timeline:08X}.history");
+            m.timeline = timeline;
+            m.segno = None;
+            m.history = history;
+            c.insert(&m).unwrap();
+        };
+        let branch = |parent: u32, segno: u64| HistoryEntry {
+            parent,
+            switch: Lsn(segno * size + 100),
+            reason: "restored for inspection".into(),
+        };
+        // A cut-over to a restored server wrote timeline 2; the rollback abandoned it.
+        add_history(2, vec![branch(1, 6)]);
+        assert_eq!(c.latest_timeline("main").unwrap(), Some(2));
+        let record = Abandoned {
+            timeline: 2,
+            at: "2026-12-08T00:00:00Z".into(),
+            reason: "run r rolled back".into(),
+            history: vec![branch(1, 6)],
+        };
+        c.mark_abandoned("main", &record).unwrap();
+        assert_eq!(c.latest_timeline("main").unwrap(), Some(1));
+        // A target after the branch point plans along timeline 1, the live primary's.
+        let late = T0 + 9 * 60_000_000;
+        let p = plan(
+            &c,
+            "main",
+            late,
+            TimelineChoice::Latest,
+            std::slice::from_ref(&backup),
+        )
+        .unwrap();
+        assert_eq!(p.timeline, 1);
+        assert_eq!(p.chain.last().unwrap().timeline, 1);
+        // --timeline 2 still names it (up to its own archived end: the branch point here).
+        assert_eq!(
+            plan(
+                &c,
+                "main",
+                T0 + 3 * 60_000_000,
+                TimelineChoice::Exactly(2),
+                std::slice::from_ref(&backup)
+            )
+            .unwrap()
+            .timeline,
+            2
+        );
+        // A descendant of the abandoned timeline (traffic was cut over again) is followed.
+        add_history(3, vec![branch(1, 6), branch(2, 7)]);
+        assert_eq!(c.latest_timeline("main").unwrap(), Some(3));
+        // A later server reusing number 2 with another history is not passed over.
+        let c2 = catalog();
+        synthetic_archive(&c2, "main", 10, T0, 60).unwrap();
+        let mut m = c2.list("main").unwrap()[0].clone();
+        m.kind = FileKind::History;
+        m.file = "00000002.history".into();
+        m.timeline = 2;
+        m.segno = None;
+        m.history = vec![branch(1, 8)];
+        c2.insert(&m).unwrap();
+        c2.mark_abandoned("main", &record).unwrap();
+        assert_eq!(c2.latest_timeline("main").unwrap(), Some(2));
+        assert_eq!(c2.abandoned("main").unwrap(), vec![record]);
     }
 }
