@@ -78,7 +78,9 @@ pub struct PostgresConfig {
     pub user: Option<String>,
     /// Name of the environment variable holding the password.
     pub password_env: Option<String>,
-    /// Directory of pg_dump, pg_restore, psql (default: found on the machine).
+    /// Directories of PostgreSQL's tools, several separated by `:` (one per major version,
+    /// say): searched first for tools of the server's major version (default: found on the
+    /// machine).
     pub bin_dir: Option<PathBuf>,
 }
 

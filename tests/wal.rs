@@ -4,11 +4,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::wal::Archiving;
+use common::wal::{Archiving, waldump_xacts_across};
 use lazarus::pg::Tools;
 use lazarus::wal::reader::{ScanOptions, XactKind, scan_segment};
+
+fn pg_waldump() -> std::path::PathBuf {
+    Tools::new(None)
+        .path("pg_waldump")
+        .expect("pg_waldump (Debian: apt-get install postgresql)")
+}
 
 fn workload(a: &Archiving, rounds: usize) {
     a.psql("CREATE TABLE IF NOT EXISTS t (id serial primary key, at timestamptz default clock_timestamp(), pad text)");
@@ -40,7 +45,7 @@ fn fetched(a: &Archiving, state: &Path, segment: &str, dest: &Path) -> Vec<u8> {
 
 /// (lsn, kind, time in µs) of every commit/abort pg_waldump finds in one segment file.
 fn waldump_xacts(file: &Path) -> Vec<(String, String, i64)> {
-    waldump_xacts_across(file, None)
+    waldump_xacts_across(&pg_waldump(), file, None)
         .into_iter()
         .map(|(lsn, _, kind, time)| (lazarus::wal::Lsn(lsn).to_string(), kind, time))
         .collect()
@@ -119,62 +124,6 @@ fn wal_reader_agrees_with_pg_waldump_on_commit_times() {
     assert!(compared > 50, "only {compared} transaction ends compared");
 }
 
-/// (lsn, total length, kind, time in µs) of every commit/abort pg_waldump reads from the
-/// segment file `first`, or from `first` to `last` (records that cross from one into the
-/// next included).
-fn waldump_xacts_across(first: &Path, last: Option<&Path>) -> Vec<(u64, u64, String, i64)> {
-    let out = Command::new(
-        Tools::new(None)
-            .path("pg_waldump")
-            .expect("pg_waldump (Debian: apt-get install postgresql)"),
-    )
-    .args(["--rmgr=Transaction"])
-    .arg(first)
-    .args(last)
-    .env("TZ", "UTC")
-    .output()
-    .expect("run pg_waldump");
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let (Some(lsn), Some(len), Some(desc)) = (
-            line.split("lsn: ").nth(1).and_then(|s| s.split(',').next()),
-            line.split("len (rec/tot): ")
-                .nth(1)
-                .and_then(|s| s.split(',').next())
-                .and_then(|s| s.split('/').nth(1)),
-            line.split("desc: ").nth(1),
-        ) else {
-            continue;
-        };
-        let mut words = desc.splitn(2, ' ');
-        let kind = words.next().unwrap_or("").to_string();
-        if kind != "COMMIT" && kind != "ABORT" {
-            continue;
-        }
-        let stamp = words
-            .next()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        let time = chrono::NaiveDateTime::parse_from_str(
-            stamp.trim_end_matches(" UTC"),
-            "%Y-%m-%d %H:%M:%S%.f",
-        )
-        .unwrap_or_else(|e| panic!("pg_waldump time {stamp:?}: {e}"))
-        .and_utc()
-        .timestamp_micros();
-        found.push((
-            lsn.trim().parse::<lazarus::wal::Lsn>().unwrap().0,
-            len.trim().parse().unwrap(),
-            kind,
-            time,
-        ));
-    }
-    found
-}
-
 /// Ends a transaction of 3000 subtransactions (a ~12 KB commit or abort record) a few KiB
 /// before the end of the current segment, so that its record crosses into the next one.
 fn end_big_transaction_at_a_segment_end(a: &Archiving, end: &str) {
@@ -209,7 +158,7 @@ fn a_transaction_end_that_crosses_a_segment_boundary_belongs_to_the_segment_it_s
             let name = |n: u64| format!("{}{:08X}{:08X}", &current[..8], n >> 8, n & 0xFF);
             let (before, after) = (a.pg_wal().join(name(segno - 1)), a.pg_wal().join(&current));
             let boundary = segno << 24;
-            let theirs = waldump_xacts_across(&before, Some(&after));
+            let theirs = waldump_xacts_across(&pg_waldump(), &before, Some(&after));
             if let Some(x) = theirs
                 .iter()
                 .find(|x| x.2 == kind && x.0 < boundary && x.0 + x.1 > boundary)

@@ -97,6 +97,7 @@ static SPEC: ActivitySpec = ActivitySpec {
         "unflushed_in_boot",
         "streamed",
         "streamed_tables",
+        "results",
     ],
 };
 
@@ -612,6 +613,7 @@ impl Activity for Decrypt {
                         "reused": false, "split_tables": split_tables, "table_parts": table_parts,
                         "unflushed_in_boot": boot.unwrap_or_default(),
                         "streamed": false,
+                        "results": not_streamed(&inputs),
                     }));
                 }
                 // Idempotent: plaintext already in place and matching the index is reused.
@@ -729,5 +731,15 @@ impl Activity for Decrypt {
                 inputs.src.display()
             ))),
         }
+    }
+}
+
+/// Why a restore that asked to stream writes the archive out instead (reported, never
+/// silent); empty when it did not ask.
+fn not_streamed(inputs: &Inputs) -> Value {
+    if inputs.decompress && inputs.stream && inputs.data_blocks.is_none() {
+        json!({ "streaming": "not streamed: the backup's manifest has no data blocks (large objects, or a pg_dump archive format the Lazarus that took it could not index), so the archive was written out whole first" })
+    } else {
+        json!({})
     }
 }

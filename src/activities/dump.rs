@@ -55,6 +55,7 @@ static SPEC: ActivitySpec = ActivitySpec {
         "plaintext_size",
         "manifest",
         "seconds",
+        "results",
     ],
 };
 
@@ -355,7 +356,15 @@ impl Activity for Dump {
             physical: None,
             data_blocks: scanner.finish(),
         };
+        // A backup that cannot be streamed at restore says so now, not only when it is
+        // restored more slowly.
+        let results = if manifest.data_blocks.is_none() {
+            json!({ "streaming": "this backup will be restored written out, not streamed: its archive could not be indexed (large objects, or a pg_dump archive format this version of Lazarus does not read)" })
+        } else {
+            json!({})
+        };
         Ok(json!({
+            "results": results,
             "id": id,
             "path": inputs.dest,
             "key": object_key,

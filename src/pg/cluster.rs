@@ -78,6 +78,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The tools this cluster runs with.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
     /// Creates a new cluster (initdb) in a fresh temporary directory.
     pub fn create(tools: Tools, name: &str) -> Result<Cluster, PgError> {
         let root = std::env::temp_dir().join(format!(

@@ -14,10 +14,51 @@ pub struct Pg {
     pub cluster: Cluster,
 }
 
+/// The majors every test of the core runs on.
+pub const MAJORS: [u32; 4] = [15, 16, 17, 18];
+
+/// The bin directory of a PostgreSQL major's tools: Debian's for 15, else a toolkit that
+/// scripts/setup.sh installs under /opt/lazarus-pg/N (LAZARUS_PG_ROOT moves it).
+pub fn pg_bin(major: u32) -> PathBuf {
+    let dir = if major == 15 {
+        PathBuf::from("/usr/lib/postgresql/15/bin")
+    } else {
+        std::env::var_os("LAZARUS_PG_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/lazarus-pg"))
+            .join(major.to_string())
+            .join("bin")
+    };
+    assert!(
+        dir.join("postgres").is_file() && dir.join("pg_dump").is_file(),
+        "this test needs PostgreSQL {major}'s tools in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Every major's bin directory, as one `bin_dir` (15 first: Lazarus must pick by version).
+pub fn all_pg_bins() -> String {
+    MAJORS
+        .iter()
+        .map(|m| pg_bin(*m).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 impl Pg {
     /// initdb + start; fails naming the tools if PostgreSQL is not installed.
     pub fn start() -> Pg {
-        let mut cluster = Cluster::create(Tools::new(None), "test").unwrap_or_else(|e| {
+        Self::start_with_tools(Tools::new(None))
+    }
+
+    /// A cluster of one PostgreSQL major version (see [`pg_bin`]).
+    pub fn start_version(major: u32) -> Pg {
+        Self::start_with_tools(Tools::new(Some(pg_bin(major))))
+    }
+
+    fn start_with_tools(tools: Tools) -> Pg {
+        let mut cluster = Cluster::create(tools, "test").unwrap_or_else(|e| {
             panic!("this test needs PostgreSQL's server binaries (Debian: apt-get install postgresql): {e}")
         });
         cluster
@@ -76,7 +117,13 @@ impl Pg {
     /// A pgbench-style database plus a table of random md5 text, analysed.
     pub fn load_sample(&self, database: &str, scale: u32) {
         self.psql("postgres", &format!("CREATE DATABASE {database}"));
-        let mut cmd = Command::new("pgbench");
+        let mut cmd = Command::new(
+            self.cluster
+                .tools()
+                .bin_dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from("pgbench"), |d| d.join("pgbench")),
+        );
         self.env(&mut cmd);
         let out = cmd
             .args(["-i", "-q", "-s", &scale.to_string(), database])

@@ -38,7 +38,29 @@ impl Archiving {
 
     /// As `start`, with more stores (TOML) in front of the two local ones.
     pub fn start_with(extra: &[&str], stores_first: &str) -> Archiving {
-        let tools = Tools::new(None);
+        Self::start_full(Tools::new(None), extra, stores_first)
+    }
+
+    /// An archiving cluster of one PostgreSQL major version; Lazarus's configuration names
+    /// every major's tools (`bin_dir`), so it must pick them by the server's version.
+    pub fn start_version(major: u32, extra: &[&str]) -> Archiving {
+        Self::start_full(Tools::new(Some(super::pg::pg_bin(major))), extra, "")
+            .with_bin_dir(&super::pg::all_pg_bins())
+    }
+
+    /// Adds `bin_dir` to the `[postgres]` section of the configuration.
+    fn with_bin_dir(self, dirs: &str) -> Archiving {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            "[postgres]\n",
+            &format!("[postgres]\nbin_dir = \"{dirs}\"\n"),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+        self
+    }
+
+    fn start_full(tools: Tools, extra: &[&str], stores_first: &str) -> Archiving {
         let cluster = Cluster::create(tools, "wal").unwrap_or_else(|e| {
             panic!("this test needs PostgreSQL's server binaries (Debian: apt-get install postgresql): {e}")
         });
@@ -192,4 +214,62 @@ pub fn psql_at(port: u16, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// (lsn, total length, kind, time in µs) of every transaction end `pg_waldump` reads from
+/// the segment file `first`, or from `first` to `last` (records that cross from one into the
+/// next included); prepared ones count as COMMIT and ABORT, as the reader counts them.
+pub fn waldump_xacts_across(
+    pg_waldump: &Path,
+    first: &Path,
+    last: Option<&Path>,
+) -> Vec<(u64, u64, String, i64)> {
+    let out = Command::new(pg_waldump)
+        .args(["--rmgr=Transaction"])
+        .arg(first)
+        .args(last)
+        .env("TZ", "UTC")
+        .output()
+        .expect("run pg_waldump");
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (Some(lsn), Some(len), Some(desc)) = (
+            line.split("lsn: ").nth(1).and_then(|s| s.split(',').next()),
+            line.split("len (rec/tot): ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .and_then(|s| s.split('/').nth(1)),
+            line.split("desc: ").nth(1),
+        ) else {
+            continue;
+        };
+        let mut words = desc.splitn(2, ' ');
+        let kind = match words.next().unwrap_or("") {
+            "COMMIT" | "COMMIT_PREPARED" => "COMMIT",
+            "ABORT" | "ABORT_PREPARED" => "ABORT",
+            _ => continue,
+        };
+        let mut rest = words.next().unwrap_or("").trim();
+        // Prepared ones name their xid first: "COMMIT_PREPARED 745: 2026-...".
+        if let Some((first, after)) = rest.split_once(' ')
+            && first.ends_with(':')
+        {
+            rest = after;
+        }
+        let stamp = rest.split(';').next().unwrap_or("").trim();
+        let time = chrono::NaiveDateTime::parse_from_str(
+            stamp.trim_end_matches(" UTC"),
+            "%Y-%m-%d %H:%M:%S%.f",
+        )
+        .unwrap_or_else(|e| panic!("pg_waldump time {stamp:?}: {e}"))
+        .and_utc()
+        .timestamp_micros();
+        found.push((
+            lsn.trim().parse::<lazarus::wal::Lsn>().unwrap().0,
+            len.trim().parse().unwrap(),
+            kind.to_string(),
+            time,
+        ));
+    }
+    found
 }
