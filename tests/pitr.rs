@@ -933,3 +933,119 @@ fn a_rolled_back_cut_over_leaves_latest_on_the_timeline_the_live_primary_writes(
     assert_eq!(ids(port), vec![1, 2, 3, 4, 5, 6, 7]);
     drop(bouncer);
 }
+
+/// The restored server's processes (its postmaster's children).
+fn server_children(data: &std::path::Path) -> Vec<i32> {
+    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    let Some(pid) = pid else {
+        return Vec::new();
+    };
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+    }
+}
+
+/// A recovery cancelled while PostgreSQL replays: its server is stopped and the spool of
+/// decrypted WAL restore_command keeps beside the data directory (`RUN.lazarus-state`) is
+/// removed with it. The replay is frozen (SIGSTOP of the server's children) while the
+/// cancel is asked, so the step cannot finish first; the report names the server.
+#[test]
+fn a_cancel_during_replay_stops_the_server_and_removes_the_wal_spool() {
+    let mut p = Pitr::new();
+    let primary = p.a.cluster.port;
+    psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let workdir = format!("workdir={}", p.state.path().join("work").display());
+    ok(
+        p.lazarus(&[
+            "run",
+            "base-backup",
+            "--reason",
+            "test",
+            "--param",
+            &workdir,
+        ]),
+        "base backup",
+    );
+    let mut commits = Vec::new();
+    for chunk in 0..10 {
+        let from = chunk * 4 + 1;
+        commits.extend(p.commit_rows(primary, from..=from + 3));
+        psql_at(primary, "SELECT pg_switch_wal()");
+    }
+    p.archive_now(primary);
+    let target = commits[36].1.clone();
+    let mut frozen = None;
+    for attempt in 0..3 {
+        let name = format!("cancelled{attempt}");
+        let data = p.a.cluster.root.join(&name);
+        let spool = data.with_extension("lazarus-state");
+        let run = format!("pitr-{name}");
+        let args = p.recover_args(&target, &name);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = p.spawn(&refs);
+        p.restored.push(Restored { data: data.clone() });
+        // Replay has begun once restore_command has made its spool.
+        let started = Instant::now();
+        let mut children = Vec::new();
+        while started.elapsed() < Duration::from_secs(120) {
+            if spool.exists() {
+                children = server_children(&data);
+                if !children.is_empty() {
+                    signal_all(&children, nix::sys::signal::Signal::SIGSTOP);
+                    break;
+                }
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let report: Value =
+            serde_json::from_str(&ok(p.lazarus(&["status", &run, "--json"]), "status")).unwrap();
+        if children.is_empty() || step_status(&report, "recover") != "running" {
+            // The replay finished before it could be frozen: try again.
+            signal_all(&children, nix::sys::signal::Signal::SIGCONT);
+            let _ = child.wait();
+            continue;
+        }
+        frozen = Some((run, data, spool, children, child));
+        break;
+    }
+    let (run, data, spool, children, mut child) =
+        frozen.expect("no recovery could be frozen while it replayed");
+    let mut cancel = p.spawn(&["cancel", &run]);
+    // The cancel stops the server: let it run again so it can shut down.
+    std::thread::sleep(Duration::from_millis(500));
+    signal_all(&children, nix::sys::signal::Signal::SIGCONT);
+    let _ = cancel.wait();
+    let _ = child.wait();
+    p.wait_for(&run, "the run is cancelled", |r| r["status"] == "cancelled");
+    let report: Value =
+        serde_json::from_str(&ok(p.lazarus(&["status", &run, "--json"]), "status")).unwrap();
+    // Long enough for an orphaned restore_command or prefetcher to make it again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !spool.exists(),
+        "the WAL spool {} must go with the cancelled run: {report}",
+        spool.display()
+    );
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "the cancelled run's server is stopped"
+    );
+    let said = report.to_string();
+    assert!(!said.contains("port 0"), "{said}");
+}

@@ -117,7 +117,7 @@ impl ReleaseArchiving {
                 },
             )
         })
-        .map_err(|e| ActivityError::permanent(e.to_string()))?
+        .map_err(super::dump::pg_failure)?
         .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;
         if !out.status.success() {
             return Err(ActivityError::retryable(format!(
@@ -131,69 +131,129 @@ impl ReleaseArchiving {
 
     /// The rollback of a cut-over: the server holds its archiving again, and its timeline,
     /// if it reached the archive, is recorded as abandoned — in the local index first, then
-    /// in every store it can reach (a store that is down never fails the rollback; a later
-    /// rollback or `wal sync` on another host reads the records of every store).
+    /// in every store it can reach (a later rollback or `wal sync` on another host reads the
+    /// records of every store). Best-effort throughout: nothing here may stop the rollback
+    /// from moving the traffic back (the cut-over's own undo runs after this); what could
+    /// not be done is reported.
     async fn hold_again(
         &self,
         ctx: &ActivityContext,
         inputs: Inputs,
     ) -> Result<Value, ActivityError> {
         let data = inputs.data_dir;
-        if !data.join("postgresql.auto.conf").exists() {
-            return Ok(json!({ "archiving": "nothing to hold: the data directory is gone" }));
-        }
-        let held = crate::pg::archiving::hold(&data).map_err(ActivityError::retryable)?;
-        if held {
-            self.reload(&data)?;
-        }
+        let mut problems = Vec::new();
+        let archiving = if !data.join("postgresql.auto.conf").exists() {
+            "nothing to hold here: the data directory is not on this host, or gone".to_string()
+        } else {
+            match crate::pg::archiving::hold(&data) {
+                Ok(true) => match self.reload(&data) {
+                    Ok(()) => "held again: the old primary owns the archive".to_string(),
+                    Err(e) => {
+                        problems.push(format!(
+                            "the hold is written but the server was not reloaded: {}",
+                            e.message
+                        ));
+                        "held from the server's next reload".to_string()
+                    }
+                },
+                Ok(false) => "held already".to_string(),
+                Err(e) => {
+                    problems.push(format!("archiving could not be held: {e}; stop the server on {} or set archive_command = '' in its postgresql.auto.conf", data.display()));
+                    "not held".to_string()
+                }
+            }
+        };
         let timeline = inputs
             .timeline
             .as_deref()
             .and_then(|t| t.parse::<u32>().ok())
             .filter(|&t| t > 1);
-        let (Some(archive), Some(timeline)) = (inputs.archive.filter(|a| !a.is_empty()), timeline)
-        else {
-            return Ok(json!({ "archiving": "held again", "abandoned_timeline": null }));
+        let abandoned = match (inputs.archive.filter(|a| !a.is_empty()), timeline) {
+            (Some(archive), Some(timeline)) => {
+                match self.abandon(ctx, &data, &archive, timeline).await {
+                    Ok(Some(missed)) => {
+                        problems.extend(missed.into_iter().map(|m| format!("the abandoned timeline is not recorded in store {m} yet (a later `wal sync` there does it)")));
+                        Some(timeline)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        problems.push(format!("timeline {timeline} could not be recorded as abandoned: {e}; until it is, `--timeline N` names the live primary's timeline"));
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
-        let catalog = self.services.wal_catalog()?;
+        for problem in &problems {
+            tracing::warn!(%problem, "rolling back the cut-over");
+        }
+        let mut results = serde_json::Map::new();
+        if let Some(timeline) = abandoned {
+            results.insert(
+                "abandoned_timeline".into(),
+                json!(format!("timeline {timeline} is abandoned: plans and `wal status` follow the live primary's timeline")),
+            );
+        }
+        if !problems.is_empty() {
+            results.insert("archiving_problems".into(), json!(problems.join("; ")));
+        }
+        Ok(json!({
+            "archiving": archiving,
+            "abandoned_timeline": abandoned,
+            "problems": problems,
+            "results": results,
+        }))
+    }
+
+    /// Records `timeline` of `archive` as abandoned: its history from the server's own
+    /// `pg_wal` when that server archived it, else from the index (the rollback may run on
+    /// another host); `None` when it never reached the archive, else the stores that missed
+    /// the record.
+    async fn abandon(
+        &self,
+        ctx: &ActivityContext,
+        data: &std::path::Path,
+        archive: &str,
+        timeline: u32,
+    ) -> Result<Option<Vec<String>>, String> {
+        let catalog = self.services.wal_catalog().map_err(|e| e.message)?;
         // What the stores hold now (bounded: a hung store must not stop the rollback).
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            catalog.sync(&self.services.stores, &archive),
+            catalog.sync(&self.services.stores, archive),
         )
         .await;
-        let archived = catalog
-            .history(&archive, timeline)
-            .map_err(|e| ActivityError::retryable(e.to_string()))?
-            .is_some();
+        let indexed = catalog
+            .history(archive, timeline)
+            .map_err(|e| e.to_string())?;
         let reason = format!(
             "run {} rolled back the cut-over to the server on {}",
             ctx.run_id,
             data.display()
         );
-        let record = crate::wal::abandoned::from_data_dir(&data, timeline, &reason, archived)
-            .map_err(ActivityError::retryable)?;
+        let record = match crate::wal::abandoned::from_data_dir(
+            data,
+            timeline,
+            &reason,
+            indexed.is_some(),
+        ) {
+            Ok(Some(record)) => Some(record),
+            Ok(None) => None,
+            Err(_) => indexed.map(|history| crate::wal::abandoned::Abandoned {
+                timeline,
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                reason: reason.clone(),
+                history,
+            }),
+        };
         let Some(record) = record else {
-            return Ok(json!({
-                "archiving": "held again; its timeline never reached the archive",
-                "abandoned_timeline": null,
-            }));
+            return Ok(None);
         };
         catalog
-            .mark_abandoned(&archive, &record)
-            .map_err(|e| ActivityError::retryable(e.to_string()))?;
-        let missed =
-            crate::wal::abandoned::record_in_stores(&self.services.stores, &archive, &record).await;
-        for store in &missed {
-            tracing::warn!(store = %store, timeline, "the abandoned timeline is not recorded in this store yet");
-        }
-        Ok(json!({
-            "archiving": "held again: the old primary takes the traffic and owns the archive",
-            "abandoned_timeline": timeline,
-            "stores_missed": missed,
-            "results": {
-                "abandoned_timeline": format!("timeline {timeline} is abandoned: plans and `wal status` follow the live primary's timeline"),
-            },
-        }))
+            .mark_abandoned(archive, &record)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(
+            crate::wal::abandoned::record_in_stores(&self.services.stores, archive, &record).await,
+        ))
     }
 }

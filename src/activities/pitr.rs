@@ -170,9 +170,9 @@ impl Activity for PitrPlan {
         // here, nothing is downloaded (the run halts until it is installed).
         let major = crate::pg::versions::major_of_server_version(&manifest.server_version);
         if let Some(major) = major {
-            self.services
-                .pg_tools
-                .for_major(
+            let tools = self.services.pg_tools.clone();
+            tokio::task::block_in_place(|| {
+                tools.for_major(
                     major,
                     format!(
                         "the base backup {} is of PostgreSQL {major}, and so is the server restored from it",
@@ -180,7 +180,8 @@ impl Activity for PitrPlan {
                     ),
                 )
                 .path("pg_ctl")
-                .map_err(|e| ActivityError::environment(e.to_string()))?;
+            })
+            .map_err(|e| ActivityError::environment(e.to_string()))?;
         }
         Ok(json!({
             "pg_major": major,
@@ -635,8 +636,25 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Removes restore_command's state beside a data directory (its spool of decrypted WAL),
+/// stopping a prefetcher that still writes into it first so it is not made again.
+fn remove_fetch_state(
+    fetch_state: &std::path::Path,
+    dry_run: bool,
+) -> Result<Option<String>, ActivityError> {
+    if !dry_run {
+        crate::wal::archive::spool::stop_prefetcher(&fetch_state.join("wal-spool"));
+    }
+    super::files::remove_leftover(fetch_state, dry_run)
+        .map_err(|e| ActivityError::retryable(e.message))
+}
+
 fn server_running(services: &Services, data: &std::path::Path) -> bool {
-    Cluster::server_command(&services.pg_tools.for_data_dir(data), "pg_ctl")
+    // Without a pg_ctl of the data directory's version, the postmaster.pid's process says.
+    let Ok(cmd) = Cluster::server_command(&services.pg_tools.for_data_dir(data), "pg_ctl") else {
+        return crate::pg::cluster::live_postmaster(data).is_some();
+    };
+    Some(cmd)
         .map(|mut cmd| {
             cmd.arg("-D")
                 .arg(data)
@@ -685,21 +703,23 @@ impl Activity for StartRecovery {
             .as_ref()
             .and_then(|o| o["port"].as_u64())
             .unwrap_or(inputs.port);
+        // An interrupted start never said its port: name the server by its data directory.
+        let server = if port == 0 {
+            format!("the server of {}", data.display())
+        } else {
+            format!("the server on port {port} ({})", data.display())
+        };
         // restore_command's own state beside the data directory (its spool of decrypted
         // WAL, which can be hundreds of MiB): of no use once the run has ended.
         let fetch_state = data.with_extension("lazarus-state");
         if !server_running(&self.services, &data) {
-            done.removed.extend(
-                super::files::remove_leftover(&fetch_state, leftovers.dry_run)
-                    .map_err(|e| ActivityError::retryable(e.message))?,
-            );
+            done.removed
+                .extend(remove_fetch_state(&fetch_state, leftovers.dry_run)?);
             return Ok(done);
         }
         if leftovers.used {
-            done.kept.push(format!(
-                "the server on port {port} ({}): traffic was cut over to it",
-                data.display()
-            ));
+            done.kept
+                .push(format!("{server}: traffic was cut over to it"));
             return Ok(done);
         }
         if !leftovers.dry_run {
@@ -718,18 +738,14 @@ impl Activity for StartRecovery {
             .map_err(|e| ActivityError::retryable(format!("cannot run pg_ctl: {e}")))?;
             if !stopped.status.success() {
                 return Err(ActivityError::retryable(format!(
-                    "cannot stop the server on port {port} ({}): {}",
-                    data.display(),
+                    "cannot stop {server}: {}",
                     tail_lines(&stopped.stderr, 3)
                 )));
             }
         }
+        done.removed.push(format!("{server} (stopped)"));
         done.removed
-            .push(format!("the server on port {port} (stopped)"));
-        done.removed.extend(
-            super::files::remove_leftover(&fetch_state, leftovers.dry_run)
-                .map_err(|e| ActivityError::retryable(e.message))?,
-        );
+            .extend(remove_fetch_state(&fetch_state, leftovers.dry_run)?);
         Ok(done)
     }
 
@@ -1054,7 +1070,9 @@ impl Activity for StartRecovery {
         let (replayed, _checkpoint_timeline, timeline) = facts;
         // Promoted: a restart of this server must never be asked to recover again.
         let _ = std::fs::write(data.join(PROMOTED_MARKER), b"");
-        let _ = std::fs::remove_dir_all(data.with_extension("lazarus-state"));
+        let fetch_state = data.with_extension("lazarus-state");
+        crate::wal::archive::spool::stop_prefetcher(&fetch_state.join("wal-spool"));
+        let _ = std::fs::remove_dir_all(&fetch_state);
         // restore_command is done: the keys written for it go.
         let generated = RestoreConfig::existing(&data).is_some();
         let keys_removed = generated && RestoreConfig::remove(&data);

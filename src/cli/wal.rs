@@ -568,13 +568,18 @@ async fn fetch(
     prefetch: u64,
 ) -> Result<ExitCode> {
     let spool = ctx.state.join("wal-spool");
+    // The server that runs this restore_command: once it has gone (stopped while this
+    // fetched), nothing is prefetched for it.
+    let parent = nix::unistd::getppid();
     if prefetch > 0 {
         // Already prefetched (or being prefetched right now): hand it over at once.
         let waiting = archive::spool::wait_for(&spool, file, std::time::Duration::from_secs(60));
         if let Some(ready) = waiting.or_else(|| archive::spool::ready(&spool, file)) {
             match archive::spool::hand_over(&ready, dest) {
                 Ok(bytes) => {
-                    start_prefetcher(ctx, file, archive_name, prefetch, bytes);
+                    if nix::unistd::getppid() == parent {
+                        start_prefetcher(ctx, file, archive_name, prefetch, bytes);
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
                 Err(e) => tracing::warn!(error = %e, "prefetched copy unusable; fetching"),
@@ -592,7 +597,7 @@ async fn fetch(
     match archive::fetch(file, dest, &stores, &keys, archive_name, threads).await {
         Ok(outcome) => {
             tracing::info!(file, store = %outcome.store, bytes = outcome.bytes, "fetched");
-            if prefetch > 0 {
+            if prefetch > 0 && nix::unistd::getppid() == parent {
                 start_prefetcher(ctx, file, archive_name, prefetch, outcome.bytes);
             }
             Ok(ExitCode::SUCCESS)

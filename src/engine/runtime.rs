@@ -934,6 +934,16 @@ impl Engine {
         self.ensure_open()?;
         let (record, _, state) = self.load(run_id)?;
         Self::refuse_if_finished(&state, run_id, "resume")?;
+        // A run that has just halted is still copying its journal to the stores: a resume
+        // asked at that moment (a click on Resume as soon as "halted" shows) waits for its
+        // driver to finish rather than being refused.
+        let settled = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while matches!(state.status, RunStatus::Halted | RunStatus::Failed)
+            && self.handle(run_id).is_some()
+            && std::time::Instant::now() < settled
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if self.handle(run_id).is_some() {
             return Err(EngineError::Refused(format!(
                 "run {run_id} is already being executed (by pid {}); `lazarus status {run_id} --follow` watches it",

@@ -179,7 +179,9 @@ impl Tools {
         }
         dirs.extend(pgdg_rpm_dirs());
         let mut seen = std::collections::HashSet::new();
-        dirs.retain(|d| seen.insert(d.clone()));
+        // A relative directory (PATH's "." or "bin") means whatever the working directory
+        // holds: never searched.
+        dirs.retain(|d| d.is_absolute() && seen.insert(d.clone()));
         dirs
     }
 

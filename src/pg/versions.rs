@@ -35,31 +35,74 @@ pub fn newer_works(tool: &str) -> bool {
     )
 }
 
-/// Tools' majors already asked, by path (each asked once per process).
-static KNOWN: Mutex<Option<HashMap<PathBuf, Option<u32>>>> = Mutex::new(None);
+/// What identifies one installed file: its real path, size and modification time (an
+/// upgrade in place or a switched symlink is a new file).
+type FileKey = (PathBuf, u64, std::time::SystemTime);
 
-/// The major version of the tool at `path` (its `--version`), `None` if it does not say.
+/// Tools' majors already asked (only answers are kept: a tool that failed to say is asked
+/// again next time, after an installation, say).
+static KNOWN: Mutex<Option<HashMap<FileKey, u32>>> = Mutex::new(None);
+
+/// How long a tool may take to print its version.
+const VERSION_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn file_key(path: &Path) -> Option<FileKey> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    Some((real, meta.len(), meta.modified().ok()?))
+}
+
+/// The major version of the tool at `path` (its `--version`, within a few seconds), `None`
+/// if it does not say.
 pub fn tool_major(path: &Path) -> Option<u32> {
-    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
-    let known = known.get_or_insert_with(HashMap::new);
-    if let Some(major) = known.get(path) {
-        return *major;
+    let key = file_key(path)?;
+    if let Some(major) = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+    {
+        return Some(*major);
     }
-    let major = std::process::Command::new(path)
+    let major = ask_version(&key.0)?;
+    KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, major);
+    Some(major)
+}
+
+/// Runs `TOOL --version`, killed after [`VERSION_LIMIT`].
+fn ask_version(path: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(path)
         .arg("--version")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()
-                .and_then(major_of_version_line)
-        });
-    known.insert(path.to_path_buf(), major);
-    major
+        .spawn()
+        .ok()?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < VERSION_LIMIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    if !status.success() {
+        return None;
+    }
+    out.lines().next().and_then(major_of_version_line)
 }
 
 /// Of the found tools (path, major), the one to use for a server of `major`: the same major
@@ -90,7 +133,10 @@ pub fn conventional_dirs(major: u32) -> [PathBuf; 2] {
 
 /// What to install for a tool of a major version, for an error message.
 pub fn install_hint(tool: &str, major: u32) -> String {
-    let server_side = !matches!(tool, "pg_dump" | "pg_restore" | "psql" | "pg_dumpall");
+    let server_side = !matches!(
+        tool,
+        "pg_dump" | "pg_restore" | "psql" | "pg_dumpall" | "pg_basebackup"
+    );
     let (debian, rpm) = if server_side {
         (
             format!("postgresql-{major}"),

@@ -544,6 +544,11 @@ fn rescan_with_next(
     let Some(next_path) = path.parent().map(|dir| dir.join(&next_name)) else {
         return first;
     };
+    // No next segment at all (pushed from elsewhere than pg_wal, the last of a timeline):
+    // nothing to wait for.
+    if !next_path.exists() {
+        return first;
+    }
     let started = std::time::Instant::now();
     loop {
         // The rest of a record lies in the next segment's first pages.
@@ -909,6 +914,31 @@ pub mod spool {
         lock_held(spool, LOCK)
     }
 
+    /// Stops the prefetcher writing into `spool`, if one runs (SIGTERM, then SIGKILL after
+    /// two seconds), so removing the spool is final; whether one was running.
+    pub fn stop_prefetcher(spool: &Path) -> bool {
+        if !prefetcher_running(spool) {
+            return false;
+        }
+        let pid = std::fs::read_to_string(spool.join(LOCK))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&pid| pid > 1);
+        let Some(pid) = pid.map(nix::unistd::Pid::from_raw) else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while prefetcher_running(spool) {
+            if started.elapsed() > Duration::from_secs(2) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Whether some process holds the lock file `name` in `spool` right now.
     pub fn lock_held(spool: &Path, name: &str) -> bool {
         let Ok(lock) = std::fs::File::open(spool.join(name)) else {
@@ -994,11 +1024,22 @@ pub mod spool {
         keys: &Keyring,
         archive: &str,
     ) -> Result<usize, ArchiveError> {
-        let Some(_held) = take_lock(spool, LOCK)? else {
+        let Some(held) = take_lock(spool, LOCK)? else {
             return Ok(0);
         };
+        // Who holds the lock, for a cleanup that must stop this process first.
+        {
+            use std::io::Write;
+            let mut file: &std::fs::File = &held;
+            let _ = file.set_len(0);
+            let _ = write!(file, "{}", std::process::id());
+        }
         let mut fetched = 0;
         for next in upcoming(file, segment_size, count) {
+            // The spool was removed (its run ended): stop, and never make it again.
+            if !spool.join(LOCK).exists() {
+                break;
+            }
             if ready(spool, &next).is_some() {
                 continue;
             }

@@ -222,7 +222,8 @@ impl WalCatalog {
     }
 
     /// Whether `timeline` is abandoned: a record names it with the history the archive
-    /// holds for it (a later timeline reusing the number has another history).
+    /// holds for it, or the index holds no history for it (a later timeline reusing the
+    /// number has another history).
     pub fn is_abandoned(&self, archive: &str, timeline: u32) -> Result<bool, WalCatalogError> {
         let Some(bytes) = self
             .tree
@@ -232,7 +233,11 @@ impl WalCatalog {
             return Ok(false);
         };
         let record: Abandoned = serde_json::from_slice(&bytes).map_err(store_err)?;
-        Ok(self.history(archive, timeline)?.as_ref() == Some(&record.history))
+        // An index that lacks the history (a partial sync) passes the timeline over: safe,
+        // since a timeline that reuses the number brings a history of its own.
+        Ok(self
+            .history(archive, timeline)?
+            .is_none_or(|history| history == record.history))
     }
 
     /// The timeline "latest" means: the newest one that is not abandoned — the one the live
