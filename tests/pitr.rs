@@ -199,6 +199,32 @@ impl Pitr {
         commits
     }
 
+    /// A base backup, then `chunks` × 4 rows committed one by one with a WAL switch after
+    /// every four (many segments to replay), archived: the (id, commit time) pairs.
+    fn backed_up_across_segments(&self, chunks: i32) -> Vec<(i32, String)> {
+        let primary = self.a.cluster.port;
+        let workdir = format!("workdir={}", self.state.path().join("work").display());
+        ok(
+            self.lazarus(&[
+                "run",
+                "base-backup",
+                "--reason",
+                "test",
+                "--param",
+                &workdir,
+            ]),
+            "base backup",
+        );
+        let mut commits = Vec::new();
+        for chunk in 0..chunks {
+            let from = chunk * 4 + 1;
+            commits.extend(self.commit_rows(primary, from..=from + 3));
+            psql_at(primary, "SELECT pg_switch_wal()");
+        }
+        self.archive_now(primary);
+        commits
+    }
+
     /// Switches WAL on a server and waits until the archive has the segment.
     fn archive_now(&self, port: u16) {
         let segment = psql_at(port, "SELECT pg_walfile_name(pg_current_wal_lsn())");
@@ -431,26 +457,8 @@ fn resumes_after_kill_9_mid_download_and_mid_replay() {
         primary,
         "CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
     );
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
     // Many segments to replay: a switch every few commits.
-    let mut commits = Vec::new();
-    for chunk in 0..10 {
-        let from = chunk * 4 + 1;
-        commits.extend(p.commit_rows(primary, from..=from + 3));
-        psql_at(primary, "SELECT pg_switch_wal()");
-    }
-    p.archive_now(primary);
+    let commits = p.backed_up_across_segments(10);
     let target = commits[32].1.clone();
 
     let args = p.recover_args(&target, "killed");
@@ -967,25 +975,7 @@ fn a_cancel_during_replay_stops_the_server_and_removes_the_wal_spool() {
     let mut p = Pitr::new();
     let primary = p.a.cluster.port;
     psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
-    let workdir = format!("workdir={}", p.state.path().join("work").display());
-    ok(
-        p.lazarus(&[
-            "run",
-            "base-backup",
-            "--reason",
-            "test",
-            "--param",
-            &workdir,
-        ]),
-        "base backup",
-    );
-    let mut commits = Vec::new();
-    for chunk in 0..10 {
-        let from = chunk * 4 + 1;
-        commits.extend(p.commit_rows(primary, from..=from + 3));
-        psql_at(primary, "SELECT pg_switch_wal()");
-    }
-    p.archive_now(primary);
+    let commits = p.backed_up_across_segments(10);
     let target = commits[36].1.clone();
     let mut frozen = None;
     for attempt in 0..3 {

@@ -14,7 +14,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::pg::{MAJORS, Pg, all_pg_bins, pg_bin};
-use common::wal::{Archiving, psql_at, waldump_xacts_across};
+use common::wal::{Archiving, end_big_transaction_at_a_segment_end, psql_at, waldump_xacts_across};
 use common::{Sandbox, text};
 use lazarus::wal::reader::{ScanOptions, XactKind, scan_segment, scan_segment_continued};
 use serde_json::Value;
@@ -415,19 +415,7 @@ fn the_wal_reader_agrees_with_pg_waldump_on_every_major_and_counts_a_split_heade
         for end in ["COMMIT", "ROLLBACK"] {
             let mut crossed = None;
             for _ in 0..4 {
-                a.psql(&format!(
-                    "BEGIN;
-                     DO $$ BEGIN FOR i IN 1..3000 LOOP
-                         BEGIN INSERT INTO sub VALUES (i); EXCEPTION WHEN others THEN NULL; END;
-                     END LOOP; END $$;
-                     DO $$ DECLARE room numeric; BEGIN LOOP
-                         room := 16777216 - (pg_current_wal_insert_lsn() - '0/0'::pg_lsn) % 16777216;
-                         EXIT WHEN room BETWEEN 2000 AND 6000;
-                         PERFORM pg_logical_emit_message(false, 'pad',
-                             repeat('x', CASE WHEN room < 2000 THEN 4000 ELSE least(room - 4000, 1000000)::int END));
-                     END LOOP; END $$;
-                     {end};"
-                ));
+                end_big_transaction_at_a_segment_end(&a, end);
                 let (before, after, boundary) = last_two(&a);
                 // An abort is not flushed at once: the switch writes it out.
                 a.switch_and_wait();

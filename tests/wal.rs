@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::wal::{Archiving, waldump_xacts_across};
+use common::wal::{Archiving, end_big_transaction_at_a_segment_end, waldump_xacts_across};
 use lazarus::pg::Tools;
 use lazarus::wal::reader::{ScanOptions, XactKind, scan_segment};
 
@@ -122,24 +122,6 @@ fn wal_reader_agrees_with_pg_waldump_on_commit_times() {
         }
     }
     assert!(compared > 50, "only {compared} transaction ends compared");
-}
-
-/// Ends a transaction of 3000 subtransactions (a ~12 KB commit or abort record) a few KiB
-/// before the end of the current segment, so that its record crosses into the next one.
-fn end_big_transaction_at_a_segment_end(a: &Archiving, end: &str) {
-    a.psql(&format!(
-        "BEGIN;
-         DO $$ BEGIN FOR i IN 1..3000 LOOP
-             BEGIN INSERT INTO sub VALUES (i); EXCEPTION WHEN others THEN NULL; END;
-         END LOOP; END $$;
-         DO $$ DECLARE room numeric; BEGIN LOOP
-             room := 16777216 - (pg_current_wal_insert_lsn() - '0/0'::pg_lsn) % 16777216;
-             EXIT WHEN room BETWEEN 2000 AND 6000;
-             PERFORM pg_logical_emit_message(false, 'pad',
-                 repeat('x', CASE WHEN room < 2000 THEN 4000 ELSE least(room - 4000, 1000000)::int END));
-         END LOOP; END $$;
-         {end};"
-    ));
 }
 
 #[test]
