@@ -56,6 +56,19 @@ impl Shared {
     }
 }
 
+/// An S3 store (moto) reached through a proxy that can swallow its traffic, and a work
+/// directory for the steps' effects.
+fn store_behind_a_proxy() -> (common::s3::Moto, common::s3::Blackhole, tempfile::TempDir) {
+    let moto = common::s3::Moto::start_serialized();
+    create_bucket(&moto.endpoint(), BUCKET);
+    let hole = common::s3::Blackhole::start(([127, 0, 0, 1], moto.port).into());
+    let work = tempfile::Builder::new()
+        .prefix("lzwork")
+        .tempdir_in("/tmp")
+        .unwrap();
+    (moto, hole, work)
+}
+
 fn from_stores(host: &Sandbox, run: &str) -> Value {
     let listed: Value =
         serde_json::from_str(&host.ok(&["runs", "--from-stores", "--json"])).expect("json");
@@ -371,13 +384,7 @@ fn a_run_waiting_inside_a_step_is_seen_waiting_from_the_stores() {
 
 #[test]
 fn a_run_that_ended_while_the_store_hung_is_not_driven_again_by_another_host() {
-    let moto = common::s3::Moto::start_serialized();
-    create_bucket(&moto.endpoint(), BUCKET);
-    let hole = common::s3::Blackhole::start(([127, 0, 0, 1], moto.port).into());
-    let work = tempfile::Builder::new()
-        .prefix("lzwork")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let (_moto, hole, work) = store_behind_a_proxy();
     let (a, b) = (Sandbox::new(), Sandbox::new());
     for (host, name) in [(&a, "host-a"), (&b, "host-b")] {
         let config = host.write(
@@ -466,13 +473,7 @@ fn a_run_that_ended_while_the_store_hung_is_not_driven_again_by_another_host() {
 /// whole time limit of the lease call, and nothing could start ("could not be checked").
 #[test]
 fn a_run_starts_and_ends_while_the_first_store_hangs() {
-    let moto = common::s3::Moto::start_serialized();
-    create_bucket(&moto.endpoint(), BUCKET);
-    let hole = common::s3::Blackhole::start(([127, 0, 0, 1], moto.port).into());
-    let work = tempfile::Builder::new()
-        .prefix("lzwork")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let (_moto, hole, work) = store_behind_a_proxy();
     let host = Sandbox::new();
     let config = host.write(
         "lazarus.toml",

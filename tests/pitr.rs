@@ -174,11 +174,8 @@ impl Pitr {
             .collect()
     }
 
-    /// A `ticks` table, a base backup, then `n` rows committed one by one and archived:
-    /// the (id, commit time) pairs.
-    fn backed_up_with_commits(&self, n: i32) -> Vec<(i32, String)> {
-        let primary = self.a.cluster.port;
-        psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+    /// `lazarus run base-backup`, which must succeed.
+    fn base_backup(&self) {
         let workdir = format!("workdir={}", self.state.path().join("work").display());
         ok(
             self.lazarus(&[
@@ -191,6 +188,14 @@ impl Pitr {
             ]),
             "base backup",
         );
+    }
+
+    /// A `ticks` table, a base backup, then `n` rows committed one by one and archived:
+    /// the (id, commit time) pairs.
+    fn backed_up_with_commits(&self, n: i32) -> Vec<(i32, String)> {
+        let primary = self.a.cluster.port;
+        psql_at(primary, "CREATE TABLE ticks (id int PRIMARY KEY)");
+        self.base_backup();
         let commits = self.commit_rows(primary, 1..=n);
         // With nothing written since the backup, a WAL switch is a no-op: nothing to wait for.
         if n > 0 {
@@ -203,18 +208,7 @@ impl Pitr {
     /// every four (many segments to replay), archived: the (id, commit time) pairs.
     fn backed_up_across_segments(&self, chunks: i32) -> Vec<(i32, String)> {
         let primary = self.a.cluster.port;
-        let workdir = format!("workdir={}", self.state.path().join("work").display());
-        ok(
-            self.lazarus(&[
-                "run",
-                "base-backup",
-                "--reason",
-                "test",
-                "--param",
-                &workdir,
-            ]),
-            "base backup",
-        );
+        self.base_backup();
         let mut commits = Vec::new();
         for chunk in 0..chunks {
             let from = chunk * 4 + 1;
